@@ -1,0 +1,91 @@
+"""The async engine and session factory for SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def normalize_url(raw: str) -> URL:
+    """Parse a database URL and pick the async driver; raise ValueError if it cannot be used."""
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError:
+        raise ValueError(
+            f"{raw!r} is not a database URL; use e.g. sqlite+aiosqlite:///./reauthbot.db "
+            "or postgresql+asyncpg://user@host:5432/dbname"
+        ) from None
+    driver = _DRIVERS.get(url.drivername)
+    if driver is None:
+        raise ValueError(
+            f"unsupported database {url.drivername!r}; use sqlite+aiosqlite:///PATH "
+            "or postgresql+asyncpg://user@host:5432/dbname"
+        )
+    url = url.set(drivername=driver)
+    if driver.startswith("sqlite"):
+        if not url.database or url.database == ":memory:":
+            raise ValueError(
+                "an SQLite URL needs a file path, e.g. sqlite+aiosqlite:///./reauthbot.db"
+            )
+    elif not url.database:
+        raise ValueError("a PostgreSQL URL needs a database name, e.g. postgresql+asyncpg://u@h/db")
+    return url
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """Create the async engine; for SQLite, WAL mode, a busy timeout and immediate transactions."""
+    url = normalize_url(url) if isinstance(url, str) else url
+    if url.drivername.startswith("sqlite"):
+        assert url.database is not None
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 10)
+    return create_async_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (below) instead of the driver's deferred BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # FULL: a delivery acknowledged to Nylas must survive a power loss, not just a crash.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A deferred transaction that later writes fails at once with SQLITE_BUSY when another
+        # writer got there first; taking the write lock up front makes it wait its turn instead.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Return the factory of sessions used by every workflow."""
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)

@@ -1,0 +1,208 @@
+"""Tables of reauthbot.
+
+- ``Account``: the latest known state of one Nylas v2 account or v3 grant.
+- ``Case``: one problem episode of an account, from the first bad state to its resolution.
+- ``CaseEvent``: the audit log: who or what did what, when, with details.
+- ``InboxDelivery``: every verified webhook delivery (and every poll difference), stored before
+  it is acknowledged and processed afterwards.
+- ``OutboxMessage``: every message to post or update, written in the same transaction as the
+  state change that caused it and drained by the notifier.
+
+All timestamps are aware UTC datetimes. The uniqueness rules that make deduplication hold under
+concurrency live here as constraints, not in application code:
+
+- one inbox row per ``dedupe_key``;
+- at most one open case per account (a partial unique index);
+- at most one outbox row per ``dedupe_key`` (used for "post the parent message once").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware.
+
+    SQLite has no timezone type, so naive values would otherwise come back from it while
+    PostgreSQL returns aware ones; this keeps both engines identical for the code above.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def _ts(*, nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime(), nullable=nullable, index=index)
+
+
+def _json() -> Any:
+    return Field(default_factory=dict, sa_type=sa.JSON(), nullable=False)
+
+
+class ApiVersion(StrEnum):
+    V2 = "v2"
+    V3 = "v3"
+
+
+class CaseKind(StrEnum):
+    """Why a case was opened; decides the advice and the buttons shown."""
+
+    REAUTH = "reauth"  # credentials invalid or grant expired: the end user must re-authenticate
+    STOPPED = "stopped"  # v2 stopped: retry sync first, re-auth if it stays stopped
+    SUPPORT = "support"  # exception / sync-error: Nylas support must look at it
+    STUCK = "stuck"  # a transient state that lasted too long
+    DUPLICATE = "duplicate"  # a second account id for one email: billed twice
+    UNKNOWN = "unknown"  # a state reauthbot does not know: kept and shown, never dropped
+
+
+class CaseStatus(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    WAITING_ON_USER = "waiting_on_user"
+    SNOOZED = "snoozed"
+    RESOLVED = "resolved"
+
+
+class InboxStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"  # coalesced into a later update of the same message
+
+
+class OutboxKind(StrEnum):
+    POST = "post"  # the case's parent message, once
+    UPDATE = "update"  # re-render the parent message in place
+    THREAD = "thread"  # one line in the parent's thread
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+
+    id: str = Field(primary_key=True, max_length=255)
+    api_version: str = Field(max_length=8)
+    email: str | None = Field(default=None, max_length=320, index=True)
+    provider: str | None = Field(default=None, max_length=64)
+    sync_state: str | None = Field(default=None, max_length=64)
+    billing_state: str | None = Field(default=None, max_length=32)
+    # Event time of the state held here; an event older than this is recorded, not applied.
+    state_at: datetime | None = _ts()
+    first_seen_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    updated_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    details: dict[str, Any] = _json()
+
+
+class Case(SQLModel, table=True):
+    __tablename__ = "cases"
+    __table_args__ = (
+        # One open episode per account: two concurrent openers cannot both succeed.
+        sa.Index(
+            "uq_cases_one_open_per_account",
+            "account_id",
+            unique=True,
+            sqlite_where=sa.text("status != 'resolved'"),
+            postgresql_where=sa.text("status != 'resolved'"),
+        ),
+        sa.Index("ix_cases_status_opened", "status", "opened_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id", max_length=255, index=True)
+    kind: str = Field(max_length=32)
+    status: str = Field(default=CaseStatus.OPEN, max_length=32)
+    state: str | None = Field(default=None, max_length=64)  # the account state that is wrong
+    opened_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    updated_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    acknowledged_at: datetime | None = _ts()
+    acknowledged_by: str | None = Field(default=None, max_length=64)
+    snoozed_until: datetime | None = _ts()
+    resolved_at: datetime | None = _ts()
+    resolved_by: str | None = Field(default=None, max_length=64)
+    resolution: str | None = Field(default=None, sa_type=sa.Text())
+    slack_channel: str | None = Field(default=None, max_length=64)
+    slack_ts: str | None = Field(default=None, max_length=32)
+    last_error: str | None = Field(default=None, sa_type=sa.Text())
+
+
+class CaseEvent(SQLModel, table=True):
+    __tablename__ = "case_events"
+    __table_args__ = (sa.Index("ix_case_events_account_at", "account_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
+    account_id: str | None = Field(default=None, max_length=255)
+    at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    actor: str = Field(max_length=128)  # "system", "nylas", "slack:U123", "cli"
+    action: str = Field(max_length=64)
+    details: dict[str, Any] = _json()
+
+
+class InboxDelivery(SQLModel, table=True):
+    __tablename__ = "inbox"
+    __table_args__ = (sa.Index("ix_inbox_status_id", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(max_length=255, unique=True)
+    source: str = Field(max_length=32)  # "nylas-v2", "nylas-v3", "poll"
+    received_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    body: str = Field(sa_type=sa.Text())
+    status: str = Field(default=InboxStatus.PENDING, max_length=16)
+    attempts: int = Field(default=0)
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = _ts()
+    processed_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_type=sa.Text())
+
+
+class OutboxMessage(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_status_available", "status", "available_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # Set for messages that must exist at most once, e.g. "case:42:post".
+    dedupe_key: str | None = Field(default=None, max_length=255, unique=True)
+    case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
+    channel: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    payload: dict[str, Any] = _json()
+    status: str = Field(default=OutboxStatus.PENDING, max_length=16)
+    attempts: int = Field(default=0)
+    created_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    available_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = _ts()
+    sent_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, sa_type=sa.Text())

@@ -1,0 +1,133 @@
+"""The outbox: messages to send, written with the state change that caused them.
+
+The notifier claims rows with a lease (committed before it calls out), sends them, then marks
+them sent. Claiming locks candidate rows with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so two
+processes never take the same row; on SQLite, writers are serialized by ``BEGIN IMMEDIATE``
+and the lease condition does the same job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage._sql import insert_ignoring_conflict
+from storage.models import OutboxMessage, OutboxStatus
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    channel: str,
+    kind: str,
+    now: datetime,
+    case_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+) -> int | None:
+    """Queue a message; return its id, or None if one with the same dedupe key exists."""
+    values = {
+        "channel": channel,
+        "kind": kind,
+        "case_id": case_id,
+        "payload": payload or {},
+        "dedupe_key": dedupe_key,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "created_at": now,
+        "available_at": now,
+    }
+    return await insert_ignoring_conflict(session, OutboxMessage, values, unique="dedupe_key")
+
+
+def _claimable(now: datetime) -> Any:
+    return (
+        (col(OutboxMessage.status) == OutboxStatus.PENDING)
+        & (col(OutboxMessage.available_at) <= now)
+        & ((col(OutboxMessage.lease_until).is_(None)) | (col(OutboxMessage.lease_until) <= now))
+    )
+
+
+async def claim(
+    session: AsyncSession, *, owner: str, now: datetime, lease: timedelta, limit: int = 50
+) -> Sequence[OutboxMessage]:
+    """Lease up to ``limit`` due messages to ``owner``, oldest first; commit before sending."""
+    candidates = (
+        select(OutboxMessage.id)
+        .where(_claimable(now))
+        .order_by(col(OutboxMessage.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.exec(candidates)).all())
+    if not ids:
+        return []
+    await session.execute(
+        update(OutboxMessage)
+        .where(col(OutboxMessage.id).in_(ids), _claimable(now))
+        .values(lease_owner=owner, lease_until=now + lease, attempts=OutboxMessage.attempts + 1)
+    )
+    stmt = (
+        select(OutboxMessage)
+        .where(col(OutboxMessage.id).in_(ids), OutboxMessage.lease_owner == owner)
+        .order_by(col(OutboxMessage.id))
+        .execution_options(populate_existing=True)
+    )
+    return (await session.exec(stmt)).all()
+
+
+async def _finish(session: AsyncSession, *, message_id: int, owner: str, **values: Any) -> bool:
+    result = await session.execute(
+        update(OutboxMessage)
+        .where(
+            col(OutboxMessage.id) == message_id,
+            col(OutboxMessage.lease_owner) == owner,
+            col(OutboxMessage.status) == OutboxStatus.PENDING,
+        )
+        .values(**values)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def mark_sent(session: AsyncSession, *, message_id: int, owner: str, now: datetime) -> bool:
+    """Record a delivered message; False if the lease was lost to another process."""
+    return await _finish(
+        session,
+        message_id=message_id,
+        owner=owner,
+        status=OutboxStatus.SENT,
+        sent_at=now,
+        lease_until=None,
+    )
+
+
+async def retry_later(
+    session: AsyncSession, *, message_id: int, owner: str, available_at: datetime, error: str
+) -> bool:
+    """Release the lease and make the message due again at ``available_at``."""
+    return await _finish(
+        session,
+        message_id=message_id,
+        owner=owner,
+        available_at=available_at,
+        lease_owner=None,
+        lease_until=None,
+        last_error=error[:2000],
+    )
+
+
+async def mark_failed(session: AsyncSession, *, message_id: int, owner: str, error: str) -> bool:
+    """Give up on a message that can never be delivered (a permanent error)."""
+    return await _finish(
+        session,
+        message_id=message_id,
+        owner=owner,
+        status=OutboxStatus.FAILED,
+        lease_until=None,
+        last_error=error[:2000],
+    )
