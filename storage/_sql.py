@@ -31,6 +31,6 @@ async def insert_ignoring_conflict(
         .on_conflict_do_nothing(index_elements=[unique])
         .returning(table.c.id)
     )
-    result = await session.execute(stmt)
+    result = await session.exec(stmt)
     row = result.first()
     return None if row is None else int(row[0])

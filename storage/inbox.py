@@ -61,8 +61,8 @@ async def claim_delivery(session: AsyncSession, *, delivery_id: int, now: dateti
         )
         .values(status=InboxStatus.DONE, processed_at=now, attempts=InboxDelivery.attempts + 1)
     )
-    result = await session.execute(stmt)
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    result = await session.exec(stmt)
+    return result.rowcount == 1
 
 
 async def defer_delivery(

@@ -35,15 +35,15 @@ async def purge(session: AsyncSession, *, before: datetime) -> tuple[int, int]:
 
     Pending and failed rows are kept whatever their age: they are evidence of work not done.
     """
-    inbox = await session.execute(
+    inbox = await session.exec(
         delete(InboxDelivery).where(
             col(InboxDelivery.status) == InboxStatus.DONE, col(InboxDelivery.received_at) < before
         )
     )
-    outbox = await session.execute(
+    outbox = await session.exec(
         delete(OutboxMessage).where(
             col(OutboxMessage.status).in_([OutboxStatus.SENT, OutboxStatus.SUPERSEDED]),
             col(OutboxMessage.created_at) < before,
         )
     )
-    return inbox.rowcount, outbox.rowcount  # type: ignore[attr-defined]
+    return inbox.rowcount, outbox.rowcount

@@ -67,7 +67,7 @@ async def claim(
     ids = list((await session.exec(candidates)).all())
     if not ids:
         return []
-    await session.execute(
+    await session.exec(
         update(OutboxMessage)
         .where(col(OutboxMessage.id).in_(ids), _claimable(now))
         .values(lease_owner=owner, lease_until=now + lease, attempts=OutboxMessage.attempts + 1)
@@ -82,7 +82,7 @@ async def claim(
 
 
 async def _finish(session: AsyncSession, *, message_id: int, owner: str, **values: Any) -> bool:
-    result = await session.execute(
+    result = await session.exec(
         update(OutboxMessage)
         .where(
             col(OutboxMessage.id) == message_id,
@@ -91,7 +91,7 @@ async def _finish(session: AsyncSession, *, message_id: int, owner: str, **value
         )
         .values(**values)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return result.rowcount == 1
 
 
 async def mark_sent(session: AsyncSession, *, message_id: int, owner: str, now: datetime) -> bool:
