@@ -1,0 +1,156 @@
+"""The composition root: ``create_app`` wires settings, database, notifier and scheduler.
+
+Nothing happens at import time. Startup and cleanup run as aiohttp cleanup contexts, in order:
+the database (opened and migrated), then the background workers (notifier, scheduler), which
+are stopped first on the way down so in-flight work finishes while the database is still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot import routes
+from bot.metrics import Metrics
+from bot.notifier import LogSink, Notifier, Sink
+from bot.runtime import RUNTIME, Runtime
+from bot.settings import Settings
+from storage.engine import create_engine, session_factory
+from storage.migrate import upgrade
+from workflows.clock import Clock, system_clock
+from workflows.maintenance import purge_old_rows
+
+log = logging.getLogger("reauthbot.app")
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+MAX_BODY_BYTES = 1024 * 1024
+MIGRATION_RETRY_SECONDS = 5.0
+
+LOCAL_MODE_BANNER = (
+    "*** LOCAL MODE *** no Slack app is configured (SLACK_BOT_TOKEN is not set). "
+    "Alerts are written to this log instead of Slack."
+)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: AsyncEngine | None = None,
+    clock: Clock | None = None,
+    sink: Sink | None = None,
+    migrate: bool = True,
+) -> web.Application:
+    """Build the aiohttp application; pass fakes for any part to test it."""
+    runtime = Runtime(settings=settings, clock=clock or system_clock, metrics=Metrics())
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[routes.count_requests])
+    app[RUNTIME] = runtime
+    routes.register(app)
+    app.cleanup_ctx.append(_database(runtime, engine, migrate))
+    app.cleanup_ctx.append(_workers(runtime, sink))
+    return app
+
+
+def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        engine = injected or create_engine(runtime.settings.database_url)
+        runtime.engine = engine
+        runtime.sessions = session_factory(engine)
+        retry: asyncio.Task[None] | None = None
+        if migrate:
+            if not await _try_migrate(runtime):
+                retry = asyncio.create_task(_migrate_until_done(runtime))
+        else:
+            runtime.migrated = True
+        yield
+        if retry is not None:
+            retry.cancel()
+            with suppress(asyncio.CancelledError):
+                await retry
+        if injected is None:
+            await engine.dispose()
+        log.info("database closed")
+
+    return ctx
+
+
+async def _try_migrate(runtime: Runtime) -> bool:
+    assert runtime.engine is not None
+    try:
+        await upgrade(runtime.engine)
+    except Exception as exc:
+        log.error(
+            "cannot migrate the database yet: %s; retrying",
+            exc.__class__.__name__,
+            extra={"error": str(exc).splitlines()[0] if str(exc) else ""},
+        )
+        return False
+    runtime.migrated = True
+    log.info("database schema is up to date")
+    return True
+
+
+async def _migrate_until_done(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(MIGRATION_RETRY_SECONDS)
+        if await _try_migrate(runtime):
+            return
+
+
+def _workers(runtime: Runtime, sink: Sink | None) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = runtime.settings
+        if settings.local_mode:
+            log.warning(LOCAL_MODE_BANNER)
+        runtime.notifier = Notifier(
+            runtime.db(), sink or LogSink(), clock=runtime.clock, metrics=runtime.metrics
+        )
+        stop = asyncio.Event()
+        notifier_task = asyncio.create_task(runtime.notifier.run(stop), name="notifier")
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(
+            _job(runtime, "retention", _retention),
+            "interval",
+            hours=6,
+            id="retention",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        yield
+        scheduler.shutdown(wait=False)
+        stop.set()
+        await notifier_task
+        log.info("workers stopped")
+
+    return ctx
+
+
+async def _retention(runtime: Runtime) -> None:
+    inbox, outbox = await purge_old_rows(
+        runtime.db(), clock=runtime.clock, keep_days=runtime.settings.retention_days
+    )
+    log.info("retention purge", extra={"inbox_deleted": inbox, "outbox_deleted": outbox})
+
+
+def _job(
+    runtime: Runtime, name: str, fn: Callable[[Runtime], Awaitable[None]]
+) -> Callable[[], Awaitable[None]]:
+    """Wrap a job so one failure is logged and counted instead of killing the schedule."""
+
+    async def run() -> None:
+        try:
+            await fn(runtime)
+        except Exception:
+            runtime.metrics.job_runs.labels(job=name, outcome="error").inc()
+            log.exception("scheduled job failed", extra={"job": name})
+        else:
+            runtime.metrics.job_runs.labels(job=name, outcome="ok").inc()
+
+    return run

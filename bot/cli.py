@@ -1,0 +1,213 @@
+"""The ``reauthbot`` command line.
+
+Every failure an operator can cause (bad configuration, unreachable database) ends with one
+line on stderr and a non-zero exit code, never a traceback: 2 for configuration, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from bot import logs
+from bot.app import create_app
+from bot.render import when
+from bot.settings import ConfigError, Settings, load_settings
+from storage import cases as case_queries
+from storage.engine import create_engine, normalize_url, session_factory
+from storage.migrate import current_revision, head_revision, upgrade
+
+log = logging.getLogger("reauthbot.cli")
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class CommandError(Exception):
+    """A command could not do its work; the message is one line for the operator."""
+
+
+def _database_error(settings: Settings, exc: BaseException) -> CommandError:
+    where = normalize_url(settings.database_url).render_as_string(hide_password=True)
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CommandError(f"cannot use the database at {where}: {reason}")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    settings.require_slack()
+    if not settings.local_mode:
+        log.warning("Slack delivery is not built into this version yet; alerts go to the log")
+    if not settings.nylas_configured:
+        log.warning(
+            "Nylas credentials are not set: account polling and account actions are off",
+            extra={"api_version": settings.nylas_api_version},
+        )
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log=None,
+        print=lambda text: log.info(
+            "listening", extra={"url": f"http://{settings.host}:{settings.port}"}
+        ),
+    )
+    log.info("stopped")
+    return 0
+
+
+async def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    engine = create_engine(settings.database_url)
+    try:
+        before = await current_revision(engine)
+        await upgrade(engine)
+    except Exception as exc:
+        raise _database_error(settings, exc) from None
+    finally:
+        await engine.dispose()
+    if before == head_revision():
+        print(f"database already at {head_revision()}")
+    else:
+        print(f"database upgraded from {before or 'empty'} to {head_revision()}")
+    return 0
+
+
+async def cmd_cases(settings: Settings, args: argparse.Namespace) -> int:
+    engine = create_engine(settings.database_url)
+    try:
+        if await current_revision(engine) != head_revision():
+            raise CommandError("the database is not migrated; run `reauthbot db upgrade` first")
+        async with session_factory(engine)() as session:
+            rows = await case_queries.list_open_cases(session)
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise _database_error(settings, exc) from None
+    finally:
+        await engine.dispose()
+    records = [
+        {
+            "case": case.id,
+            "account": account.id,
+            "email": account.email,
+            "state": case.state,
+            "kind": case.kind,
+            "opened": when(case.opened_at),
+            "status": case.status,
+        }
+        for case, account in rows
+    ]
+    if args.json:
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+    elif not records:
+        print("no open cases")
+    else:
+        columns = ["case", "account", "email", "state", "opened", "status"]
+        print(format_table(columns, records))
+    return 0
+
+
+def format_table(columns: Sequence[str], records: Sequence[dict[str, Any]]) -> str:
+    """Align columns to their widest value; nothing is ever truncated."""
+    cells = [[("-" if r[c] is None else str(r[c])) for c in columns] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    rows = [[c.upper() for c in columns], *cells]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    settings.require_slack()
+    report = [
+        ("mode", "local (alerts go to the log)" if settings.local_mode else "Slack"),
+        ("nylas", f"{settings.nylas_api_version} at {settings.nylas_base_url}"),
+    ]
+    if settings.nylas_configured:
+        report.append(("nylas credentials", "set"))
+    else:
+        report.append(("nylas credentials", "missing: polling and account actions are off"))
+    if settings.config_file is not None:
+        report.append(("policy", f"{settings.config_file} is valid"))
+    engine = create_engine(settings.database_url)
+    try:
+        revision = await current_revision(engine)
+    except Exception as exc:
+        raise _database_error(settings, exc) from None
+    finally:
+        await engine.dispose()
+    if revision == head_revision():
+        report.append(("database", f"reachable, schema {revision}"))
+    else:
+        report.append(("database", f"reachable, schema {revision or 'empty'}: run db upgrade"))
+    width = max(len(name) for name, _ in report)
+    for name, value in report:
+        print(f"{name.ljust(width)}  {value}")
+    return 0
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reauthbot",
+        description="Slack chat-ops for Nylas accounts that need re-authentication.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the service (migrates the database first)")
+    serve.set_defaults(run=cmd_serve)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="apply the database migrations").set_defaults(
+        run=cmd_db_upgrade
+    )
+
+    cases = sub.add_parser("cases", help="list open cases")
+    cases.add_argument("--json", action="store_true", help="print JSON for scripts")
+    cases.set_defaults(run=cmd_cases)
+
+    check = sub.add_parser("check", help="validate the configuration and reach the database")
+    check.set_defaults(run=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"reauthbot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(fmt=settings.log_format, level=settings.log_level, secrets=settings.secrets())
+    try:
+        result = args.run(settings, args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result)
+    except ConfigError as exc:
+        print(f"reauthbot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CommandError as exc:
+        print(f"reauthbot: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Prometheus metrics; one registry per application so tests never share counters."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
+
+try:
+    VERSION = version("reauthbot")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    VERSION = "0+unknown"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        Info("reauthbot", "Build information", registry=self.registry).info({"version": VERSION})
+        self.http_requests = Counter(
+            "reauthbot_http_requests",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.notifier_messages = Counter(
+            "reauthbot_notifier_messages",
+            "Outbox messages handled by the notifier, by sink, kind and outcome",
+            ["sink", "kind", "outcome"],
+            registry=self.registry,
+        )
+        self.notifier_errors = Counter(
+            "reauthbot_notifier_errors",
+            "Errors from the message sink, by error code",
+            ["sink", "error"],
+            registry=self.registry,
+        )
+        self.database_up = Gauge(
+            "reauthbot_database_up",
+            "1 when the database answered the last readiness or metrics query",
+            registry=self.registry,
+        )
+        self.inbox_rows = Gauge(
+            "reauthbot_inbox_rows",
+            "Webhook inbox rows by status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.outbox_rows = Gauge(
+            "reauthbot_outbox_rows", "Outbox rows by status", ["status"], registry=self.registry
+        )
+        self.open_cases = Gauge(
+            "reauthbot_open_cases", "Open cases by kind", ["kind"], registry=self.registry
+        )
+        self.job_runs = Counter(
+            "reauthbot_job_runs",
+            "Scheduled job runs by job and outcome",
+            ["job", "outcome"],
+            registry=self.registry,
+        )
+
+    def set_depths(self, depths: dict[str, dict[str, int]], open_cases: dict[str, int]) -> None:
+        """Replace the queue and case gauges with fresh counts."""
+        pairs = ((self.inbox_rows, depths["inbox"]), (self.outbox_rows, depths["outbox"]))
+        for gauge, counts in pairs:
+            gauge.clear()
+            for status, count in counts.items():
+                gauge.labels(status=status).set(count)
+        self.open_cases.clear()
+        for kind, count in open_cases.items():
+            self.open_cases.labels(kind=kind).set(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

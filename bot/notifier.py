@@ -1,0 +1,225 @@
+"""The notifier: drains the outbox into a sink (the log in local mode, Slack otherwise).
+
+Each message is leased before it is sent and marked sent afterwards, so a crash between the two
+leaves it to be retried when the lease runs out rather than lost. Temporary sink errors are
+retried with backoff; permanent ones are recorded on the case and counted, and never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot import render
+from bot.metrics import Metrics
+from storage import cases, outbox
+from storage.models import Account, Case, OutboxKind, OutboxMessage
+from workflows.clock import Clock
+
+log = logging.getLogger("reauthbot.notifier")
+
+MAX_ATTEMPTS = 12
+MAX_BACKOFF = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """Where a parent message landed, to be stored on its case."""
+
+    channel: str
+    ts: str
+
+
+class SinkError(Exception):
+    """A sink could not deliver; ``permanent`` errors are never retried."""
+
+    def __init__(
+        self, code: str, *, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(code)
+        self.code = code
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+class Sink(Protocol):
+    name: str
+
+    async def deliver(
+        self, message: OutboxMessage, case: Case | None, account: Account | None
+    ) -> Posted | None:
+        """Send one message; return the coordinates of a newly posted parent message."""
+
+
+class LogSink:
+    """Local mode: every alert is written to the log instead of Slack."""
+
+    name = "log"
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or logging.getLogger("reauthbot.alerts")
+
+    async def deliver(
+        self, message: OutboxMessage, case: Case | None, account: Account | None
+    ) -> Posted | None:
+        fields = {"case": message.case_id, "kind": message.kind}
+        if message.kind == OutboxKind.THREAD:
+            self._log.info("alert thread: %s", message.payload.get("text", ""), extra=fields)
+        elif case is not None and account is not None:
+            verb = "alert" if message.kind == OutboxKind.POST else "alert updated"
+            self._log.warning("%s: %s", verb, render.alert_text(case, account), extra=fields)
+        return None
+
+
+def backoff(attempts: int, retry_after: float | None = None) -> timedelta:
+    """Delay before the next attempt: Slack's Retry-After when given, else doubling from 1 s."""
+    if retry_after is not None:
+        return timedelta(seconds=max(retry_after, 0.0))
+    return min(timedelta(seconds=2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+
+
+class Notifier:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        sink: Sink,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        batch: int = 50,
+        lease: timedelta = timedelta(seconds=60),
+        idle_seconds: float = 1.0,
+    ) -> None:
+        self._sessions = sessions
+        self._sink = sink
+        self._clock = clock
+        self._metrics = metrics
+        self._batch = batch
+        self._lease = lease
+        self._idle = idle_seconds
+        self._owner = f"notifier-{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Drain now instead of at the next idle tick (call after committing outbox rows)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Drain until ``stop`` is set; the batch in hand is finished before returning."""
+        while not stop.is_set():
+            try:
+                handled = await self.drain_once()
+            except Exception:
+                # The database is down or the sink misbehaves: keep the loop alive and retry.
+                log.exception("notifier pass failed; retrying")
+                handled = 0
+            if handled:
+                continue
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait(waiters, timeout=self._idle, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def drain_once(self) -> int:
+        """Deliver the messages that are due now; return how many were handled."""
+        async with self._sessions() as session, session.begin():
+            claimed = list(
+                await outbox.claim(
+                    session,
+                    owner=self._owner,
+                    now=self._clock(),
+                    lease=self._lease,
+                    limit=self._batch,
+                )
+            )
+        for message in claimed:
+            await self._deliver(message)
+        return len(claimed)
+
+    async def _deliver(self, message: OutboxMessage) -> None:
+        assert message.id is not None
+        case = account = None
+        async with self._sessions() as session:
+            if message.case_id is not None:
+                case = await cases.get_case(session, case_id=message.case_id)
+                if case is not None:
+                    account = await cases.get_account(session, account_id=case.account_id)
+        sink = self._sink.name
+        try:
+            posted = await self._sink.deliver(message, case, account)
+        except SinkError as exc:
+            self._metrics.notifier_errors.labels(sink=sink, error=exc.code).inc()
+            await self._failed(message, exc)
+            return
+        except Exception as exc:
+            log.exception("sink raised an unexpected error", extra={"message_id": message.id})
+            self._metrics.notifier_errors.labels(sink=sink, error=type(exc).__name__).inc()
+            await self._failed(message, SinkError(type(exc).__name__))
+            return
+        async with self._sessions() as session, session.begin():
+            now = self._clock()
+            owner = self._owner
+            sent = await outbox.mark_sent(session, message_id=message.id, owner=owner, now=now)
+            if not sent:
+                log.warning("lease lost before marking sent", extra={"message_id": message.id})
+            if posted is not None and case is not None:
+                stored = await cases.get_case(session, case_id=case.id or 0)
+                if stored is not None:
+                    stored.slack_channel, stored.slack_ts = posted.channel, posted.ts
+                    session.add(stored)
+        self._metrics.notifier_messages.labels(sink=sink, kind=message.kind, outcome="sent").inc()
+
+    async def _failed(self, message: OutboxMessage, error: SinkError) -> None:
+        assert message.id is not None
+        now = self._clock()
+        give_up = error.permanent or message.attempts >= MAX_ATTEMPTS
+        async with self._sessions() as session, session.begin():
+            if not give_up:
+                await outbox.retry_later(
+                    session,
+                    message_id=message.id,
+                    owner=self._owner,
+                    error=error.code,
+                    available_at=now + backoff(message.attempts, error.retry_after),
+                )
+                outcome = "retried"
+            else:
+                await outbox.mark_failed(
+                    session, message_id=message.id, owner=self._owner, error=error.code
+                )
+                outcome = "failed"
+                case = (
+                    await cases.get_case(session, case_id=message.case_id)
+                    if message.case_id is not None
+                    else None
+                )
+                if case is not None:
+                    case.last_error = f"{message.kind} failed: {error.code}"
+                    session.add(case)
+                    await cases.record_event(
+                        session,
+                        actor="system",
+                        action="notify_failed",
+                        at=now,
+                        case_id=case.id,
+                        account_id=case.account_id,
+                        details={"kind": message.kind, "error": error.code},
+                    )
+        log_fn = log.error if give_up else log.warning
+        log_fn(
+            "message %s: %s",
+            outcome,
+            error.code,
+            extra={"message_id": message.id, "case": message.case_id, "attempts": message.attempts},
+        )
+        self._metrics.notifier_messages.labels(
+            sink=self._sink.name, kind=message.kind, outcome=outcome
+        ).inc()

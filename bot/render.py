@@ -1,0 +1,35 @@
+"""Plain-text rendering of cases, used by the log sink and the CLI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from storage.models import Account, Case
+
+KIND_WORDS = {
+    "reauth": "needs re-authentication",
+    "stopped": "stopped syncing",
+    "support": "has a sync error that needs Nylas support",
+    "stuck": "is stuck in a transient sync state",
+    "duplicate": "has a duplicate account (billed twice)",
+    "unknown": "is in a state reauthbot does not know",
+}
+
+
+def when(value: datetime | None) -> str:
+    """Format a timestamp the same way everywhere: ISO 8601 in UTC, to the second."""
+    return "-" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def alert_text(case: Case, account: Account) -> str:
+    """Describe a case in one paragraph: who, what, since when, and its status."""
+    who = account.email or account.id
+    what = KIND_WORDS.get(case.kind, case.kind)
+    lines = [
+        f"Case #{case.id}: {who} {what}",
+        f"account {account.id} ({account.api_version}, provider {account.provider or 'unknown'})",
+        f"state {case.state or '-'} since {when(case.opened_at)}; status {case.status}",
+    ]
+    if case.resolution:
+        lines.append(f"resolution: {case.resolution}")
+    return "\n".join(lines)

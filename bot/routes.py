@@ -1,0 +1,82 @@
+"""Operational HTTP routes: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from bot.runtime import RUNTIME
+from storage import maintenance
+from storage.migrate import current_revision, head_revision
+
+log = logging.getLogger("reauthbot.http")
+
+DB_CHECK_TIMEOUT = 3.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving HTTP."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers and carries the newest schema."""
+    runtime = request.app[RUNTIME]
+    if runtime.engine is None:
+        return _not_ready("database not opened yet")
+    try:
+        revision = await asyncio.wait_for(current_revision(runtime.engine), DB_CHECK_TIMEOUT)
+    except Exception as exc:
+        runtime.metrics.database_up.set(0)
+        return _not_ready(f"database unreachable: {type(exc).__name__}")
+    runtime.metrics.database_up.set(1)
+    if revision != head_revision():
+        return _not_ready(f"database schema at {revision or 'nothing'}, needs {head_revision()}")
+    return web.json_response({"status": "ready", "schema": revision})
+
+
+def _not_ready(reason: str) -> web.Response:
+    return web.json_response({"status": "not ready", "reason": reason}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; queue depths and open cases are counted at scrape time."""
+    runtime = request.app[RUNTIME]
+    if runtime.sessions is not None:
+        try:
+            async with asyncio.timeout(DB_CHECK_TIMEOUT), runtime.sessions() as session:
+                depths = await maintenance.queue_depths(session)
+                open_cases = await maintenance.open_cases_by_kind(session)
+            runtime.metrics.set_depths(depths, open_cases)
+            runtime.metrics.database_up.set(1)
+        except Exception:
+            runtime.metrics.database_up.set(0)
+    headers = {"Content-Type": CONTENT_TYPE_LATEST}
+    return web.Response(body=runtime.metrics.render(), headers=headers)
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer by route and status, errors included."""
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        request.app[RUNTIME].metrics.http_requests.labels(route=name, status=str(status)).inc()
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,239 @@
+"""The application from ``create_app``, served over real HTTP on a loopback port."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.app import LOCAL_MODE_BANNER, create_app
+from bot.metrics import Metrics
+from bot.notifier import Notifier, Posted, SinkError
+from bot.runtime import RUNTIME
+from bot.settings import load_settings
+from storage import cases, outbox
+from storage.engine import create_engine
+from storage.models import Account, Case, CaseEvent, OutboxKind, OutboxMessage, OutboxStatus
+from tests.conftest import FrozenClock
+from tests.waiting import eventually
+
+Sessions = async_sessionmaker[AsyncSession]
+ClientFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[ClientFactory]:
+    clients: list[TestClient] = []
+
+    async def make(**kwargs: object) -> TestClient:
+        settings = load_settings(
+            _env_file=None, database_url=kwargs.pop("database_url", "sqlite+aiosqlite:///unused.db")
+        )
+        client = TestClient(TestServer(create_app(settings, **kwargs)))  # type: ignore[arg-type]
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def open_case_with_alert(
+    sessions: Sessions, now: datetime, email: str = "ana@example.com"
+) -> int:
+    async with sessions() as session, session.begin():
+        session.add(
+            Account(
+                id="acc-1",
+                api_version="v2",
+                email=email,
+                provider="gmail",
+                first_seen_at=now,
+                updated_at=now,
+            )
+        )
+        await session.flush()
+        case = await cases.open_case(
+            session, account_id="acc-1", kind="reauth", state="invalid", now=now
+        )
+        assert case is not None and case.id is not None
+        await outbox.enqueue(
+            session,
+            channel="log",
+            kind=OutboxKind.POST,
+            now=now,
+            case_id=case.id,
+            dedupe_key=f"case:{case.id}:post",
+        )
+        return case.id
+
+
+async def outbox_statuses(sessions: Sessions) -> list[str]:
+    async with sessions() as session:
+        return [m.status for m in (await session.exec(select(OutboxMessage))).all()]
+
+
+async def test_health_ready_and_metrics(make_client: ClientFactory, engine: AsyncEngine) -> None:
+    client = await make_client(engine=engine)
+    health = await client.get("/healthz")
+    assert health.status == 200 and await health.json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert await ready.json() == {"status": "ready", "schema": "0001"}
+    metrics = await client.get("/metrics")
+    assert metrics.status == 200
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    text = await metrics.text()
+    assert "reauthbot_database_up 1.0" in text
+    assert 'reauthbot_http_requests_total{route="/readyz",status="200"} 1.0' in text
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert names and all(name.startswith("reauthbot_") for name in names)
+
+
+async def test_not_ready_until_migrated(make_client: ClientFactory, blank_url: str) -> None:
+    engine = create_engine(blank_url)
+    try:
+        client = await make_client(engine=engine, migrate=False)
+        ready = await client.get("/readyz")
+        assert ready.status == 503
+        assert (await ready.json())["reason"] == "database schema at nothing, needs 0001"
+    finally:
+        await engine.dispose()
+
+
+async def test_startup_migrates_a_new_database(make_client: ClientFactory, blank_url: str) -> None:
+    client = await make_client(database_url=blank_url)
+    assert (await client.get("/readyz")).status == 200
+
+
+async def test_not_ready_while_the_database_is_unreachable(make_client: ClientFactory) -> None:
+    # Nothing listens on this port: startup keeps retrying the migration in the background.
+    client = await make_client(database_url="postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["reason"].startswith("database unreachable")
+    assert (await client.get("/healthz")).status == 200
+    assert "reauthbot_database_up 0.0" in await (await client.get("/metrics")).text()
+
+
+async def test_local_mode_writes_each_alert_to_the_log(
+    make_client: ClientFactory,
+    engine: AsyncEngine,
+    sessions: Sessions,
+    caplog: pytest.LogCaptureFixture,
+    clock: FrozenClock,
+) -> None:
+    caplog.set_level(logging.INFO)
+    client = await make_client(engine=engine, clock=clock)
+    assert LOCAL_MODE_BANNER in caplog.text
+    case_id = await open_case_with_alert(sessions, clock(), email="ana+<!channel>@example.com")
+    notifier = client.app[RUNTIME].notifier
+    assert notifier is not None
+    notifier.wake()
+
+    async def sent() -> bool:
+        return await outbox_statuses(sessions) == [OutboxStatus.SENT]
+
+    await eventually(sent)
+    alerts = [r for r in caplog.records if r.name == "reauthbot.alerts"]
+    assert len(alerts) == 1
+    assert (
+        f"Case #{case_id}: ana+<!channel>@example.com needs re-authentication"
+        in alerts[0].getMessage()
+    )
+    assert "account acc-1 (v2, provider gmail)" in alerts[0].getMessage()
+    metrics = await (await client.get("/metrics")).text()
+    assert 'reauthbot_notifier_messages_total{kind="post",outcome="sent",sink="log"} 1.0' in metrics
+    assert 'reauthbot_open_cases{kind="reauth"} 1.0' in metrics
+    assert 'reauthbot_outbox_rows{status="sent"} 1.0' in metrics
+
+
+class ScriptedSink:
+    """A sink that answers from a script of errors, then posts."""
+
+    name = "scripted"
+
+    def __init__(self, *errors: SinkError) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def deliver(
+        self, message: OutboxMessage, case: Case | None, account: Account | None
+    ) -> Posted | None:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return Posted(channel="C0ALERTS", ts="1700000000.000100")
+
+
+async def run_notifier(sessions: Sessions, sink: ScriptedSink, clock: FrozenClock) -> None:
+    await Notifier(sessions, sink, clock=clock, metrics=Metrics()).drain_once()
+
+
+async def test_temporary_errors_are_retried_after_retry_after(
+    sessions: Sessions, clock: FrozenClock
+) -> None:
+    case_id = await open_case_with_alert(sessions, clock())
+    sink = ScriptedSink(SinkError("ratelimited", retry_after=7))
+    await run_notifier(sessions, sink, clock)
+    assert await outbox_statuses(sessions) == [OutboxStatus.PENDING]
+    clock.advance(seconds=6)
+    await run_notifier(sessions, sink, clock)
+    assert sink.calls == 1  # not due yet
+    clock.advance(seconds=1)
+    await run_notifier(sessions, sink, clock)
+    assert sink.calls == 2
+    assert await outbox_statuses(sessions) == [OutboxStatus.SENT]
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=case_id)
+    assert case is not None
+    assert (case.slack_channel, case.slack_ts) == ("C0ALERTS", "1700000000.000100")
+
+
+async def test_permanent_errors_are_recorded_on_the_case(
+    sessions: Sessions, clock: FrozenClock
+) -> None:
+    case_id = await open_case_with_alert(sessions, clock())
+    sink = ScriptedSink(SinkError("channel_not_found", permanent=True))
+    await run_notifier(sessions, sink, clock)
+    clock.advance(hours=1)
+    await run_notifier(sessions, sink, clock)
+    assert sink.calls == 1
+    assert await outbox_statuses(sessions) == [OutboxStatus.FAILED]
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=case_id)
+        events = (await session.exec(select(CaseEvent))).all()
+    assert case is not None and case.last_error == "post failed: channel_not_found"
+    assert [(e.action, e.details["error"]) for e in events] == [
+        ("notify_failed", "channel_not_found")
+    ]
+
+
+async def test_a_message_whose_lease_ran_out_is_sent_by_the_next_notifier(
+    sessions: Sessions, clock: FrozenClock
+) -> None:
+    await open_case_with_alert(sessions, clock())
+    # A notifier claimed the message and died before sending it.
+    async with sessions() as session, session.begin():
+        assert (
+            len(await outbox.claim(session, owner="dead", now=clock(), lease=timedelta(seconds=60)))
+            == 1
+        )
+    sink = ScriptedSink()
+    await run_notifier(sessions, sink, clock)
+    assert sink.calls == 0
+    clock.advance(seconds=61)
+    await run_notifier(sessions, sink, clock)
+    assert sink.calls == 1
+    assert await outbox_statuses(sessions) == [OutboxStatus.SENT]
+
+
+def test_frozen_clock_is_aware() -> None:
+    assert FrozenClock()().tzinfo is UTC

@@ -1,0 +1,168 @@
+"""Settings and policy: good values load, every bad one names its variable in one line."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.settings import ConfigError, load_settings
+
+CLEAN = {"_env_file": None}
+
+
+def test_defaults_are_local_mode_on_sqlite() -> None:
+    settings = load_settings(**CLEAN)
+    assert settings.local_mode
+    assert settings.database_url == "sqlite+aiosqlite:///./reauthbot.db"
+    assert settings.nylas_api_version == "v3"
+    assert settings.nylas_base_url == "https://api.us.nylas.com"
+    assert settings.port == 3000
+
+
+def test_v2_default_url_and_plain_database_urls_get_async_drivers() -> None:
+    settings = load_settings(
+        **CLEAN, nylas_api_version="V2", database_url="postgresql://u:pw@db:5432/reauth"
+    )
+    assert settings.nylas_base_url == "https://api.nylas.com"
+    assert settings.database_url == "postgresql+asyncpg://u:pw@db:5432/reauth"
+    assert "pw" in settings.secrets()
+
+
+@pytest.mark.parametrize(
+    ("values", "variable", "hint"),
+    [
+        ({"nylas_api_version": "v4"}, "NYLAS_API_VERSION", "'v3' or 'v2'"),
+        ({"database_url": "not a url"}, "DATABASE_URL", "is not a database URL"),
+        ({"database_url": "mysql://h/db"}, "DATABASE_URL", "unsupported database"),
+        ({"database_url": "sqlite://"}, "DATABASE_URL", "needs a file path"),
+        ({"port": "http"}, "PORT", "integer"),
+        ({"port": 70000}, "PORT", "65535"),
+        ({"slack_bot_token": "xoxp-user"}, "SLACK_BOT_TOKEN", "xoxb-"),
+        ({"slack_app_token": "xoxb-1"}, "SLACK_APP_TOKEN", "xapp-"),
+        ({"slack_alert_channel": "#alerts"}, "SLACK_ALERT_CHANNEL", "not a channel id"),
+        ({"slack_api_url": "slack.com/api"}, "SLACK_API_URL", "http(s) URL"),
+        ({"log_format": "xml"}, "REAUTHBOT_LOG_FORMAT", "'plain' or 'json'"),
+    ],
+)
+def test_bad_values_name_their_variable(
+    values: dict[str, object], variable: str, hint: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(**CLEAN, **values)
+    message = str(info.value)
+    assert message.startswith(f"{variable}: ")
+    assert hint in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("values", "variable"),
+    [
+        ({"slack_app_token": "xapp-1"}, "SLACK_BOT_TOKEN"),
+        ({"slack_bot_token": "xoxb-1"}, "SLACK_ALERT_CHANNEL"),
+        ({"slack_bot_token": "xoxb-1", "slack_alert_channel": "C0ALERTS"}, "SLACK_SIGNING_SECRET"),
+    ],
+)
+def test_incomplete_slack_settings(values: dict[str, str], variable: str) -> None:
+    settings = load_settings(**CLEAN, **values)
+    with pytest.raises(ConfigError) as info:
+        settings.require_slack()
+    assert info.value.variable == variable
+
+
+def test_socket_mode_needs_no_signing_secret() -> None:
+    settings = load_settings(
+        **CLEAN, slack_bot_token="xoxb-1", slack_app_token="xapp-1", slack_alert_channel="C0ALERTS"
+    )
+    settings.require_slack()
+    assert settings.socket_mode and not settings.local_mode
+
+
+@pytest.mark.parametrize(
+    ("values", "variable"),
+    [
+        ({}, "NYLAS_API_KEY"),
+        ({"nylas_api_version": "v2"}, "NYLAS_CLIENT_ID"),
+        ({"nylas_api_version": "v2", "nylas_client_id": "cid"}, "NYLAS_CLIENT_SECRET"),
+    ],
+)
+def test_missing_nylas_credentials(values: dict[str, str], variable: str) -> None:
+    settings = load_settings(**CLEAN, **values)
+    with pytest.raises(ConfigError) as info:
+        settings.require_nylas()
+    assert info.value.variable == variable
+
+
+POLICY = """
+[escalation]
+repeat = 2
+[[escalation.levels]]
+after = "15m"
+mention = ["S0ONCALL"]
+[[escalation.levels]]
+after = "1h"
+dm = ["U0LEAD"]
+pagerduty = true
+
+[permissions]
+revoke = ["U0ADMIN", "S0SECURITY"]
+
+[storms]
+threshold = 5
+window = "10m"
+
+[routing.domains]
+"Example.com" = "C0EXAMPLE"
+"""
+
+
+def test_policy_file_is_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY)
+    policy = load_settings(**CLEAN, config_file=path).policy
+    assert policy.escalation.repeat == 2
+    assert [level.after for level in policy.escalation.levels] == [
+        timedelta(minutes=15),
+        timedelta(hours=1),
+    ]
+    assert policy.escalation.levels[1].pagerduty
+    assert policy.permissions.revoke == ["U0ADMIN", "S0SECURITY"]
+    assert policy.permissions.ack is None
+    assert policy.storms.window == timedelta(minutes=10)
+    assert policy.routing.domains == {"example.com": "C0EXAMPLE"}
+
+
+@pytest.mark.parametrize(
+    ("content", "hint"),
+    [
+        (None, "does not exist"),
+        ("[escalation\nrepeat = 1", "is not valid TOML"),
+        ("[storms]\nwindow = '10 minutes'", "storms.window: '10 minutes' is not a duration"),
+        ("[storms]\nthreshold = 1", "storms.threshold"),
+        ("[permissions]\nrevoke = ['alice']", "permissions.revoke: 'alice' is not a Slack user"),
+        ("[permissions]\nnuke = ['U1']", "permissions.nuke: is not a known setting"),
+        ("[paging]\nx = 1", "paging: is not a known setting"),
+        (
+            "[escalation]\n[[escalation.levels]]\nafter='1h'\n[[escalation.levels]]\nafter='5m'",
+            "in order of `after`",
+        ),
+        ("[[escalation.levels]]\nafter = '5m'\ndm = ['S0GROUP']", "escalation.levels[0].dm"),
+    ],
+)
+def test_bad_policy_files(tmp_path: Path, content: str | None, hint: str) -> None:
+    path = tmp_path / "policy.toml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load_settings(**CLEAN, config_file=path)
+    message = str(info.value)
+    assert message.startswith(f"REAUTHBOT_CONFIG: {path}")
+    assert hint in message
+    assert "\n" not in message
+
+
+def test_policy_path_that_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings(**CLEAN, config_file=tmp_path)

@@ -1,0 +1,149 @@
+"""The operator policy read from the TOML file named by REAUTHBOT_CONFIG.
+
+Sections: ``[escalation]`` (who is told when nobody acknowledges), ``[permissions]`` (who may
+press which button), ``[storms]`` (when many cases become one incident) and ``[routing]``.
+Every error names the key and says what is expected.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+ACTIONS = ("ack", "link", "retry", "snooze", "resolve", "revoke")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_USER_OR_GROUP = re.compile(r"^[UWS][A-Z0-9]{2,}$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse "30s", "15m", "2h" or "1d" (a timedelta passes through)."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like 30s, 15m, 2h or 1d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ids(values: list[str], pattern: re.Pattern[str], what: str) -> list[str]:
+    for value in values:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} is not {what}")
+    return values
+
+
+class EscalationLevel(_Section):
+    after: Duration
+    mention: list[str] = []
+    dm: list[str] = []
+    pagerduty: bool = False
+
+    @field_validator("mention")
+    @classmethod
+    def _mention(cls, values: list[str]) -> list[str]:
+        return _ids(values, _USER_OR_GROUP, "a Slack user (U…) or user group (S…) id")
+
+    @field_validator("dm")
+    @classmethod
+    def _dm(cls, values: list[str]) -> list[str]:
+        return _ids(values, _USER, "a Slack user id (U…)")
+
+
+class Escalation(_Section):
+    repeat: int = Field(default=0, ge=0)
+    levels: list[EscalationLevel] = []
+
+    @field_validator("levels")
+    @classmethod
+    def _ordered(cls, levels: list[EscalationLevel]) -> list[EscalationLevel]:
+        afters = [level.after for level in levels]
+        if afters != sorted(afters):
+            raise ValueError("levels must be listed in order of `after`")
+        return levels
+
+
+class Permissions(_Section):
+    """Who may do what; an action that is not listed is open to everyone but ``revoke``."""
+
+    ack: list[str] | None = None
+    link: list[str] | None = None
+    retry: list[str] | None = None
+    snooze: list[str] | None = None
+    resolve: list[str] | None = None
+    revoke: list[str] | None = None
+
+    @field_validator(*ACTIONS)
+    @classmethod
+    def _members(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        return _ids(values, _USER_OR_GROUP, "a Slack user (U…) or user group (S…) id")
+
+
+class Storms(_Section):
+    threshold: int = Field(default=5, ge=2)
+    window: Duration = timedelta(minutes=10)
+
+
+class Routing(_Section):
+    """Alert channel per email domain; cases of other domains go to SLACK_ALERT_CHANNEL."""
+
+    domains: dict[str, str] = {}
+
+    @field_validator("domains")
+    @classmethod
+    def _channels(cls, domains: dict[str, str]) -> dict[str, str]:
+        for domain, channel in domains.items():
+            if not re.match(r"^[CG][A-Z0-9]{2,}$", channel):
+                raise ValueError(f"{domain} = {channel!r}: use a channel id (C…)")
+        return {domain.lower(): channel for domain, channel in domains.items()}
+
+
+class Policy(_Section):
+    escalation: Escalation = Escalation()
+    permissions: Permissions = Permissions()
+    storms: Storms = Storms()
+    routing: Routing = Routing()
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate the policy file; raise ValueError with a one-line explanation."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc.__class__.__name__
+        raise ValueError(f"{path} cannot be read ({reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = _location(error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "is not a known setting"
+        raise ValueError(f"{path}: {where}: {message}") from None
