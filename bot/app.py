@@ -12,11 +12,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 
+import httpx
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot import routes
+from bot import routes, webhook
+from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Sink
 from bot.runtime import RUNTIME, Runtime
@@ -24,7 +27,10 @@ from bot.settings import Settings
 from storage.engine import create_engine, session_factory
 from storage.migrate import upgrade
 from workflows.clock import Clock, system_clock
+from workflows.ingest import drain_inbox
 from workflows.maintenance import purge_old_rows
+from workflows.nylas import NylasClient
+from workflows.reconcile import reconcile
 
 log = logging.getLogger("reauthbot.app")
 
@@ -39,22 +45,66 @@ LOCAL_MODE_BANNER = (
 )
 
 
+# Options for the server that runs the app: webhook signatures are checked over the bytes as
+# sent, so compressed bodies must reach the handler compressed.
+SERVER_OPTIONS: dict[str, object] = {"auto_decompress": False}
+
+
 def create_app(
     settings: Settings,
     *,
     engine: AsyncEngine | None = None,
+    nylas: NylasClient | None = None,
     clock: Clock | None = None,
     sink: Sink | None = None,
     migrate: bool = True,
 ) -> web.Application:
-    """Build the aiohttp application; pass fakes for any part to test it."""
+    """Build the aiohttp application; pass fakes for any part to test it.
+
+    Serve it with ``SERVER_OPTIONS`` (``web.run_app(app, **SERVER_OPTIONS)``).
+    """
     runtime = Runtime(settings=settings, clock=clock or system_clock, metrics=Metrics())
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[routes.count_requests])
     app[RUNTIME] = runtime
     routes.register(app)
+    webhook.register(app)
     app.cleanup_ctx.append(_database(runtime, engine, migrate))
+    app.cleanup_ctx.append(_nylas(runtime, nylas))
     app.cleanup_ctx.append(_workers(runtime, sink))
     return app
+
+
+def build_nylas(settings: Settings, http: httpx.AsyncClient) -> NylasClient:
+    """The Nylas client the settings describe (call only when ``nylas_configured``)."""
+
+    def secret(value: SecretStr | None) -> str | None:
+        return None if value is None else value.get_secret_value()
+
+    return NylasClient(
+        http,
+        api_version=settings.nylas_api_version,
+        base_url=settings.nylas_base_url,
+        api_key=secret(settings.nylas_api_key),
+        client_id=settings.nylas_client_id,
+        client_secret=secret(settings.nylas_client_secret),
+    )
+
+
+def nylas_http() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
+
+
+def _nylas(runtime: Runtime, injected: NylasClient | None) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if injected is not None or not runtime.settings.nylas_configured:
+            runtime.nylas = injected
+            yield
+            return
+        async with nylas_http() as http:
+            runtime.nylas = build_nylas(runtime.settings, http)
+            yield
+
+    return ctx
 
 
 def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> CleanupCtx:
@@ -108,11 +158,26 @@ def _workers(runtime: Runtime, sink: Sink | None) -> CleanupCtx:
         settings = runtime.settings
         if settings.local_mode:
             log.warning(LOCAL_MODE_BANNER)
-        runtime.notifier = Notifier(
-            runtime.db(), sink or LogSink(), clock=runtime.clock, metrics=runtime.metrics
+        sessions = runtime.db()
+        notifier = Notifier(
+            sessions, sink or LogSink(), clock=runtime.clock, metrics=runtime.metrics
         )
+        runtime.notify = Worker("notifier", notifier.drain_once)
+
+        async def ingest_step() -> int:
+            done = await drain_inbox(
+                sessions, nylas=runtime.nylas, clock=runtime.clock, route=runtime.route
+            )
+            if done and runtime.notify is not None:
+                runtime.notify.wake()
+            return done
+
+        runtime.ingest = Worker("ingest", ingest_step)
         stop = asyncio.Event()
-        notifier_task = asyncio.create_task(runtime.notifier.run(stop), name="notifier")
+        tasks = [
+            asyncio.create_task(worker.run(stop), name=worker.name)
+            for worker in (runtime.ingest, runtime.notify)
+        ]
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_job(
             _job(runtime, "retention", _retention),
@@ -122,14 +187,33 @@ def _workers(runtime: Runtime, sink: Sink | None) -> CleanupCtx:
             max_instances=1,
             coalesce=True,
         )
+        if runtime.nylas is not None:
+            scheduler.add_job(
+                _job(runtime, "reconcile", _reconcile),
+                "interval",
+                seconds=settings.poll_interval.total_seconds(),
+                id="reconcile",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=runtime.clock(),
+            )
         scheduler.start()
         yield
         scheduler.shutdown(wait=False)
         stop.set()
-        await notifier_task
+        await asyncio.gather(*tasks)
         log.info("workers stopped")
 
     return ctx
+
+
+async def _reconcile(runtime: Runtime) -> None:
+    assert runtime.nylas is not None
+    report = await reconcile(runtime.db(), runtime.nylas, clock=runtime.clock, route=runtime.route)
+    for outcome in ("seen", "new", "changed", "missing"):
+        runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
+    if runtime.notify is not None:
+        runtime.notify.wake()
 
 
 async def _retention(runtime: Runtime) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from bot import logs
-from bot.app import create_app
+from bot.app import SERVER_OPTIONS, create_app
 from bot.render import when
 from bot.settings import ConfigError, Settings, load_settings
 from storage import cases as case_queries
@@ -60,6 +60,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.port,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         access_log=None,
+        **SERVER_OPTIONS,  # type: ignore[arg-type]
         print=lambda text: log.info(
             "listening", extra={"url": f"http://{settings.host}:{settings.port}"}
         ),

@@ -51,6 +51,18 @@ class Metrics:
         self.open_cases = Gauge(
             "reauthbot_open_cases", "Open cases by kind", ["kind"], registry=self.registry
         )
+        self.webhook_deliveries = Counter(
+            "reauthbot_webhook_deliveries",
+            "Nylas webhook deliveries by result (stored, duplicate, ignored, rejected…)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reconciled_accounts = Counter(
+            "reauthbot_reconciled_accounts",
+            "Accounts compared by reconciliation, by outcome (seen, new, changed, missing)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.job_runs = Counter(
             "reauthbot_job_runs",
             "Scheduled job runs by job and outcome",

@@ -7,7 +7,6 @@ retried with backoff; permanent ones are recorded on the case and counted, and n
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -95,7 +94,6 @@ class Notifier:
         metrics: Metrics,
         batch: int = 50,
         lease: timedelta = timedelta(seconds=60),
-        idle_seconds: float = 1.0,
     ) -> None:
         self._sessions = sessions
         self._sink = sink
@@ -103,30 +101,7 @@ class Notifier:
         self._metrics = metrics
         self._batch = batch
         self._lease = lease
-        self._idle = idle_seconds
         self._owner = f"notifier-{uuid.uuid4().hex[:8]}"
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        """Drain now instead of at the next idle tick (call after committing outbox rows)."""
-        self._wake.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Drain until ``stop`` is set; the batch in hand is finished before returning."""
-        while not stop.is_set():
-            try:
-                handled = await self.drain_once()
-            except Exception:
-                # The database is down or the sink misbehaves: keep the loop alive and retry.
-                log.exception("notifier pass failed; retrying")
-                handled = 0
-            if handled:
-                continue
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-            await asyncio.wait(waiters, timeout=self._idle, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
 
     async def drain_once(self) -> int:
         """Deliver the messages that are due now; return how many were handled."""

@@ -8,10 +8,13 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.loops import Worker
 from bot.metrics import Metrics
-from bot.notifier import Notifier
 from bot.settings import Settings
 from workflows.clock import Clock
+from workflows.lifecycle import Router
+from workflows.nylas import NylasClient
+from workflows.routing import make_router
 
 
 @dataclass
@@ -21,9 +24,15 @@ class Runtime:
     metrics: Metrics
     engine: AsyncEngine | None = None
     sessions: async_sessionmaker[AsyncSession] | None = None
-    notifier: Notifier | None = None
+    nylas: NylasClient | None = None
+    notify: Worker | None = None
+    ingest: Worker | None = None
     migrated: bool = False
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def route(self) -> Router:
+        return make_router(self.settings.policy.routing.domains, self.settings.alert_channel)
 
     def db(self) -> async_sessionmaker[AsyncSession]:
         assert self.sessions is not None, "the database is not open yet"

@@ -8,6 +8,7 @@ names the variable and says what to do.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.engine import normalize_url
-from workflows.policy import Policy, load_policy
+from workflows.policy import Policy, load_policy, parse_duration
 
 NYLAS_DEFAULT_URLS = {"v3": "https://api.us.nylas.com", "v2": "https://api.nylas.com"}
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
         default="INFO", validation_alias="REAUTHBOT_LOG_LEVEL"
     )
     retention_days: int = Field(default=30, ge=1, validation_alias="REAUTHBOT_RETENTION_DAYS")
+    poll_interval: timedelta = Field(
+        default=timedelta(minutes=15), validation_alias="REAUTHBOT_POLL_INTERVAL"
+    )
 
     _policy: Policy = PrivateAttr(default_factory=Policy)
 
@@ -76,6 +80,14 @@ class Settings(BaseSettings):
     @classmethod
     def _database_url(cls, value: str) -> str:
         return normalize_url(value).render_as_string(hide_password=False)
+
+    @field_validator("poll_interval", mode="before")
+    @classmethod
+    def _poll_interval(cls, value: Any) -> timedelta:
+        interval = parse_duration(value)
+        if interval < timedelta(minutes=1):
+            raise ValueError("must be at least 1m (Nylas rate-limits the account listing)")
+        return interval
 
     @field_validator("nylas_api_version", mode="before")
     @classmethod
@@ -140,6 +152,16 @@ class Settings(BaseSettings):
         if self.nylas_api_version == "v3":
             return self.nylas_api_key is not None
         return self.nylas_client_id is not None and self.nylas_client_secret is not None
+
+    @property
+    def alert_channel(self) -> str:
+        """The default channel of alerts ("log" in local mode)."""
+        return self.slack_alert_channel or "log"
+
+    def webhook_secrets(self) -> dict[str, str]:
+        """The keys Nylas signs webhooks with: the v3 webhook secret, the v2 client secret."""
+        found = {"v3": self.nylas_webhook_secret, "v2": self.nylas_client_secret}
+        return {v: s.get_secret_value() for v, s in found.items() if s is not None}
 
     def secrets(self) -> list[str]:
         """Return every secret value, so logs can be scrubbed of them."""

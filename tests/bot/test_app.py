@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.app import LOCAL_MODE_BANNER, create_app
+from bot.app import LOCAL_MODE_BANNER
 from bot.metrics import Metrics
 from bot.notifier import Notifier, Posted, SinkError
 from bot.runtime import RUNTIME
@@ -20,6 +21,7 @@ from bot.settings import load_settings
 from storage import cases, outbox
 from storage.engine import create_engine
 from storage.models import Account, Case, CaseEvent, OutboxKind, OutboxMessage, OutboxStatus
+from tests.appclient import start_app
 from tests.conftest import FrozenClock
 from tests.waiting import eventually
 
@@ -31,12 +33,9 @@ ClientFactory = Callable[..., Awaitable[TestClient]]
 async def make_client() -> AsyncIterator[ClientFactory]:
     clients: list[TestClient] = []
 
-    async def make(**kwargs: object) -> TestClient:
-        settings = load_settings(
-            _env_file=None, database_url=kwargs.pop("database_url", "sqlite+aiosqlite:///unused.db")
-        )
-        client = TestClient(TestServer(create_app(settings, **kwargs)))  # type: ignore[arg-type]
-        await client.start_server()
+    async def make(**kwargs: Any) -> TestClient:
+        url = kwargs.pop("database_url", "sqlite+aiosqlite:///unused.db")
+        client = await start_app(load_settings(_env_file=None, database_url=url), **kwargs)
         clients.append(client)
         return client
 
@@ -134,9 +133,9 @@ async def test_local_mode_writes_each_alert_to_the_log(
     client = await make_client(engine=engine, clock=clock)
     assert LOCAL_MODE_BANNER in caplog.text
     case_id = await open_case_with_alert(sessions, clock(), email="ana+<!channel>@example.com")
-    notifier = client.app[RUNTIME].notifier
-    assert notifier is not None
-    notifier.wake()
+    notify = client.app[RUNTIME].notify
+    assert notify is not None
+    notify.wake()
 
     async def sent() -> bool:
         return await outbox_statuses(sessions) == [OutboxStatus.SENT]

@@ -1,0 +1,39 @@
+"""A background worker loop: run a step until there is nothing to do, then wait to be woken."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("reauthbot.loops")
+
+
+class Worker:
+    """Runs ``step`` (which returns how much it did) whenever woken or every ``idle`` seconds."""
+
+    def __init__(self, name: str, step: Callable[[], Awaitable[int]], *, idle: float = 1.0) -> None:
+        self.name = name
+        self._step = step
+        self._idle = idle
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Loop until ``stop`` is set; the step in progress is finished before returning."""
+        while not stop.is_set():
+            try:
+                done = await self._step()
+            except Exception:
+                # The database is down, or a bug: keep the loop alive and try again later.
+                log.exception("%s pass failed; retrying", self.name)
+                done = 0
+            if done:
+                continue
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait(waiters, timeout=self._idle, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()

@@ -1,0 +1,104 @@
+"""The Nylas webhook endpoint: verify, store in the inbox, then answer.
+
+A delivery is answered 2xx only after it is stored, so Nylas retries anything we could not
+keep: 503 when the database does not take it. Deliveries of triggers reauthbot does not act
+on get 200 too, because Nylas disables endpoints that keep failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from bot.runtime import RUNTIME
+from storage import inbox
+from workflows.nylas import webhooks
+
+log = logging.getLogger("reauthbot.webhook")
+
+STORE_TIMEOUT = 5.0
+RETRY_AFTER_SECONDS = "30"
+
+
+async def challenge(request: web.Request) -> web.Response:
+    """Echo Nylas' challenge as plain text, which activates the webhook."""
+    value = request.query.get("challenge")
+    if value is None:
+        return web.json_response({"status": "error", "message": "missing challenge"}, status=400)
+    return web.Response(text=value, content_type="text/plain")
+
+
+async def receive(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    counter = runtime.metrics.webhook_deliveries
+    if (request.content_length or 0) > webhooks.MAX_BODY_BYTES:
+        counter.labels(result="too_large").inc()
+        return _error(413, "body is larger than 1 MiB")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        counter.labels(result="too_large").inc()
+        return _error(413, "body is larger than 1 MiB")
+    try:
+        entries = _verified_entries(request, raw, runtime.settings.webhook_secrets())
+    except webhooks.WebhookError as exc:
+        counter.labels(result=type(exc).__name__).inc()
+        log.warning("webhook rejected: %s", exc, extra={"status": exc.status})
+        return _error(exc.status, str(exc))
+    if not entries:
+        counter.labels(result="ignored").inc()
+        return web.json_response({"status": "ignored", "message": "trigger not acted on"})
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT), runtime.db()() as session, session.begin():
+            stored = 0
+            for entry in entries:
+                new_id = await inbox.add_delivery(
+                    session,
+                    dedupe_key=entry.dedupe_key,
+                    source=entry.source,
+                    body=entry.body,
+                    received_at=runtime.clock(),
+                )
+                stored += new_id is not None
+    except Exception as exc:
+        counter.labels(result="unavailable").inc()
+        log.error("cannot store a webhook delivery: %s", type(exc).__name__)
+        return _error(503, "cannot store the delivery now; retry", retry=True)
+    counter.labels(result="stored" if stored else "duplicate").inc()
+    if stored and runtime.ingest is not None:
+        runtime.ingest.wake()
+    return web.json_response(
+        {"status": "accepted", "stored": stored, "duplicates": len(entries) - stored}
+    )
+
+
+def _verified_entries(
+    request: web.Request, raw: bytes, secrets: dict[str, str]
+) -> list[webhooks.InboxEntry]:
+    gzipped = request.headers.get("Content-Encoding", "").strip().lower() == "gzip"
+    signature = request.headers.get("X-Nylas-Signature")
+    try:
+        # Nylas signs the bytes it sends; for compressed delivery, accept a signature of the
+        # decompressed body too, as Nylas does not document which of the two it signs.
+        version = webhooks.verify(raw, signature, secrets)
+        body = webhooks.decompress(raw) if gzipped else raw
+    except webhooks.BadSignature:
+        if not gzipped:
+            raise
+        body = webhooks.decompress(raw)
+        version = webhooks.verify(body, signature, secrets)
+    return webhooks.split(version, body)
+
+
+def _error(status: int, message: str, *, retry: bool = False) -> web.Response:
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if retry else None
+    return web.json_response(
+        {"status": "error", "message": message}, status=status, headers=headers
+    )
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/nylas/webhook", challenge)
+    app.router.add_post("/nylas/webhook", receive)

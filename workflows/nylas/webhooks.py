@@ -1,0 +1,221 @@
+"""Nylas webhook deliveries: signature check, shape check, and normalization.
+
+A delivery is verified over its raw bytes, split into inbox entries (one per v2 account delta,
+one per v3 grant notification) with a stable deduplication key, and later turned into an
+``AccountEvent`` by ``parse_entry``. Deliveries of triggers reauthbot does not act on are
+valid and produce no entries.
+
+Errors: ``WebhookError`` carries the HTTP status to answer: ``BadSignature`` (401) and
+``MalformedDelivery`` (400).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from workflows.events import AccountEvent
+from workflows.states import V2_TRIGGER_STATES, V3_TRIGGERS
+
+MAX_BODY_BYTES = 1024 * 1024
+REAUTH_CODE = 25027
+
+
+class WebhookError(Exception):
+    status = 400
+
+
+class BadSignature(WebhookError):
+    status = 401
+
+
+class MalformedDelivery(WebhookError):
+    status = 400
+
+
+class TooLarge(WebhookError):
+    status = 413
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    dedupe_key: str
+    source: str  # "nylas-v2" or "nylas-v3"
+    body: str
+
+
+def _digest(secret: str, raw: bytes) -> str:
+    return hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+def verify(raw: bytes, signature: str | None, secrets: Mapping[str, str]) -> str:
+    """Return the API version whose secret signed ``raw``; raise BadSignature otherwise.
+
+    ``secrets`` maps "v2" to the client secret and "v3" to the webhook secret. Every
+    configured secret is compared in constant time, whether or not an earlier one matched.
+    """
+    if not signature:
+        raise BadSignature("missing X-Nylas-Signature header")
+    if not secrets:
+        raise BadSignature("no webhook secret is configured (NYLAS_WEBHOOK_SECRET for v3)")
+    given = signature.strip().lower().encode()
+    matched = None
+    for version, secret in sorted(secrets.items()):
+        if hmac.compare_digest(_digest(secret, raw).encode(), given) and matched is None:
+            matched = version
+    if matched is None:
+        raise BadSignature("X-Nylas-Signature does not match the body")
+    return matched
+
+
+def sign(secret: str, raw: bytes) -> str:
+    """Sign a body the way Nylas does (for ``reauthbot trigger`` and tests)."""
+    return _digest(secret, raw)
+
+
+def decompress(raw: bytes) -> bytes:
+    """Inflate a gzip body, refusing to expand past the size limit (a gzip bomb)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(raw, MAX_BODY_BYTES + 1)
+    except zlib.error:
+        raise MalformedDelivery("body is not valid gzip") from None
+    if len(body) > MAX_BODY_BYTES or inflater.unconsumed_tail:
+        raise TooLarge("body is larger than 1 MiB once decompressed")
+    return body
+
+
+def compress(body: bytes) -> bytes:
+    return gzip.compress(body)
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MalformedDelivery("body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise MalformedDelivery("body must be a JSON object")
+    return payload
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MalformedDelivery(f"{where} must be a non-empty string")
+    return value
+
+
+def _timestamp(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedDelivery(f"{where} must be a unix timestamp")
+    return int(value)
+
+
+def split(version: str, body: bytes) -> list[InboxEntry]:
+    """Check a verified delivery's shape and return the inbox entries it holds."""
+    payload = _load(body)
+    if version == "v2":
+        return _split_v2(payload)
+    return _split_v3(payload)
+
+
+def _split_v2(payload: dict[str, Any]) -> list[InboxEntry]:
+    deltas = payload.get("deltas")
+    if not isinstance(deltas, list) or not deltas:
+        raise MalformedDelivery("a v2 delivery needs a non-empty 'deltas' list")
+    entries = []
+    for i, delta in enumerate(deltas):
+        where = f"deltas[{i}]"
+        if not isinstance(delta, dict):
+            raise MalformedDelivery(f"{where} must be an object")
+        trigger = _text(delta.get("type"), f"{where}.type")
+        date = _timestamp(delta.get("date"), f"{where}.date")
+        data = delta.get("object_data")
+        if not isinstance(data, dict):
+            raise MalformedDelivery(f"{where}.object_data must be an object")
+        if trigger not in V2_TRIGGER_STATES:
+            continue
+        account_id = _text(
+            data.get("account_id") or data.get("id"), f"{where}.object_data.account_id"
+        )
+        entries.append(
+            InboxEntry(
+                dedupe_key=f"v2:{account_id}:{trigger}:{date}",
+                source="nylas-v2",
+                body=json.dumps(delta, separators=(",", ":"), ensure_ascii=False),
+            )
+        )
+    return entries
+
+
+def _split_v3(payload: dict[str, Any]) -> list[InboxEntry]:
+    notification_id = _text(payload.get("id"), "id")
+    trigger = _text(payload.get("type"), "type")
+    _timestamp(payload.get("time"), "time")
+    data = payload.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise MalformedDelivery("a v3 delivery needs 'data.object'")
+    if trigger not in V3_TRIGGERS:
+        return []
+    _text(data["object"].get("grant_id"), "data.object.grant_id")
+    return [
+        InboxEntry(
+            dedupe_key=f"v3:{notification_id}",
+            source="nylas-v3",
+            body=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+        )
+    ]
+
+
+def _at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def parse_entry(source: str, body: str) -> AccountEvent:
+    """Turn a stored inbox entry into the event it announces."""
+    payload = json.loads(body)
+    if source == "nylas-v2":
+        data = payload["object_data"]
+        trigger = payload["type"]
+        return AccountEvent(
+            account_id=data.get("account_id") or data["id"],
+            api_version="v2",
+            event_type=trigger,
+            state=V2_TRIGGER_STATES[trigger],
+            occurred_at=_at(payload["date"]),
+            source="webhook",
+        )
+    obj = payload["data"]["object"]
+    trigger = payload["type"]
+    details: dict[str, Any] = {"notification_id": payload["id"]}
+    if "code" in obj:
+        details["code"] = obj["code"]
+    state: str | None
+    if trigger == "grant.expired":
+        state = "invalid"
+    elif trigger == "grant.deleted":
+        state = "deleted"
+    elif trigger == "grant.created":
+        state = "valid"
+    else:  # grant.updated: only a re-authentication says the grant works again
+        reauth = bool(obj.get("reauthentication_flag")) or obj.get("code") == REAUTH_CODE
+        details["reauthenticated"] = reauth
+        state = "valid" if reauth else None
+    return AccountEvent(
+        account_id=obj["grant_id"],
+        api_version="v3",
+        event_type=trigger,
+        state=state,
+        occurred_at=_at(payload["time"]),
+        source="webhook",
+        email=obj.get("email"),
+        provider=obj.get("provider"),
+        details=details,
+    )

@@ -1,0 +1,192 @@
+"""Reconciliation: list every account from Nylas, compare with the stored snapshots, and
+apply the differences through the same lifecycle as webhooks, so a missed webhook is caught.
+
+Accounts are read a page at a time; only the page in hand and the set of ids seen (needed to
+notice accounts that disappeared) are held in memory. Accounts missing from a *complete*
+listing are treated as deleted, unless so many are missing that the listing itself is suspect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import Account
+from workflows.clock import Clock
+from workflows.events import AccountEvent
+from workflows.lifecycle import Router, apply_event
+from workflows.nylas import NylasClient, RemoteAccount
+from workflows.states import Health, classify
+
+log = logging.getLogger("reauthbot.reconcile")
+
+PAGE = 500
+# A listing that lacks more than this share of known accounts is not trusted to delete them.
+MAX_MISSING_SHARE = 0.2
+
+
+@dataclass
+class ReconcileReport:
+    seen: int = 0
+    new: int = 0
+    changed: int = 0
+    missing: int = 0
+    opened: int = 0
+    resolved: int = 0
+    complete: bool = False
+    skipped_missing: bool = False
+
+    def summary(self) -> str:
+        text = (
+            f"{self.seen} accounts checked: {self.new} new, {self.changed} changed, "
+            f"{self.missing} gone; {self.opened} cases opened, {self.resolved} resolved"
+        )
+        if self.skipped_missing:
+            text += " (missing accounts not applied: the listing looked incomplete)"
+        return text
+
+
+Progress = Callable[[ReconcileReport], None]
+
+
+async def reconcile(
+    sessions: async_sessionmaker[AsyncSession],
+    nylas: NylasClient,
+    *,
+    clock: Clock,
+    route: Router,
+    progress: Progress | None = None,
+    page_size: int = PAGE,
+) -> ReconcileReport:
+    """Run one reconciliation pass; raises NylasError if the listing cannot be completed."""
+    report = ReconcileReport()
+    seen: set[str] = set()
+    page: list[RemoteAccount] = []
+    async for remote in nylas.iter_accounts():
+        page.append(remote)
+        if len(page) >= page_size:
+            await _apply_page(sessions, page, report, seen, clock=clock, route=route)
+            page = []
+            if progress:
+                progress(report)
+    if page:
+        await _apply_page(sessions, page, report, seen, clock=clock, route=route)
+    report.complete = True
+    await _apply_missing(sessions, nylas.api_version, seen, report, clock=clock, route=route)
+    if progress:
+        progress(report)
+    log.info("reconciliation done: %s", report.summary())
+    return report
+
+
+def _count(report: ReconcileReport, action: str) -> None:
+    if action == "opened":
+        report.opened += 1
+    elif action == "resolved":
+        report.resolved += 1
+
+
+async def _apply_page(
+    sessions: async_sessionmaker[AsyncSession],
+    page: Sequence[RemoteAccount],
+    report: ReconcileReport,
+    seen: set[str],
+    *,
+    clock: Clock,
+    route: Router,
+) -> None:
+    now = clock()
+    async with sessions() as session, session.begin():
+        ids = [remote.id for remote in page]
+        stored = {
+            a.id: a for a in (await session.exec(select(Account).where(col(Account.id).in_(ids))))
+        }
+        for remote in page:
+            seen.add(remote.id)
+            report.seen += 1
+            known = stored.get(remote.id)
+            state = remote.sync_state or "unknown"
+            if known is None:
+                report.new += 1
+                if classify(remote.api_version, state).health in (Health.HEALTHY, Health.TRANSIENT):
+                    # A new healthy account needs a snapshot, not the whole lifecycle.
+                    session.add(
+                        Account(
+                            id=remote.id,
+                            api_version=remote.api_version,
+                            email=remote.email,
+                            provider=remote.provider,
+                            sync_state=state,
+                            billing_state=remote.billing_state,
+                            state_at=now,
+                            first_seen_at=now,
+                            updated_at=now,
+                        )
+                    )
+                    continue
+            elif known.sync_state == state and (known.email, known.billing_state) == (
+                remote.email or known.email,
+                remote.billing_state or known.billing_state,
+            ):
+                continue
+            else:
+                report.changed += 1
+            event = AccountEvent(
+                account_id=remote.id,
+                api_version=remote.api_version,
+                event_type="poll",
+                state=state,
+                occurred_at=now,
+                source="poll",
+                email=remote.email,
+                provider=remote.provider,
+                billing_state=remote.billing_state,
+            )
+            _count(report, (await apply_event(session, event, now=now, route=route)).action)
+
+
+async def _apply_missing(
+    sessions: async_sessionmaker[AsyncSession],
+    api_version: str,
+    seen: set[str],
+    report: ReconcileReport,
+    *,
+    clock: Clock,
+    route: Router,
+) -> None:
+    async with sessions() as session:
+        stmt = select(Account.id).where(
+            Account.api_version == api_version, col(Account.sync_state) != "deleted"
+        )
+        missing = [
+            account_id for account_id in (await session.exec(stmt)) if account_id not in seen
+        ]
+    known = len(seen) + len(missing)
+    if missing and len(missing) > max(10, MAX_MISSING_SHARE * known):
+        report.skipped_missing = True
+        log.error(
+            "the account listing lacks %d of %d known accounts; not marking them deleted",
+            len(missing),
+            known,
+        )
+        return
+    now = clock()
+    for start in range(0, len(missing), PAGE):
+        async with sessions() as session, session.begin():
+            for account_id in missing[start : start + PAGE]:
+                report.missing += 1
+                event = AccountEvent(
+                    account_id=account_id,
+                    api_version=api_version,
+                    event_type="poll",
+                    state="deleted",
+                    occurred_at=now,
+                    source="poll",
+                    details={"reason": "absent from the account listing"},
+                )
+                _count(report, (await apply_event(session, event, now=now, route=route)).action)
