@@ -58,8 +58,12 @@ def create_app(
     clock: Clock | None = None,
     sink: Sink | None = None,
     migrate: bool = True,
+    scheduled_jobs: bool = True,
 ) -> web.Application:
     """Build the aiohttp application; pass fakes for any part to test it.
+
+    ``scheduled_jobs=False`` leaves out the periodic jobs (reconciliation, retention), for
+    tests that must see only the effects of what they send.
 
     Serve it with ``SERVER_OPTIONS`` (``web.run_app(app, **SERVER_OPTIONS)``).
     """
@@ -70,7 +74,7 @@ def create_app(
     webhook.register(app)
     app.cleanup_ctx.append(_database(runtime, engine, migrate))
     app.cleanup_ctx.append(_nylas(runtime, nylas))
-    app.cleanup_ctx.append(_workers(runtime, sink))
+    app.cleanup_ctx.append(_workers(runtime, sink, scheduled_jobs))
     return app
 
 
@@ -153,7 +157,7 @@ async def _migrate_until_done(runtime: Runtime) -> None:
             return
 
 
-def _workers(runtime: Runtime, sink: Sink | None) -> CleanupCtx:
+def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = runtime.settings
         if settings.local_mode:
@@ -197,9 +201,11 @@ def _workers(runtime: Runtime, sink: Sink | None) -> CleanupCtx:
                 coalesce=True,
                 next_run_time=runtime.clock(),
             )
-        scheduler.start()
+        if scheduled_jobs:
+            scheduler.start()
         yield
-        scheduler.shutdown(wait=False)
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
         stop.set()
         await asyncio.gather(*tasks)
         log.info("workers stopped")

@@ -11,18 +11,24 @@ import asyncio
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 from aiohttp import web
 
 from bot import logs
-from bot.app import SERVER_OPTIONS, create_app
+from bot.app import SERVER_OPTIONS, build_nylas, create_app, nylas_http
 from bot.render import when
 from bot.settings import ConfigError, Settings, load_settings
 from storage import cases as case_queries
 from storage.engine import create_engine, normalize_url, session_factory
 from storage.migrate import current_revision, head_revision, upgrade
+from workflows.clock import system_clock
+from workflows.nylas import NylasError, samples, webhooks
+from workflows.reconcile import ReconcileReport, reconcile
+from workflows.routing import make_router
 
 log = logging.getLogger("reauthbot.cli")
 
@@ -159,6 +165,76 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
+    settings.require_nylas()
+    engine = create_engine(settings.database_url)
+    try:
+        if await current_revision(engine) != head_revision():
+            raise CommandError("the database is not migrated; run `reauthbot db upgrade` first")
+        async with nylas_http() as http:
+            nylas = build_nylas(settings, http)
+            route = make_router(settings.policy.routing.domains, settings.alert_channel)
+
+            def progress(report: ReconcileReport) -> None:
+                print(f"... {report.seen} accounts checked", file=sys.stderr, flush=True)
+
+            report = await reconcile(
+                session_factory(engine), nylas, clock=system_clock, route=route, progress=progress
+            )
+    except NylasError as exc:
+        raise CommandError(f"reconciliation stopped: {exc}") from None
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise _database_error(settings, exc) from None
+    finally:
+        await engine.dispose()
+    print(report.summary())
+    return 0
+
+
+async def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        version = samples.api_version_of(args.event)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    now = system_clock()
+    secret = settings.webhook_secrets().get(version)
+    if secret is None:
+        variable = "NYLAS_WEBHOOK_SECRET" if version == "v3" else "NYLAS_CLIENT_SECRET"
+        raise ConfigError(variable, f"is needed to sign a sample {version} delivery")
+    account = args.account or f"sample-{uuid.uuid4().hex[:12]}"
+    if version == "v3":
+        payload = samples.v3_notification(
+            args.event,
+            grant_id=account,
+            email=args.email,
+            at=now,
+            provider=args.provider,
+            reauthenticated=args.reauth,
+        )
+    else:
+        payload = samples.v2_delivery(args.event, account_id=account, at=now)
+    raw = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if args.gzip:
+        raw = webhooks.compress(raw)
+        headers["Content-Encoding"] = "gzip"
+    headers["X-Nylas-Signature"] = webhooks.sign(secret, raw)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = args.url or f"http://{host}:{settings.port}/nylas/webhook"
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(url, content=raw, headers=headers)
+    except httpx.HTTPError as exc:
+        raise CommandError(
+            f"cannot reach {url}: {exc or type(exc).__name__}; is it running?"
+        ) from None
+    print(f"sent {args.event} for {version} account {account} to {url}")
+    print(f"{response.status_code} {response.text.strip()}")
+    return 0 if response.is_success else EXIT_FAILURE
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 
@@ -184,6 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the configuration and reach the database")
     check.set_defaults(run=cmd_check)
+
+    poll = sub.add_parser("poll", help="run one reconciliation pass against the Nylas API")
+    poll.set_defaults(run=cmd_poll)
+
+    trigger = sub.add_parser(
+        "trigger",
+        help="send a signed sample webhook delivery to a running service",
+        description="Send a correctly signed sample Nylas delivery, e.g. "
+        "`reauthbot trigger grant.expired --email ana@example.com`.",
+    )
+    trigger.add_argument("event", metavar="EVENT", help=", ".join(samples.TRIGGERS))
+    trigger.add_argument("--email", default="ana@example.com", help="email of a v3 grant")
+    trigger.add_argument("--account", help="account or grant id (default: a new random one)")
+    trigger.add_argument("--provider", default="google", help="provider of a v3 grant")
+    trigger.add_argument(
+        "--reauth", action="store_true", help="grant.updated: mark it a re-authentication"
+    )
+    trigger.add_argument("--gzip", action="store_true", help="send it gzip-compressed")
+    trigger.add_argument("--url", help="webhook URL (default: this host's PORT)")
+    trigger.set_defaults(run=cmd_trigger)
     return parser
 
 

@@ -91,5 +91,6 @@ def configure(
     # aiohttp's access log is one line per request: useful at DEBUG, noise otherwise.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Alembic narrates every readiness check; reauthbot logs the migration outcome itself.
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -11,6 +11,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.engine import create_engine, session_factory
 from tests import databases
+from tests.fakes.nylas import FakeNylas
+
+NYLAS_CLIENT_ID = "app-client-id"
+NYLAS_CLIENT_SECRET = "app-client-secret-0f3c"
+NYLAS_API_KEY = "nyk_v0_test_key_51e2"
+WEBHOOK_SECRET = "webhook-secret-9d41"
 
 BACKENDS = [
     "sqlite",
@@ -80,3 +86,11 @@ class FrozenClock:
 @pytest.fixture
 def clock() -> FrozenClock:
     return FrozenClock()
+
+
+@pytest.fixture
+async def nylas_fake() -> AsyncIterator[FakeNylas]:
+    async with FakeNylas(
+        client_id=NYLAS_CLIENT_ID, client_secret=NYLAS_CLIENT_SECRET, api_key=NYLAS_API_KEY
+    ) as fake:
+        yield fake

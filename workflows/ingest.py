@@ -42,7 +42,7 @@ async def enrich(event: AccountEvent, nylas: NylasClient | None) -> AccountEvent
     """
     if event.api_version != "v2":
         return event
-    if nylas is None:
+    if nylas is None or nylas.api_version != "v2":
         return dataclasses.replace(event, details={**event.details, "enriched": False})
     try:
         remote = await nylas.get_account(event.account_id)

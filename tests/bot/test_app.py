@@ -30,7 +30,8 @@ ClientFactory = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[ClientFactory]:
+async def make_client(engine: AsyncEngine) -> AsyncIterator[ClientFactory]:
+    """Start apps; they are closed before the test database (``engine``) is disposed."""
     clients: list[TestClient] = []
 
     async def make(**kwargs: Any) -> TestClient:
@@ -98,13 +99,12 @@ async def test_health_ready_and_metrics(make_client: ClientFactory, engine: Asyn
 
 async def test_not_ready_until_migrated(make_client: ClientFactory, blank_url: str) -> None:
     engine = create_engine(blank_url)
-    try:
-        client = await make_client(engine=engine, migrate=False)
-        ready = await client.get("/readyz")
-        assert ready.status == 503
-        assert (await ready.json())["reason"] == "database schema at nothing, needs 0001"
-    finally:
-        await engine.dispose()
+    client = await make_client(engine=engine, migrate=False)
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["reason"] == "database schema at nothing, needs 0001"
+    await client.close()
+    await engine.dispose()
 
 
 async def test_startup_migrates_a_new_database(make_client: ClientFactory, blank_url: str) -> None:

@@ -1,0 +1,79 @@
+"""Sample Nylas webhook deliveries in the real formats, for ``reauthbot trigger`` and tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from workflows.nylas.webhooks import REAUTH_CODE
+from workflows.states import V2_TRIGGER_STATES, V3_TRIGGERS
+
+TRIGGERS = (*V2_TRIGGER_STATES, *V3_TRIGGERS)
+_V3_CODES = {"grant.created": 25012, "grant.deleted": 25013, "grant.expired": 25009}
+
+
+def api_version_of(trigger: str) -> str:
+    if trigger in V2_TRIGGER_STATES:
+        return "v2"
+    if trigger in V3_TRIGGERS:
+        return "v3"
+    raise ValueError(f"unknown trigger {trigger!r}; choose one of: {', '.join(TRIGGERS)}")
+
+
+def v2_delivery(trigger: str, *, account_id: str, at: datetime) -> dict[str, Any]:
+    """A v2 delivery with one account delta; v2 account deltas carry no email."""
+    return {
+        "deltas": [
+            {
+                "date": int(at.timestamp()),
+                "object": "account",
+                "type": trigger,
+                "object_data": {
+                    "namespace_id": account_id,
+                    "account_id": account_id,
+                    "object": "account",
+                    "attributes": None,
+                    "id": account_id,
+                    "metadata": None,
+                },
+            }
+        ]
+    }
+
+
+def v3_notification(
+    trigger: str,
+    *,
+    grant_id: str,
+    email: str,
+    at: datetime,
+    provider: str = "google",
+    notification_id: str | None = None,
+    reauthenticated: bool = False,
+) -> dict[str, Any]:
+    """A v3 grant notification in Nylas' CloudEvents-like envelope."""
+    obj: dict[str, Any] = {
+        "grant_id": grant_id,
+        "integration_id": "00000000-0000-0000-0000-000000000001",
+        "provider": provider,
+        "email": email,
+    }
+    if trigger == "grant.updated":
+        obj["code"] = REAUTH_CODE if reauthenticated else 25014
+        obj["reauthentication_flag"] = reauthenticated
+    else:
+        obj["code"] = _V3_CODES[trigger]
+    if trigger == "grant.expired":
+        obj["grant_updated_at"] = int(at.timestamp()) - 3600
+    if trigger == "grant.created":
+        obj |= {"login_id": "login-1", "name": email.split("@")[0], "scope": ["email"]}
+    return {
+        "specversion": "1.0",
+        "type": trigger,
+        "source": "/nylas/system",
+        "id": notification_id or str(uuid.uuid4()),
+        "time": int(at.timestamp()),
+        "webhook_delivery_attempt": 1,
+        "data": {"application_id": "00000000-0000-0000-0000-00000000a991", "object": obj},
+    }
