@@ -1,0 +1,198 @@
+"""Reconciliation against the fake Nylas API over HTTP, on each database engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage import cases
+from storage.models import Account, Case, CaseStatus
+from tests.conftest import NYLAS_API_KEY, NYLAS_CLIENT_ID, NYLAS_CLIENT_SECRET, FrozenClock
+from tests.fakes.nylas import FakeNylas
+from workflows.events import AccountEvent
+from workflows.lifecycle import apply_event
+from workflows.nylas import NylasClient, NylasUnavailable
+from workflows.reconcile import ReconcileReport, reconcile
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        yield client
+
+
+def client_for(fake: FakeNylas, http: httpx.AsyncClient, version: str = "v3") -> NylasClient:
+    async def no_sleep(_: float) -> None:
+        return None
+
+    return NylasClient(
+        http,
+        api_version=version,
+        base_url=fake.url,
+        api_key=NYLAS_API_KEY,
+        client_id=NYLAS_CLIENT_ID,
+        client_secret=NYLAS_CLIENT_SECRET,
+        page_size=7,
+        max_retries=1,
+        sleep=no_sleep,
+    )
+
+
+def route(email: str | None) -> str:
+    return "C0ALERTS"
+
+
+async def run(
+    sessions: Sessions, nylas: NylasClient, clock: FrozenClock, **kw: object
+) -> ReconcileReport:
+    return await reconcile(sessions, nylas, clock=clock, route=route, page_size=10, **kw)  # type: ignore[arg-type]
+
+
+async def open_cases(sessions: Sessions) -> dict[str, Case]:
+    async with sessions() as session:
+        return {case.account_id: case for case, _ in await cases.list_open_cases(session)}
+
+
+async def account_count(sessions: Sessions) -> int:
+    async with sessions() as session:
+        return (await session.exec(select(func.count()).select_from(Account))).one()
+
+
+@pytest.mark.parametrize("version", ["v3", "v2"])
+async def test_first_pass_over_several_pages(
+    sessions: Sessions,
+    nylas_fake: FakeNylas,
+    http: httpx.AsyncClient,
+    clock: FrozenClock,
+    version: str,
+) -> None:
+    if version == "v3":
+        nylas_fake.add_many_grants(45, grant_statuses=["valid"] * 8 + ["invalid"])
+    else:
+        nylas_fake.add_many_v2(
+            45, sync_states=["running", "partial", "downloading", "stopped", "invalid-credentials"]
+        )
+    seen: list[int] = []
+    report = await run(
+        sessions,
+        client_for(nylas_fake, http, version),
+        clock,
+        progress=lambda r: seen.append(r.seen),
+    )
+    assert report.complete and report.seen == 45 and report.new == 45
+    assert seen == [10, 20, 30, 40, 45]
+    assert len(nylas_fake.calls) >= 7  # page_size 7: several pages
+    assert await account_count(sessions) == 45
+    opened = await open_cases(sessions)
+    if version == "v3":
+        assert sorted(opened) == sorted(f"grant-{i}" for i in (8, 17, 26, 35, 44))
+        assert {c.kind for c in opened.values()} == {"reauth"}
+    else:
+        assert len(opened) == 18  # every stopped and invalid-credentials account
+        assert {c.kind for c in opened.values()} == {"stopped", "reauth"}
+    assert report.opened == len(opened)
+
+
+async def test_a_missed_webhook_is_caught_and_recovery_resolves(
+    sessions: Sessions, nylas_fake: FakeNylas, http: httpx.AsyncClient, clock: FrozenClock
+) -> None:
+    nylas_fake.add_grant(id="g-1", email="ana@example.com")
+    nylas_fake.add_grant(id="g-2", email="bo@example.com")
+    nylas = client_for(nylas_fake, http)
+    await run(sessions, nylas, clock)
+    assert await open_cases(sessions) == {}
+
+    nylas_fake.set_grant_status("g-1", "invalid")  # grant.expired was never delivered
+    clock.advance(minutes=15)
+    report = await run(sessions, nylas, clock)
+    assert (report.changed, report.opened) == (1, 1)
+    case = (await open_cases(sessions))["g-1"]
+    assert (case.kind, case.state) == ("reauth", "invalid")
+
+    clock.advance(minutes=15)
+    unchanged = await run(sessions, nylas, clock)
+    assert (unchanged.changed, unchanged.opened, unchanged.resolved) == (0, 0, 0)
+
+    nylas_fake.set_grant_status("g-1", "valid")
+    clock.advance(minutes=15)
+    assert (await run(sessions, nylas, clock)).resolved == 1
+    async with sessions() as session:
+        resolved = await cases.get_case(session, case_id=case.id or 0)
+    assert resolved is not None and resolved.status == CaseStatus.RESOLVED
+    assert resolved.resolved_by == "poll"
+
+
+async def test_a_newer_webhook_state_is_not_overwritten_by_an_older_poll(
+    sessions: Sessions, nylas_fake: FakeNylas, http: httpx.AsyncClient, clock: FrozenClock
+) -> None:
+    nylas_fake.add_grant(id="g-1", email="ana@example.com", grant_status="invalid")
+    # A webhook already told us the grant was re-authenticated, after the poll's time.
+    async with sessions() as session, session.begin():
+        event = AccountEvent(
+            account_id="g-1",
+            api_version="v3",
+            event_type="grant.updated",
+            state="valid",
+            occurred_at=clock() + timedelta(minutes=1),
+            source="webhook",
+        )
+        await apply_event(session, event, now=clock(), route=route)
+    report = await run(sessions, client_for(nylas_fake, http), clock)
+    assert report.opened == 0
+    assert await open_cases(sessions) == {}
+
+
+async def test_accounts_gone_from_the_listing_are_resolved_as_deleted(
+    sessions: Sessions, nylas_fake: FakeNylas, http: httpx.AsyncClient, clock: FrozenClock
+) -> None:
+    nylas_fake.add_many_grants(20, grant_statuses=["invalid"])
+    nylas = client_for(nylas_fake, http)
+    await run(sessions, nylas, clock)
+    assert len(await open_cases(sessions)) == 20
+    del nylas_fake.grants["grant-3"]
+    nylas_fake._grant_order.remove("grant-3")
+    clock.advance(minutes=15)
+    report = await run(sessions, nylas, clock)
+    assert (report.missing, report.resolved) == (1, 1)
+    assert "grant-3" not in await open_cases(sessions)
+    async with sessions() as session:
+        account = await cases.get_account(session, account_id="grant-3")
+    assert account is not None and account.sync_state == "deleted"
+
+
+async def test_a_listing_missing_most_accounts_deletes_nothing(
+    sessions: Sessions, nylas_fake: FakeNylas, http: httpx.AsyncClient, clock: FrozenClock
+) -> None:
+    nylas_fake.add_many_grants(40, grant_statuses=["invalid"])
+    nylas = client_for(nylas_fake, http)
+    await run(sessions, nylas, clock)
+    for i in range(5, 40):
+        del nylas_fake.grants[f"grant-{i}"]
+        nylas_fake._grant_order.remove(f"grant-{i}")
+    report = await run(sessions, nylas, clock)
+    assert report.skipped_missing and report.missing == 0
+    assert len(await open_cases(sessions)) == 40
+    assert "listing looked incomplete" in report.summary()
+
+
+async def test_nylas_down_mid_listing_changes_nothing_further(
+    sessions: Sessions, nylas_fake: FakeNylas, http: httpx.AsyncClient, clock: FrozenClock
+) -> None:
+    nylas_fake.add_many_grants(30, grant_statuses=["invalid"])
+    nylas = client_for(nylas_fake, http)
+    await run(sessions, nylas, clock)
+    nylas_fake.fail("GET", r"/v3/grants", status=503, times=None)
+    with pytest.raises(NylasUnavailable):
+        await run(sessions, nylas, clock)
+    async with sessions() as session:
+        resolved = (await session.exec(select(Case).where(col(Case.status) == "resolved"))).all()
+    assert resolved == []
+    assert len(await open_cases(sessions)) == 30
