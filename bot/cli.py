@@ -227,9 +227,8 @@ async def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
         async with httpx.AsyncClient(timeout=10) as http:
             response = await http.post(url, content=raw, headers=headers)
     except httpx.HTTPError as exc:
-        raise CommandError(
-            f"cannot reach {url}: {exc or type(exc).__name__}; is it running?"
-        ) from None
+        reason = str(exc) or type(exc).__name__
+        raise CommandError(f"cannot reach {url}: {reason}; is the service running?") from None
     print(f"sent {args.event} for {version} account {account} to {url}")
     print(f"{response.status_code} {response.text.strip()}")
     return 0 if response.is_success else EXIT_FAILURE

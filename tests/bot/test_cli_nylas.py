@@ -1,0 +1,133 @@
+"""``reauthbot poll`` and ``reauthbot trigger``, run as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.bot.test_cli import assert_one_line_error
+from tests.bot.test_serve import serving, wait_ready
+from tests.cli import clean_env, free_port, run
+from tests.conftest import NYLAS_API_KEY
+from tests.fakes.nylas import FakeNylas
+
+
+async def run_async(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI without blocking the loop that serves the fake Nylas API."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=tmp_path,
+        env=clean_env(tmp_path, **env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
+
+
+def test_trigger_needs_the_signing_secret(tmp_path: Path) -> None:
+    assert_one_line_error(run(tmp_path, "trigger", "grant.expired"), 2, "NYLAS_WEBHOOK_SECRET")
+    assert_one_line_error(run(tmp_path, "trigger", "account.invalid"), 2, "NYLAS_CLIENT_SECRET")
+
+
+def test_trigger_unknown_event_lists_the_known_ones(tmp_path: Path) -> None:
+    result = run(tmp_path, "trigger", "grant.exploded", NYLAS_WEBHOOK_SECRET="s")
+    assert_one_line_error(
+        result, 1, "unknown trigger 'grant.exploded'", "grant.expired", "account.sync_error"
+    )
+
+
+def test_trigger_with_nothing_listening(tmp_path: Path) -> None:
+    result = run(
+        tmp_path, "trigger", "grant.expired", NYLAS_WEBHOOK_SECRET="s", PORT=str(free_port())
+    )
+    assert_one_line_error(result, 1, "cannot reach http://127.0.0.1:", "is the service running?")
+
+
+def test_newcomer_sees_a_case_open_and_close_without_nylas(tmp_path: Path) -> None:
+    env = {"NYLAS_WEBHOOK_SECRET": "dev-secret", "NYLAS_CLIENT_SECRET": "dev-client-secret"}
+    with serving(tmp_path, **env) as served:
+        wait_ready(served)
+        port = served.base.rsplit(":", 1)[1]
+        sent = run(
+            tmp_path,
+            "trigger",
+            "grant.expired",
+            "--email",
+            "ana@example.com",
+            "--account",
+            "g-1",
+            "--gzip",
+            PORT=port,
+            **env,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert '200 {"status": "accepted", "stored": 1, "duplicates": 0}' in sent.stdout
+        v2 = run(tmp_path, "trigger", "account.stopped", "--account", "a-9", PORT=port, **env)
+        assert v2.returncode == 0, v2.stderr
+
+        def open_cases() -> list[dict[str, object]]:
+            return list(json.loads(run(tmp_path, "cases", "--json").stdout))
+
+        for _ in range(100):
+            if len(open_cases()) == 2:
+                break
+        assert sorted((c["account"], c["kind"]) for c in open_cases()) == [
+            ("a-9", "stopped"),
+            ("g-1", "reauth"),
+        ]
+        reauth = run(
+            tmp_path, "trigger", "grant.updated", "--reauth", "--account", "g-1", PORT=port, **env
+        )
+        assert reauth.returncode == 0
+        for _ in range(100):
+            if len(open_cases()) == 1:
+                break
+        assert [c["account"] for c in open_cases()] == ["a-9"]
+    log = served.output()
+    assert "alert: Case #1: ana@example.com needs re-authentication" in log
+    assert "Resolved: The end user re-authenticated." in log
+
+
+def nylas_env(fake: FakeNylas, url: str) -> dict[str, str]:
+    return {"DATABASE_URL": url, "NYLAS_API_URL": fake.url, "NYLAS_API_KEY": NYLAS_API_KEY}
+
+
+async def test_poll_reports_what_it_found(
+    tmp_path: Path, blank_url: str, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.add_many_grants(1200, grant_statuses=["valid"] * 99 + ["invalid"])
+    env = nylas_env(nylas_fake, blank_url)
+    assert (await run_async(tmp_path, "db", "upgrade", **env)).returncode == 0
+    result = await run_async(tmp_path, "poll", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "1200 accounts checked: 1200 new, 0 changed, 0 gone; 12 cases opened, 0 resolved"
+    )
+    assert "... 500 accounts checked" in result.stderr
+    cases_out = await run_async(tmp_path, "cases", "--json", **env)
+    assert len(json.loads(cases_out.stdout)) == 12
+
+
+async def test_poll_with_nylas_down_is_one_line(
+    tmp_path: Path, blank_url: str, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.fail("GET", r"/v3/grants", status=401, times=None)
+    env = nylas_env(nylas_fake, blank_url)
+    await run_async(tmp_path, "db", "upgrade", **env)
+    result = await run_async(tmp_path, "poll", **env)
+    assert_one_line_error(result, 1, "reconciliation stopped:", "GET /v3/grants")
+    assert NYLAS_API_KEY not in result.stderr
+
+
+def test_poll_needs_credentials_and_a_migrated_database(tmp_path: Path, blank_url: str) -> None:
+    assert_one_line_error(run(tmp_path, "poll", DATABASE_URL=blank_url), 2, "NYLAS_API_KEY")
+    result = run(tmp_path, "poll", DATABASE_URL=blank_url, NYLAS_API_KEY="k")
+    assert_one_line_error(result, 1, "reauthbot db upgrade")
