@@ -44,6 +44,7 @@ async def make_app(nylas_fake: FakeNylas, engine: AsyncEngine) -> AsyncIterator[
         version: str = "v3",
         database_url: str | None = None,
         nylas: NylasClient | None = None,
+        scheduled_jobs: bool = False,
         **overrides: Any,
     ) -> TestClient:
         settings = load_settings(
@@ -61,7 +62,7 @@ async def make_app(nylas_fake: FakeNylas, engine: AsyncEngine) -> AsyncIterator[
             use = create_engine(database_url)
             engines.append(use)
         client = await start_app(
-            settings, engine=use, nylas=nylas, scheduled_jobs=False, migrate=False
+            settings, engine=use, nylas=nylas, scheduled_jobs=scheduled_jobs, migrate=False
         )
         clients.append(client)
         return client
@@ -442,3 +443,22 @@ async def test_v2_account_gone_from_the_api_resolves_the_case(
     async with sessions() as session:
         case = await cases.get_case(session, case_id=1)
     assert case is not None and case.resolution == "The account was deleted in Nylas."
+
+
+# --- the scheduled reconciliation ---------------------------------------------------------------
+
+
+async def test_service_reconciles_at_start_without_any_webhook(
+    make_app: MakeApp, sessions: Sessions, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.add_grant(id="g-7", email="cy@example.com", grant_status="invalid")
+    nylas_fake.add_grant(id="g-8", email="di@example.com")
+    client = await make_app(scheduled_jobs=True)
+
+    async def opened() -> bool:
+        return [c.account_id for c in await open_cases(sessions)] == ["g-7"]
+
+    await eventually(opened)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'reauthbot_reconciled_accounts_total{outcome="new"} 2.0' in metrics
+    assert 'reauthbot_job_runs_total{job="reconcile",outcome="ok"} 1.0' in metrics
