@@ -12,11 +12,14 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from aiohttp import web
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import logs
 from bot.app import SERVER_OPTIONS, build_nylas, create_app, nylas_http
@@ -45,6 +48,22 @@ def _database_error(settings: Settings, exc: BaseException) -> CommandError:
     where = normalize_url(settings.database_url).render_as_string(hide_password=True)
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return CommandError(f"cannot use the database at {where}: {reason}")
+
+
+@asynccontextmanager
+async def migrated_sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Open the database for a command; any database failure becomes one CommandError line."""
+    engine = create_engine(settings.database_url)
+    try:
+        if await current_revision(engine) != head_revision():
+            raise CommandError("the database is not migrated; run `reauthbot db upgrade` first")
+        yield session_factory(engine)
+    except (CommandError, NylasError):
+        raise
+    except Exception as exc:
+        raise _database_error(settings, exc) from None
+    finally:
+        await engine.dispose()
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -92,18 +111,8 @@ async def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_cases(settings: Settings, args: argparse.Namespace) -> int:
-    engine = create_engine(settings.database_url)
-    try:
-        if await current_revision(engine) != head_revision():
-            raise CommandError("the database is not migrated; run `reauthbot db upgrade` first")
-        async with session_factory(engine)() as session:
-            rows = await case_queries.list_open_cases(session)
-    except CommandError:
-        raise
-    except Exception as exc:
-        raise _database_error(settings, exc) from None
-    finally:
-        await engine.dispose()
+    async with migrated_sessions(settings) as sessions, sessions() as session:
+        rows = await case_queries.list_open_cases(session)
     records = [
         {
             "case": case.id,
@@ -167,28 +176,19 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     settings.require_nylas()
-    engine = create_engine(settings.database_url)
+    route = make_router(settings.policy.routing.domains, settings.alert_channel)
+
+    def progress(report: ReconcileReport) -> None:
+        print(f"... {report.seen} accounts checked", file=sys.stderr, flush=True)
+
     try:
-        if await current_revision(engine) != head_revision():
-            raise CommandError("the database is not migrated; run `reauthbot db upgrade` first")
-        async with nylas_http() as http:
+        async with migrated_sessions(settings) as sessions, nylas_http() as http:
             nylas = build_nylas(settings, http)
-            route = make_router(settings.policy.routing.domains, settings.alert_channel)
-
-            def progress(report: ReconcileReport) -> None:
-                print(f"... {report.seen} accounts checked", file=sys.stderr, flush=True)
-
             report = await reconcile(
-                session_factory(engine), nylas, clock=system_clock, route=route, progress=progress
+                sessions, nylas, clock=system_clock, route=route, progress=progress
             )
     except NylasError as exc:
         raise CommandError(f"reconciliation stopped: {exc}") from None
-    except CommandError:
-        raise
-    except Exception as exc:
-        raise _database_error(settings, exc) from None
-    finally:
-        await engine.dispose()
     print(report.summary())
     return 0
 
