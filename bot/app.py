@@ -19,12 +19,13 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import routes, webhook
+from bot.inbox_writer import InboxWriter
 from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Sink
 from bot.runtime import RUNTIME, Runtime
 from bot.settings import Settings
-from storage.engine import create_engine, session_factory
+from storage.engine import create_engine, readonly_session_factory, session_factory
 from storage.migrate import upgrade
 from workflows.clock import Clock, system_clock
 from workflows.ingest import drain_inbox
@@ -116,6 +117,7 @@ def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> 
         engine = injected or create_engine(runtime.settings.database_url)
         runtime.engine = engine
         runtime.sessions = session_factory(engine)
+        runtime.readers = readonly_session_factory(engine)
         retry: asyncio.Task[None] | None = None
         if migrate:
             if not await _try_migrate(runtime):
@@ -164,24 +166,36 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             log.warning(LOCAL_MODE_BANNER)
         sessions = runtime.db()
         notifier = Notifier(
-            sessions, sink or LogSink(), clock=runtime.clock, metrics=runtime.metrics
+            sessions,
+            sink or LogSink(),
+            clock=runtime.clock,
+            metrics=runtime.metrics,
+            readers=runtime.reader(),
         )
         runtime.notify = Worker("notifier", notifier.drain_once)
 
         async def ingest_step() -> int:
             done = await drain_inbox(
-                sessions, nylas=runtime.nylas, clock=runtime.clock, route=runtime.route
+                sessions,
+                nylas=runtime.nylas,
+                clock=runtime.clock,
+                route=runtime.route,
+                readers=runtime.reader(),
+                step_aside=inbox_writer.waiting,
             )
             if done and runtime.notify is not None:
                 runtime.notify.wake()
             return done
 
+        inbox_writer = InboxWriter(sessions, clock=runtime.clock)
+        runtime.inbox_writer = inbox_writer
         runtime.ingest = Worker("ingest", ingest_step)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(worker.run(stop), name=worker.name)
             for worker in (runtime.ingest, runtime.notify)
         ]
+        tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_job(
             _job(runtime, "retention", _retention),

@@ -94,8 +94,10 @@ class Notifier:
         metrics: Metrics,
         batch: int = 50,
         lease: timedelta = timedelta(seconds=60),
+        readers: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._readers = readers or sessions
         self._sink = sink
         self._clock = clock
         self._metrics = metrics
@@ -122,7 +124,7 @@ class Notifier:
     async def _deliver(self, message: OutboxMessage) -> None:
         assert message.id is not None
         case = account = None
-        async with self._sessions() as session:
+        async with self._readers() as session:
             if message.case_id is not None:
                 case = await cases.get_case(session, case_id=message.case_id)
                 if case is not None:

@@ -46,9 +46,9 @@ def _not_ready(reason: str) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; queue depths and open cases are counted at scrape time."""
     runtime = request.app[RUNTIME]
-    if runtime.sessions is not None:
+    if runtime.readers is not None:
         try:
-            async with asyncio.timeout(DB_CHECK_TIMEOUT), runtime.sessions() as session:
+            async with asyncio.timeout(DB_CHECK_TIMEOUT), runtime.readers() as session:
                 depths = await maintenance.queue_depths(session)
                 open_cases = await maintenance.open_cases_by_kind(session)
             runtime.metrics.set_depths(depths, open_cases)

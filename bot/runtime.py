@@ -8,6 +8,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.inbox_writer import InboxWriter
 from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.settings import Settings
@@ -24,9 +25,11 @@ class Runtime:
     metrics: Metrics
     engine: AsyncEngine | None = None
     sessions: async_sessionmaker[AsyncSession] | None = None
+    readers: async_sessionmaker[AsyncSession] | None = None
     nylas: NylasClient | None = None
     notify: Worker | None = None
     ingest: Worker | None = None
+    inbox_writer: InboxWriter | None = None
     migrated: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -37,6 +40,11 @@ class Runtime:
     def db(self) -> async_sessionmaker[AsyncSession]:
         assert self.sessions is not None, "the database is not open yet"
         return self.sessions
+
+    def reader(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions that only read (on SQLite they never wait for the write lock)."""
+        assert self.readers is not None, "the database is not open yet"
+        return self.readers
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

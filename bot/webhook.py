@@ -13,7 +13,6 @@ import logging
 from aiohttp import web
 
 from bot.runtime import RUNTIME
-from storage import inbox
 from workflows.nylas import webhooks
 
 log = logging.getLogger("reauthbot.webhook")
@@ -50,18 +49,11 @@ async def receive(request: web.Request) -> web.Response:
     if not entries:
         counter.labels(result="ignored").inc()
         return web.json_response({"status": "ignored", "message": "trigger not acted on"})
+    if runtime.inbox_writer is None:
+        return _error(503, "the service is starting; retry", retry=True)
     try:
-        async with asyncio.timeout(STORE_TIMEOUT), runtime.db()() as session, session.begin():
-            stored = 0
-            for entry in entries:
-                new_id = await inbox.add_delivery(
-                    session,
-                    dedupe_key=entry.dedupe_key,
-                    source=entry.source,
-                    body=entry.body,
-                    received_at=runtime.clock(),
-                )
-                stored += new_id is not None
+        async with asyncio.timeout(STORE_TIMEOUT):
+            stored = await runtime.inbox_writer.store(entries)
     except Exception as exc:
         counter.labels(result="unavailable").inc()
         log.error("cannot store a webhook delivery: %s", type(exc).__name__)

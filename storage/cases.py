@@ -27,7 +27,13 @@ async def get_open_case(session: AsyncSession, *, account_id: str) -> Case | Non
 
 
 async def open_case(
-    session: AsyncSession, *, account_id: str, kind: str, state: str | None, now: datetime
+    session: AsyncSession,
+    *,
+    account_id: str,
+    kind: str,
+    state: str | None,
+    now: datetime,
+    channel: str | None = None,
 ) -> Case | None:
     """Open a case for the account, or return None when it already has an open one.
 
@@ -40,6 +46,7 @@ async def open_case(
         status=CaseStatus.OPEN,
         opened_at=now,
         updated_at=now,
+        slack_channel=channel,
     )
     try:
         async with session.begin_nested():

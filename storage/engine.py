@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+READONLY_OPTION = "reauthbot_readonly"
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -58,11 +59,20 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     if url.drivername.startswith("sqlite"):
         assert url.database is not None
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # SQLite has one writer at a time, and its busy handler makes waiting writers poll in
+        # sleeps of up to 100 ms. One pooled connection makes them queue in order instead.
+        kwargs.setdefault("pool_size", 1)
+        kwargs.setdefault("max_overflow", 0)
+        kwargs.setdefault("pool_timeout", 60)
         engine = create_async_engine(url, **kwargs)
         _configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
+    # asyncpg prepares every statement; a generic plan cached for "id IN (…500 ids…)" before
+    # the table has statistics degrades to a scan of the whole table. Plan each execution.
+    settings = {"plan_cache_mode": "force_custom_plan"}
+    kwargs.setdefault("connect_args", {"server_settings": settings})
     return create_async_engine(url, **kwargs)
 
 
@@ -83,9 +93,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Any) -> None:
         # A deferred transaction that later writes fails at once with SQLITE_BUSY when another
         # writer got there first; taking the write lock up front makes it wait its turn instead.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only sessions begin deferred: in WAL mode readers never block the writer.
+        readonly = conn.get_execution_options().get(READONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN DEFERRED" if readonly else "BEGIN IMMEDIATE")
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Return the factory of sessions used by every workflow."""
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+def readonly_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that only read: on SQLite they do not take the write lock."""
+    readonly = engine.execution_options(**{READONLY_OPTION: True})
+    return async_sessionmaker(readonly, class_=AsyncSession, expire_on_commit=False)

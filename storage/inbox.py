@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage._sql import insert_ignoring_conflict
+from storage._sql import dialect_name, insert_ignoring_conflict
 from storage.models import InboxDelivery, InboxStatus
 
 MAX_ATTEMPTS = 5
@@ -33,6 +34,38 @@ async def add_delivery(
         "attempts": 0,
     }
     return await insert_ignoring_conflict(session, InboxDelivery, values, unique="dedupe_key")
+
+
+async def add_deliveries(
+    session: AsyncSession, *, entries: Sequence[tuple[str, str, str]], received_at: datetime
+) -> set[str]:
+    """Store many ``(dedupe_key, source, body)`` deliveries in one statement.
+
+    Returns the keys that were new; a key already stored, or repeated in ``entries``, is
+    stored once.
+    """
+    if not entries:
+        return set()
+    dialect = postgresql if dialect_name(session) == "postgresql" else sqlite
+    table = InboxDelivery.__table__  # type: ignore[attr-defined]
+    rows = [
+        {
+            "dedupe_key": key,
+            "source": source,
+            "body": body,
+            "received_at": received_at,
+            "status": InboxStatus.PENDING,
+            "attempts": 0,
+        }
+        for key, source, body in entries
+    ]
+    stmt = (
+        dialect.insert(table)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(table.c.dedupe_key)
+    )
+    return set((await session.exec(stmt)).scalars().all())
 
 
 async def pending_deliveries(

@@ -11,6 +11,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage.engine import READONLY_OPTION
+
 # Any constant works; it only has to be the same in every process that migrates this database.
 _PG_MIGRATION_LOCK = 7_341_003
 
@@ -47,7 +49,8 @@ def _upgrade(conn: Connection, revision: str) -> None:
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     """Return the revision the database is at, or None when it was never migrated."""
-    async with engine.connect() as conn:
+    readonly = engine.execution_options(**{READONLY_OPTION: True})
+    async with readonly.connect() as conn:
         return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
 
 

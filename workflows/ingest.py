@@ -1,15 +1,17 @@
 """The ingest worker: turns stored webhook deliveries into applied account events.
 
 For each pending delivery: parse it, ask Nylas for a v2 account's current details (outside any
-transaction, so a slow API never holds a database lock), then in one transaction claim the
-delivery and apply the event. A crash before the commit leaves the delivery pending; a second
+transaction, so a slow API never holds a database lock), then claim the delivery and apply the
+event in the same transaction. A crash before the commit leaves the delivery pending; a second
 worker racing for it finds it claimed. A failure is retried with backoff, then given up on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -26,6 +28,8 @@ from workflows.nylas.webhooks import parse_entry
 log = logging.getLogger("reauthbot.ingest")
 
 MAX_RETRY_DELAY = timedelta(minutes=10)
+# v2 account lookups in flight at once (Nylas allows 500 requests/s per application).
+ENRICH_CONCURRENCY = 8
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -60,35 +64,6 @@ async def enrich(event: AccountEvent, nylas: NylasClient | None) -> AccountEvent
     )
 
 
-async def process_delivery(
-    sessions: async_sessionmaker[AsyncSession],
-    delivery: InboxDelivery,
-    *,
-    nylas: NylasClient | None,
-    clock: Clock,
-    route: Router,
-) -> str:
-    """Process one delivery; return what happened ("applied", "taken", "retry", "failed")."""
-    assert delivery.id is not None
-    try:
-        event = parse_entry(delivery.source, delivery.body)
-        event = await enrich(event, nylas)
-        async with sessions() as session, session.begin():
-            if not await inbox.claim_delivery(session, delivery_id=delivery.id, now=clock()):
-                return "taken"
-            outcome = await apply_event(session, event, now=clock(), route=route)
-    except NylasError as exc:
-        return await _defer(sessions, delivery, f"Nylas: {exc}", clock)
-    except Exception as exc:
-        log.exception("delivery failed", extra={"delivery": delivery.id})
-        return await _defer(sessions, delivery, f"{type(exc).__name__}: {exc}", clock)
-    log.debug(
-        "delivery applied",
-        extra={"delivery": delivery.id, "account": event.account_id, "outcome": outcome.action},
-    )
-    return "applied"
-
-
 async def _defer(
     sessions: async_sessionmaker[AsyncSession], delivery: InboxDelivery, error: str, clock: Clock
 ) -> str:
@@ -111,17 +86,66 @@ async def _defer(
     return "failed" if status == "failed" else "retry"
 
 
+async def _prepare(
+    delivery: InboxDelivery, nylas: NylasClient | None, limit: asyncio.Semaphore
+) -> AccountEvent | Exception:
+    try:
+        event = parse_entry(delivery.source, delivery.body)
+        async with limit:
+            return await enrich(event, nylas)
+    except NylasError as exc:
+        return NylasError(f"Nylas: {exc}")
+    except Exception as exc:
+        log.exception("cannot read delivery", extra={"delivery": delivery.id})
+        return exc
+
+
 async def drain_inbox(
     sessions: async_sessionmaker[AsyncSession],
     *,
     nylas: NylasClient | None,
     clock: Clock,
     route: Router,
-    limit: int = 100,
+    readers: async_sessionmaker[AsyncSession] | None = None,
+    limit: int = 50,
+    step_aside: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Process the deliveries due now, oldest first; return how many were looked at."""
-    async with sessions() as session:
+    """Process the deliveries due now, oldest first; return how many were looked at.
+
+    Each delivery is claimed and applied in its own savepoint, all of them in one transaction:
+    one commit for the batch, and a delivery that fails rolls back only its own changes. The
+    batch is kept small so the transaction never holds the write lock for long (webhook
+    deliveries wait for it). ``readers`` are sessions that do not take that lock, and when
+    ``step_aside`` says incoming deliveries are waiting to be stored, the batch is committed
+    early: acknowledging Nylas comes before processing, which the inbox lets lag.
+    """
+    async with (readers or sessions)() as session:
         pending = list(await inbox.pending_deliveries(session, now=clock(), limit=limit))
-    for delivery in pending:
-        await process_delivery(sessions, delivery, nylas=nylas, clock=clock, route=route)
+    if not pending:
+        return 0
+    lookups = asyncio.Semaphore(ENRICH_CONCURRENCY)
+    prepared = await asyncio.gather(*(_prepare(d, nylas, lookups) for d in pending))
+    failed: list[tuple[InboxDelivery, Exception]] = []
+    applied = 0
+    async with sessions() as session, session.begin():
+        now = clock()
+        for delivery, event in zip(pending, prepared, strict=True):
+            assert delivery.id is not None
+            if applied and step_aside():
+                break  # the rest stays pending for the next pass
+            if isinstance(event, Exception):
+                failed.append((delivery, event))
+                continue
+            try:
+                async with session.begin_nested():
+                    if not await inbox.claim_delivery(session, delivery_id=delivery.id, now=now):
+                        continue  # another worker took it
+                    await apply_event(session, event, now=now, route=route)
+                    applied += 1
+            except Exception as exc:
+                log.exception("cannot apply delivery", extra={"delivery": delivery.id})
+                failed.append((delivery, exc))
+    for delivery, error in failed:
+        await _defer(sessions, delivery, f"{type(error).__name__}: {error}", clock)
+    log.debug("inbox batch", extra={"looked_at": len(pending), "applied": applied})
     return len(pending)

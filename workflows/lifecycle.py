@@ -118,15 +118,14 @@ async def _open(
     route: Router,
     audit: dict[str, object],
 ) -> Outcome:
+    # The case records where its alert goes; the message ts is added once it is posted.
+    channel = route(account.email)
     case = await cases.open_case(
-        session, account_id=account.id, kind=kind, state=event.state, now=now
+        session, account_id=account.id, kind=kind, state=event.state, now=now, channel=channel
     )
     if case is None:  # another worker opened it between our read and insert
         raise RuntimeError(f"case for account {account.id} opened concurrently; retry")
     assert case.id is not None
-    channel = route(account.email)
-    case.slack_channel = channel  # where the alert goes; its ts is stored once posted
-    session.add(case)
     await cases.record_event(
         session,
         actor=actor_of(event),

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -106,6 +107,7 @@ async def _apply_page(
         stored = {
             a.id: a for a in (await session.exec(select(Account).where(col(Account.id).in_(ids))))
         }
+        snapshots: list[dict[str, object]] = []
         for remote in page:
             seen.add(remote.id)
             report.seen += 1
@@ -115,18 +117,19 @@ async def _apply_page(
                 report.new += 1
                 if classify(remote.api_version, state).health in (Health.HEALTHY, Health.TRANSIENT):
                     # A new healthy account needs a snapshot, not the whole lifecycle.
-                    session.add(
-                        Account(
-                            id=remote.id,
-                            api_version=remote.api_version,
-                            email=remote.email,
-                            provider=remote.provider,
-                            sync_state=state,
-                            billing_state=remote.billing_state,
-                            state_at=now,
-                            first_seen_at=now,
-                            updated_at=now,
-                        )
+                    snapshots.append(
+                        {
+                            "id": remote.id,
+                            "api_version": remote.api_version,
+                            "email": remote.email,
+                            "provider": remote.provider,
+                            "sync_state": state,
+                            "billing_state": remote.billing_state,
+                            "state_at": now,
+                            "first_seen_at": now,
+                            "updated_at": now,
+                            "details": {},
+                        }
                     )
                     continue
             elif known.sync_state == state and (known.email, known.billing_state) == (
@@ -148,6 +151,9 @@ async def _apply_page(
                 billing_state=remote.billing_state,
             )
             _count(report, (await apply_event(session, event, now=now, route=route)).action)
+        if snapshots:
+            # One multi-row insert: building ORM objects for thousands of rows costs seconds.
+            await session.exec(insert(Account), params=snapshots)
 
 
 async def _apply_missing(
