@@ -39,6 +39,7 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 MAX_BODY_BYTES = 1024 * 1024
 MIGRATION_RETRY_SECONDS = 5.0
+INGEST_PAUSE_UNDER_LOAD = 0.05
 
 LOCAL_MODE_BANNER = (
     "*** LOCAL MODE *** no Slack app is configured (SLACK_BOT_TOKEN is not set). "
@@ -185,6 +186,10 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             )
             if done and runtime.notify is not None:
                 runtime.notify.wake()
+            if done and inbox_writer.busy():
+                # Deliveries are arriving: leave the CPU to acknowledging them. The backlog
+                # is safe in the inbox and is worked off at full speed once they stop.
+                await asyncio.sleep(INGEST_PAUSE_UNDER_LOAD)
             return done
 
         inbox_writer = InboxWriter(sessions, clock=runtime.clock)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from workflows.nylas.webhooks import InboxEntry
 log = logging.getLogger("reauthbot.inbox_writer")
 
 MAX_BATCH = 500
+BUSY_WINDOW = 0.5
 
 
 @dataclass
@@ -37,13 +39,19 @@ class InboxWriter:
         self._clock = clock
         self._waiting: list[_Request] = []
         self._wake = asyncio.Event()
+        self._last_store = -1e9
 
     def waiting(self) -> bool:
         """True while deliveries wait to be stored: other writers should step aside."""
         return bool(self._waiting)
 
+    def busy(self, within: float = BUSY_WINDOW) -> bool:
+        """True when deliveries arrived in the last ``within`` seconds."""
+        return time.monotonic() - self._last_store < within
+
     async def store(self, entries: Sequence[InboxEntry]) -> int:
         """Store entries durably; return how many were new. Raises if the database fails."""
+        self._last_store = time.monotonic()
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Request(entries, done))
         self._wake.set()
