@@ -1,0 +1,220 @@
+"""Helpers shared by the benchmarks: child processes, the machine, memory, numbers, output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Only these are passed on to child processes, so no Slack/Nylas setting of the caller's shell
+# (or a .env it points at) can change the mode the service runs in.
+_BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+_START = time.monotonic()
+
+
+def cancel_on_sigterm() -> None:
+    """Make SIGTERM cancel the running benchmark as Ctrl-C does, so that the child processes
+    and temporary files are cleaned up; call it from the benchmark's main coroutine."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
+def say(message: str) -> None:
+    """Print one progress line, stamped with the seconds since the benchmark started."""
+    print(f"[{time.monotonic() - _START:7.1f}s] {message}", flush=True)
+
+
+def clean_env(home: Path, **values: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
+    env["HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(values)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET with the stdlib (used outside the measured load, where blocking is fine)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class Child:
+    """A child process whose output goes to a file (a pipe nobody reads would fill and block)."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path
+    ) -> None:
+        self.name = name
+        self.log = log
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                list(argv), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far (all its threads)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        return _status_kb(Path(f"/proc/{self.pid}/status"), "VmRSS") / 1024
+
+    def wait_ready(self, url: str, *, within: float = 60.0) -> None:
+        """Poll url until it answers 200; fail early if the process dies."""
+        deadline = time.monotonic() + within
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited early:\n{self.tail()}")
+            try:
+                status, body = http_get(url, timeout=2)
+                if status == 200:
+                    return
+                last = f"{status} {body[:200]}"
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {within:.0f}s ({last}):\n{self.tail()}")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL if it does not stop in time; return the exit code."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def first_line(child: Child, *, within: float = 120.0) -> str:
+    """Wait for the first line a child writes (e.g. the fake Nylas prints its URL)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited early:\n{child.tail()}")
+        text = child.log.read_text(errors="replace")
+        if "\n" in text:
+            return text.split("\n", 1)[0].strip()
+        time.sleep(0.1)
+    raise RuntimeError(f"{child.name} printed nothing within {within:.0f}s")
+
+
+def _status_kb(path: Path, key: str) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process."""
+    return _status_kb(Path("/proc/self/status"), "VmRSS") / 1024
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on, so they can be compared with later runs."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    try:
+        revision = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        revision = ""
+    return {
+        "nproc": usable,
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git": revision or "unknown",
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return (
+        f"machine: {info['nproc']} CPUs ({info['cpu_model']}), Python {info['python']}, "
+        f"{info['platform']}, reauthbot {info['git']}"
+    )
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (0 when empty)."""
+    if not ordered:
+        return 0.0
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def write_json(path: str | None, data: dict[str, Any], out: IO[str] = sys.stdout) -> None:
+    if not path:
+        return
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    print(f"figures written to {path}", file=out, flush=True)
