@@ -8,14 +8,16 @@ import math
 import os
 import platform
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -218,3 +220,35 @@ def write_json(path: str | None, data: dict[str, Any], out: IO[str] = sys.stdout
         return
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     print(f"figures written to {path}", file=out, flush=True)
+
+
+Benchmark = Callable[[Any, Path, list[Child]], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def run_benchmark(benchmark: Benchmark, args: Any) -> dict[str, Any] | int:
+    """Run ``benchmark`` in a temporary directory and always stop the processes it started.
+
+    Returns its result, or the exit code to use when it was interrupted (130) or broke (1).
+    """
+    say(machine_line(machine()))
+    tmp = Path(tempfile.mkdtemp(prefix="reauthbot-bench-"))
+    children: list[Child] = []
+    try:
+        return asyncio.run(benchmark(args, tmp, children))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("interrupted; stopped")
+        return 130
+    except Exception as exc:
+        say(f"benchmark failed: {type(exc).__name__}: {exc}")
+        for child in children:
+            say(f"--- {child.name} log tail ---\n{child.tail()}")
+        return 1
+    finally:
+        for child in children:
+            code = child.stop()
+            if code not in (0, -15, None):
+                say(f"{child.name} exited with {code}:\n{child.tail()}")
+        if getattr(args, "keep", False):
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -33,9 +33,7 @@ import asyncio
 import cProfile
 import logging
 import pstats
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -58,6 +56,7 @@ from bench._common import (
     machine_line,
     peak_rss_mb,
     rss_mb,
+    run_benchmark,
     say,
     verdict,
     write_json,
@@ -390,27 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--accounts must be positive and --invalid-every not negative")
     # Reconcile logs every case it opens at INFO; a thousand lines would drown the progress.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result = run_benchmark(benchmark, args)
+    if isinstance(result, int):
+        return result
     info = machine()
-    say(machine_line(info))
-    tmp = Path(tempfile.mkdtemp(prefix="reauthbot-bench-"))
-    children: list[Child] = []
-    try:
-        result = asyncio.run(benchmark(args, tmp, children))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted; stopped")
-        return 130
-    except Exception as exc:
-        say(f"benchmark failed: {type(exc).__name__}: {exc}")
-        for child in children:
-            say(f"--- {child.name} log tail ---\n{child.tail()}")
-        return 1
-    finally:
-        for child in children:
-            child.stop()
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     passes = result["passes"].values()
     # ru_maxrss is updated lazily by the kernel and can lag a sampled value by a little.
     peak = max(max(p["process_peak_rss_mb"], p["rss_sampled_peak_mb"]) for p in passes)

@@ -38,10 +38,8 @@ import asyncio
 import json
 import pstats
 import re
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -63,6 +61,7 @@ from bench._common import (
     machine,
     machine_line,
     percentile,
+    run_benchmark,
     say,
     self_cpu_seconds,
     verdict,
@@ -609,29 +608,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1 or args.rate <= 0 or args.warmup < 0:
         raise SystemExit("--duration, --concurrency and --rate must be positive")
+    result = run_benchmark(benchmark, args)
+    if isinstance(result, int):
+        return result
     info = machine()
-    say(machine_line(info))
-    tmp = Path(tempfile.mkdtemp(prefix="reauthbot-bench-"))
-    children: list[Child] = []
-    try:
-        result = asyncio.run(benchmark(args, tmp, children))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted; stopped")
-        return 130
-    except Exception as exc:
-        say(f"benchmark failed: {type(exc).__name__}: {exc}")
-        for child in children:
-            say(f"--- {child.name} log tail ---\n{child.tail()}")
-        return 1
-    finally:
-        for child in children:
-            code = child.stop()
-            if code not in (0, -15):
-                say(f"{child.name} exited with {code}:\n{child.tail()}")
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     result["machine"] = info
     result["settings"] = {
         k: getattr(args, k) for k in ("duration", "concurrency", "rate", "warmup", "drain_timeout")
