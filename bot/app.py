@@ -17,6 +17,9 @@ import httpx
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import SecretStr
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import routes, webhook
@@ -26,6 +29,8 @@ from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Sink
 from bot.runtime import RUNTIME, Runtime
 from bot.settings import Settings
+from bot.slack import app as slack_app
+from bot.slack.sink import SlackSink
 from storage.engine import create_engine, readonly_session_factory, session_factory
 from storage.migrate import upgrade
 from workflows.clock import Clock, system_clock
@@ -61,6 +66,7 @@ def create_app(
     engine: AsyncEngine | None = None,
     nylas: NylasClient | None = None,
     clock: Clock | None = None,
+    slack_client: AsyncWebClient | None = None,
     sink: Sink | None = None,
     migrate: bool = True,
     scheduled_jobs: bool = True,
@@ -77,10 +83,33 @@ def create_app(
     app[RUNTIME] = runtime
     routes.register(app)
     webhook.register(app)
+    bolt = None
+    if slack_client is not None or not settings.local_mode:
+        settings.require_slack()
+        client = slack_client or slack_app.build_client(settings)
+        bolt = slack_app.build_bolt(runtime, client)
+        slack_app.register(app, bolt)
+        sink = sink or SlackSink(client)
     app.cleanup_ctx.append(_database(runtime, engine, migrate))
     app.cleanup_ctx.append(_nylas(runtime, nylas))
     app.cleanup_ctx.append(_workers(runtime, sink, scheduled_jobs))
+    if bolt is not None and settings.socket_mode:
+        app.cleanup_ctx.append(_socket_mode(settings, bolt))
     return app
+
+
+def _socket_mode(settings: Settings, bolt: AsyncApp) -> CleanupCtx:
+    """Receive Slack traffic over a WebSocket; the HTTP routes keep serving Nylas and health."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        assert settings.slack_app_token is not None
+        handler = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
+        await handler.connect_async()
+        log.info("connected to Slack in Socket Mode")
+        yield
+        await handler.close_async()
+
+    return ctx
 
 
 def build_nylas(settings: Settings, http: httpx.AsyncClient) -> NylasClient:

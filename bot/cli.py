@@ -71,8 +71,6 @@ async def migrated_sessions(settings: Settings) -> AsyncIterator[async_sessionma
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     settings.require_slack()
-    if not settings.local_mode:
-        log.warning("Slack delivery is not built into this version yet; alerts go to the log")
     if not settings.nylas_configured:
         log.warning(
             "Nylas credentials are not set: account polling and account actions are off",

@@ -106,7 +106,11 @@ class Notifier:
         self._owner = f"notifier-{uuid.uuid4().hex[:8]}"
 
     async def drain_once(self) -> int:
-        """Deliver the messages that are due now; return how many were handled."""
+        """Deliver the messages that are due now; return how many were handled.
+
+        Several pending updates of one case's message become one: the message is rendered
+        from the case as it is now, so the last update carries every earlier change.
+        """
         async with self._sessions() as session, session.begin():
             claimed = list(
                 await outbox.claim(
@@ -117,7 +121,25 @@ class Notifier:
                     limit=self._batch,
                 )
             )
+            last_update = {
+                m.case_id: m.id for m in claimed if m.kind == OutboxKind.UPDATE and m.case_id
+            }
+            redundant = [
+                m.id
+                for m in claimed
+                if m.kind == OutboxKind.UPDATE
+                and m.id is not None
+                and last_update.get(m.case_id or 0) != m.id
+            ]
+            await outbox.mark_superseded(
+                session, message_ids=redundant, owner=self._owner, now=self._clock()
+            )
         for message in claimed:
+            if message.id in redundant:
+                self._metrics.notifier_messages.labels(
+                    sink=self._sink.name, kind=message.kind, outcome="coalesced"
+                ).inc()
+                continue
             await self._deliver(message)
         return len(claimed)
 

@@ -131,3 +131,21 @@ async def mark_failed(session: AsyncSession, *, message_id: int, owner: str, err
         lease_until=None,
         last_error=error[:2000],
     )
+
+
+async def mark_superseded(
+    session: AsyncSession, *, message_ids: Sequence[int], owner: str, now: datetime
+) -> int:
+    """Drop updates made redundant by a later update of the same message (coalescing)."""
+    if not message_ids:
+        return 0
+    result = await session.exec(
+        update(OutboxMessage)
+        .where(
+            col(OutboxMessage.id).in_(message_ids),
+            col(OutboxMessage.lease_owner) == owner,
+            col(OutboxMessage.status) == OutboxStatus.PENDING,
+        )
+        .values(status=OutboxStatus.SUPERSEDED, sent_at=now, lease_until=None)
+    )
+    return result.rowcount

@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases, outbox
 from storage.models import Account, Case, CaseStatus, OutboxKind
 from workflows.events import AccountEvent
+from workflows.notify import queue_case_change
 from workflows.states import Health, classify
 
 log = logging.getLogger("reauthbot.lifecycle")
@@ -169,7 +170,7 @@ async def _update(
         account_id=case.account_id,
         details={**audit, "previous_state": before},
     )
-    await _notify_change(session, case, f"State changed from {before} to {event.state}.", now)
+    await queue_case_change(session, case, f"State changed from {before} to {event.state}.", now)
     return Outcome("updated", case.id)
 
 
@@ -201,21 +202,6 @@ async def _resolve(
         account_id=case.account_id,
         details={**audit, "reason": reason},
     )
-    await _notify_change(session, case, f"Resolved: {reason}", now)
+    await queue_case_change(session, case, f"Resolved: {reason}", now)
     log.info("case resolved", extra={"case": case.id, "account": case.account_id})
     return Outcome("resolved", case.id)
-
-
-async def _notify_change(session: AsyncSession, case: Case, line: str, now: datetime) -> None:
-    """Queue the in-place update of the case's message and one line in its thread."""
-    assert case.slack_channel is not None, "a case gets its channel when it opens"
-    channel = case.slack_channel
-    await outbox.enqueue(session, channel=channel, kind=OutboxKind.UPDATE, now=now, case_id=case.id)
-    await outbox.enqueue(
-        session,
-        channel=channel,
-        kind=OutboxKind.THREAD,
-        now=now,
-        case_id=case.id,
-        payload={"text": line, "at": now.isoformat()},
-    )

@@ -1,0 +1,1 @@
+"""Everything that speaks Slack: identifiers, message rendering, the sink and the listeners."""

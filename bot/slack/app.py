@@ -1,0 +1,67 @@
+"""The Bolt app, served on the service's own aiohttp application at ``/slack/events``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.runtime import Runtime
+from bot.settings import Settings
+from bot.slack import actions, ids
+from bot.slack.groups import GroupDirectory
+
+log = logging.getLogger("reauthbot.slack")
+
+BOLT = web.AppKey("bolt", AsyncApp)
+
+
+def build_client(settings: Settings) -> AsyncWebClient:
+    """The one Slack client of the service (listeners and notifier alike)."""
+    assert settings.slack_bot_token is not None
+    return AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        timeout=10,
+        # 429s are not retried here: the notifier reschedules the message after Retry-After
+        # instead of holding a delivery slot while it sleeps.
+        retry_handlers=[AsyncConnectionErrorRetryHandler(), AsyncServerErrorRetryHandler()],
+    )
+
+
+def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
+    settings = runtime.settings
+    secret = settings.slack_signing_secret
+    bolt = AsyncApp(
+        client=client,
+        signing_secret=secret.get_secret_value() if secret else None,
+        request_verification_enabled=not settings.socket_mode,
+        logger=logging.getLogger("reauthbot.bolt"),
+    )
+    actions.register(bolt, runtime, GroupDirectory(client))
+
+    @bolt.error
+    async def on_error(error: Exception, body: dict[str, Any], logger: logging.Logger) -> None:
+        log.error("Slack listener failed: %s", error, exc_info=error)
+
+    return bolt
+
+
+async def slack_events(request: web.Request) -> web.Response:
+    """Events, interactivity and slash commands, verified and dispatched by Bolt."""
+    bolt = request.app[BOLT]
+    response = await bolt.async_dispatch(await to_bolt_request(request))
+    return await to_aiohttp_response(response)
+
+
+def register(app: web.Application, bolt: AsyncApp) -> None:
+    app[BOLT] = bolt
+    app.router.add_post(ids.EVENTS_PATH, slack_events)

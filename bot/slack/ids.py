@@ -1,0 +1,17 @@
+"""Slack identifiers in one place; ``manifest.yml`` is checked against them by a test."""
+
+from __future__ import annotations
+
+EVENTS_PATH = "/slack/events"
+
+# Buttons on a case's alert. The button's value carries the case number.
+ACK = "case_ack"
+
+ACTIONS = (ACK,)
+
+# Bot scopes the registered features need, and why.
+BOT_SCOPES = (
+    "chat:write",  # post alerts, update them in place, reply in their threads
+    "usergroups:read",  # resolve user groups (S…) named in the permissions policy
+    "users:read",  # show who acted
+)

@@ -1,0 +1,117 @@
+"""The Slack sink: posts a case's parent message once, then updates it in place and threads.
+
+``chat.postMessage`` is paced to one message per second per channel, Slack's documented
+pace, so a burst of alerts is spread out instead of answered with 429s. A 429 that happens
+anyway, a 5xx or a timeout is handed back to the notifier as a temporary error (retried
+after ``Retry-After`` or with backoff); errors that retrying cannot fix are permanent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import ClientError
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.notifier import Posted, SinkError
+from bot.slack import blocks
+from storage.models import Account, Case, OutboxKind, OutboxMessage
+
+POST_INTERVAL = 1.0
+PERMANENT_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "missing_scope",
+        "msg_too_long",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "cant_update_message",
+        "message_not_found",
+        "edit_window_closed",
+        "restricted_action",
+    }
+)
+
+
+class SlackSink:
+    name = "slack"
+
+    def __init__(self, client: AsyncWebClient, *, post_interval: float = POST_INTERVAL) -> None:
+        self._client = client
+        self._interval = post_interval
+        self._next_post: dict[str, float] = {}
+
+    async def deliver(
+        self, message: OutboxMessage, case: Case | None, account: Account | None
+    ) -> Posted | None:
+        if case is None or account is None:
+            raise SinkError("case_missing", permanent=True)
+        try:
+            return await self._send(message, case, account)
+        except SlackApiError as exc:
+            raise _sink_error(exc) from exc
+        except (TimeoutError, ClientError) as exc:
+            raise SinkError(type(exc).__name__) from exc
+
+    async def _send(self, message: OutboxMessage, case: Case, account: Account) -> Posted | None:
+        text = blocks.fallback_text(case, account)
+        if message.kind == OutboxKind.POST:
+            channel = case.slack_channel or message.channel
+            await self._pace(channel)
+            response = await self._client.chat_postMessage(
+                channel=channel,
+                text=text,
+                blocks=blocks.alert_blocks(case, account),
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+            return Posted(channel=str(response["channel"]), ts=str(response["ts"]))
+        if case.slack_ts is None or case.slack_channel is None:
+            # The parent message is not posted yet (its post is being retried): wait for it.
+            raise SinkError("parent_not_posted", retry_after=2.0)
+        if message.kind == OutboxKind.UPDATE:
+            await self._client.chat_update(
+                channel=case.slack_channel,
+                ts=case.slack_ts,
+                text=text,
+                blocks=blocks.alert_blocks(case, account),
+            )
+            return None
+        await self._pace(case.slack_channel)
+        await self._client.chat_postMessage(
+            channel=case.slack_channel,
+            thread_ts=case.slack_ts,
+            text=str(message.payload.get("text", "")),
+        )
+        return None
+
+    async def _pace(self, channel: str) -> None:
+        now = time.monotonic()
+        due = self._next_post.get(channel, now)
+        if due > now:
+            await asyncio.sleep(due - now)
+        self._next_post[channel] = max(due, now) + self._interval
+
+
+def _sink_error(exc: SlackApiError) -> SinkError:
+    response = exc.response
+    code = str(response.get("error") or f"http_{response.status_code}")
+    if response.status_code == 429:
+        try:
+            retry_after = float(response.headers.get("Retry-After", "1"))
+        except ValueError:
+            retry_after = 1.0
+        return SinkError("ratelimited", retry_after=retry_after)
+    if response.status_code >= 500:
+        return SinkError(f"http_{response.status_code}")
+    return SinkError(code, permanent=code in PERMANENT_ERRORS)

@@ -1,0 +1,137 @@
+"""Rendering: valid Block Kit for every kind and status, and no way to ping through it."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from slack_sdk.models.blocks import Block
+
+from bot.slack import ids
+from bot.slack.blocks import alert_blocks, escape, fallback_text
+from storage.models import Account, Case, CaseStatus
+
+NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+HOSTILE = "ana+<!channel>&<@U0BOSS>|<https://evil.example|click>@example.com"
+
+
+def make(
+    kind: str = "reauth", status: str = "open", state: str = "invalid", **account: Any
+) -> tuple[Case, Account]:
+    acc = Account(
+        id=account.pop("id", "acc-1"),
+        api_version=account.pop("api_version", "v2"),
+        email=account.pop("email", "ana@example.com"),
+        provider=account.pop("provider", "gmail"),
+        billing_state=account.pop("billing_state", "paid"),
+        first_seen_at=NOW,
+        updated_at=NOW,
+    )
+    case = Case(
+        id=7,
+        account_id=acc.id,
+        kind=kind,
+        status=status,
+        state=state,
+        opened_at=NOW,
+        updated_at=NOW,
+    )
+    if status == CaseStatus.ACKNOWLEDGED:
+        case.acknowledged_at, case.acknowledged_by = NOW, "slack:U0ALICE"
+    if status == CaseStatus.RESOLVED:
+        case.resolved_at, case.resolution = NOW, "The end user re-authenticated."
+    return case, acc
+
+
+def validate(blocks: list[dict[str, Any]]) -> None:
+    """Parse with slack-sdk's models, which check every field limit, plus message limits."""
+    assert 0 < len(blocks) <= 50
+    parsed = Block.parse_all(blocks)
+    assert None not in parsed, "a block type slack-sdk does not know"
+    assert [b.to_dict() for b in parsed]  # to_dict() runs the validators
+    for block in blocks:
+        if block["type"] == "section" and "text" in block:
+            assert len(block["text"]["text"]) <= 3000
+
+
+def mrkdwn_texts(node: Any) -> list[str]:
+    """Every mrkdwn text in the blocks (plain_text is shown as typed: it cannot ping)."""
+    if isinstance(node, list):
+        return [t for item in node for t in mrkdwn_texts(item)]
+    if isinstance(node, dict):
+        own = [node["text"]] if node.get("type") == "mrkdwn" else []
+        return own + [
+            t for v in node.values() if isinstance(v, dict | list) for t in mrkdwn_texts(v)
+        ]
+    return []
+
+
+def mentions(blocks: list[dict[str, Any]]) -> list[str]:
+    """Every Slack control sequence (<…>) that would ping or link, outside our own dates."""
+    found = re.findall(r"<[^>]*>", "\n".join(mrkdwn_texts(blocks)))
+    return [m for m in found if not m.startswith("<!date^")]
+
+
+@pytest.mark.parametrize("kind", ["reauth", "stopped", "support", "stuck", "duplicate", "unknown"])
+@pytest.mark.parametrize(
+    "status", ["open", "acknowledged", "snoozed", "waiting_on_user", "resolved"]
+)
+def test_every_kind_and_status_renders_valid_blocks(kind: str, status: str) -> None:
+    case, account = make(kind=kind, status=status)
+    blocks = alert_blocks(case, account)
+    validate(blocks)
+    buttons = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    if status == "resolved":
+        assert buttons == []
+        assert "The end user re-authenticated." in json.dumps(blocks)
+    elif status == "acknowledged":
+        assert ids.ACK not in [b["action_id"] for b in buttons]
+        assert "Acknowledged by <@U0ALICE>" in json.dumps(blocks)
+    else:
+        assert [b["action_id"] for b in buttons] == [ids.ACK]
+        assert buttons[0]["value"] == "7"
+
+
+def test_alert_says_who_what_since_why_and_next() -> None:
+    case, account = make(kind="stopped", state="stopped")
+    text = json.dumps(alert_blocks(case, account))
+    for expected in (
+        "ana@example.com",
+        "acc-1",
+        "gmail (v2)",
+        "stopped",
+        "Nylas still bills",
+        "Retry sync (downgrade, then upgrade)",
+        "<!date^1793611800^",
+    ):
+        assert expected in text
+
+
+def test_cancelled_v2_account_is_not_said_to_be_billed() -> None:
+    case, account = make(billing_state="cancelled")
+    assert "bills" not in json.dumps(alert_blocks(case, account))
+
+
+def test_user_text_cannot_ping_or_link() -> None:
+    case, account = make(email=HOSTILE, id="<!here>", provider="<@U0X>")
+    case.resolution = "<!everyone> fixed it"
+    for status in ("open", "resolved"):
+        case.status = status
+        blocks = alert_blocks(case, account)
+        validate(blocks)
+        assert mentions(blocks) == []
+        assert "&lt;!channel&gt;" in json.dumps(blocks)  # shown, escaped, in mrkdwn
+    assert "&lt;!channel&gt;" in fallback_text(case, account)
+
+
+def test_escape() -> None:
+    assert escape("a<b>&c") == "a&lt;b&gt;&amp;c"
+
+
+def test_long_values_stay_within_limits() -> None:
+    case, account = make(email=("x" * 4000) + "@example.com", provider="p" * 3000)
+    case.status, case.resolution = "resolved", "r" * 5000
+    validate(alert_blocks(case, account))
