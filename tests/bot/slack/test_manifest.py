@@ -1,0 +1,89 @@
+"""manifest.yml is valid for Slack and agrees with what the service registers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlparse
+
+import jsonschema
+import pytest
+import yaml
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
+
+from bot.app import create_app
+from bot.settings import load_settings
+from bot.slack import ids
+from bot.slack.app import BOLT
+
+ROOT = Path(__file__).resolve().parents[3]
+SCHEMA = ROOT.parent / "shared" / "vendor" / "slack-manifest.schema.1.0.0.json"
+SECRET = "manifest-test-secret"
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "manifest.yml").read_text()))
+
+
+def test_manifest_is_valid_against_slacks_schema(manifest: dict[str, Any]) -> None:
+    if not SCHEMA.exists():
+        pytest.fail(f"Slack's manifest schema is missing at {SCHEMA}")
+    jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
+
+
+def test_scopes_are_exactly_what_the_features_need(manifest: dict[str, Any]) -> None:
+    assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(ids.BOT_SCOPES)
+
+
+def test_request_urls_point_at_the_events_route(manifest: dict[str, Any]) -> None:
+    settings = manifest["settings"]
+    assert settings["interactivity"]["is_enabled"] is True
+    assert urlparse(settings["interactivity"]["request_url"]).path == ids.EVENTS_PATH
+    assert settings["socket_mode_enabled"] is False  # HTTP mode by default; see the README
+    assert "slash_commands" not in manifest["features"]  # none registered yet
+    assert "event_subscriptions" not in settings
+
+
+@pytest.fixture
+def bolt() -> AsyncApp:
+    settings = load_settings(
+        _env_file=None,
+        slack_bot_token="xoxb-1",
+        slack_signing_secret=SECRET,
+        slack_alert_channel="C0ALERTS",
+    )
+    return create_app(settings)[BOLT]
+
+
+@pytest.mark.parametrize("action_id", ids.ACTIONS)
+async def test_every_button_id_has_a_listener(bolt: AsyncApp, action_id: str) -> None:
+    # An interactivity payload for each button the app renders must be handled, not 404.
+    payload = {
+        "type": "block_actions",
+        "user": {"id": "U1"},
+        "team": {"id": "T1"},
+        "actions": [{"action_id": action_id, "value": "x", "type": "button"}],
+        "response_url": "http://127.0.0.1:9/unused",
+    }
+    body = urlencode({"payload": json.dumps(payload)})
+    ts = str(int(time.time()))
+    headers = {
+        "x-slack-request-timestamp": [ts],
+        "content-type": ["application/x-www-form-urlencoded"],
+        "x-slack-signature": [
+            SignatureVerifier(SECRET).generate_signature(timestamp=ts, body=body)
+        ],
+    }
+    bolt._authorize = None  # type: ignore[assignment]  # no auth.test: this checks routing only
+    request = AsyncBoltRequest(body=body, headers=headers)
+    matched = [
+        listener
+        for listener in bolt._async_listeners
+        if await listener.async_matches(req=request, resp=None)  # type: ignore[arg-type]
+    ]
+    assert len(matched) == 1
