@@ -33,6 +33,7 @@ from bot.slack import app as slack_app
 from bot.slack.sink import SlackSink
 from storage.engine import create_engine, readonly_session_factory, session_factory
 from storage.migrate import upgrade
+from workflows.actions import end_snoozes
 from workflows.clock import Clock, system_clock
 from workflows.ingest import drain_inbox
 from workflows.maintenance import purge_old_rows
@@ -238,6 +239,14 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             max_instances=1,
             coalesce=True,
         )
+        scheduler.add_job(
+            _job(runtime, "snoozes", _end_snoozes),
+            "interval",
+            minutes=1,
+            id="snoozes",
+            max_instances=1,
+            coalesce=True,
+        )
         if runtime.nylas is not None:
             scheduler.add_job(
                 _job(runtime, "reconcile", _reconcile),
@@ -276,6 +285,11 @@ def paced(
         return done
 
     return run
+
+
+async def _end_snoozes(runtime: Runtime) -> None:
+    if await end_snoozes(runtime.db(), now=runtime.clock()) and runtime.notify is not None:
+        runtime.notify.wake()
 
 
 async def _reconcile(runtime: Runtime) -> None:

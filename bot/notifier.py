@@ -70,7 +70,9 @@ class LogSink:
     ) -> Posted | None:
         fields = {"case": message.case_id, "kind": message.kind}
         if message.kind == OutboxKind.THREAD:
-            self._log.info("alert thread: %s", message.payload.get("text", ""), extra=fields)
+            quote = message.payload.get("quote")
+            line = str(message.payload.get("text", "")) + (f" {quote}" if quote else "")
+            self._log.info("alert thread: %s", line, extra=fields)
         elif case is not None and account is not None:
             verb = "alert" if message.kind == OutboxKind.POST else "alert updated"
             self._log.warning("%s: %s", verb, render.alert_text(case, account), extra=fields)

@@ -10,8 +10,14 @@ from storage import outbox
 from storage.models import Case, OutboxKind
 
 
-async def queue_case_change(session: AsyncSession, case: Case, line: str, now: datetime) -> None:
-    """Queue the in-place update of the case's message and one line in its thread."""
+async def queue_case_change(
+    session: AsyncSession, case: Case, line: str, now: datetime, *, quote: str | None = None
+) -> None:
+    """Queue the in-place update of the case's message and one line in its thread.
+
+    ``line`` is our own wording (it may mention users); ``quote`` is text someone typed, kept
+    apart so that the sink can show it without letting it ping or link anyone.
+    """
     assert case.slack_channel is not None, "a case gets its channel when it opens"
     channel = case.slack_channel
     await outbox.enqueue(session, channel=channel, kind=OutboxKind.UPDATE, now=now, case_id=case.id)
@@ -21,5 +27,5 @@ async def queue_case_change(session: AsyncSession, case: Case, line: str, now: d
         kind=OutboxKind.THREAD,
         now=now,
         case_id=case.id,
-        payload={"text": line, "at": now.isoformat()},
+        payload={"text": line, "quote": quote, "at": now.isoformat()},
     )

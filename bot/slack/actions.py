@@ -9,15 +9,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.runtime import Runtime
-from bot.slack import ids
+from bot.slack import blocks, ids
 from bot.slack.groups import GroupDirectory
+from storage import cases
+from storage.models import Account
 from workflows import actions
 from workflows.actions import ActionResult
 from workflows.permissions import is_allowed
@@ -28,10 +32,24 @@ Workflow = Callable[..., Awaitable[ActionResult]]
 
 
 def case_id_of(body: dict[str, Any]) -> int | None:
+    """The case a click is about: a button's value, or "<case>:<choice>" from a menu."""
     try:
-        return int(body["actions"][0]["value"])
+        action = body["actions"][0]
+        raw = action.get("value") or action["selected_option"]["value"]
+        return int(str(raw).split(":", 1)[0])
     except (KeyError, IndexError, TypeError, ValueError):
         return None
+
+
+def choice_of(body: dict[str, Any]) -> str:
+    try:
+        return str(body["actions"][0]["selected_option"]["value"]).split(":", 1)[1]
+    except (KeyError, IndexError, TypeError):
+        return ""
+
+
+async def permitted(runtime: Runtime, groups: GroupDirectory, action: str, user_id: str) -> bool:
+    return await is_allowed(runtime.settings.policy.permissions, action, user_id, groups.members)
 
 
 async def run_action(
@@ -42,10 +60,15 @@ async def run_action(
     *,
     permission: str,
     workflow: Workflow,
+    case_id: int | None = None,
+    tell_on_success: bool = False,
 ) -> ActionResult | None:
-    """Run one operator action from a button click and tell the clicker what happened."""
+    """Run one operator action from Slack and tell the operator what happened, privately.
+
+    ``workflow`` is called as ``workflow(sessions, case_id=…, actor=…, now=…)``.
+    """
     user_id = str(body.get("user", {}).get("id", ""))
-    case_id = case_id_of(body)
+    case_id = case_id if case_id is not None else case_id_of(body)
     if not user_id or case_id is None:
         await respond(
             text="This button does not name a case.",
@@ -56,8 +79,7 @@ async def run_action(
     sessions: async_sessionmaker[AsyncSession] = runtime.db()
     now: datetime = runtime.clock()
     actor = actions.slack_actor(user_id)
-    policy = runtime.settings.policy.permissions
-    if not await is_allowed(policy, permission, user_id, groups.members):
+    if not await permitted(runtime, groups, permission, user_id):
         result = await actions.refuse(
             sessions, case_id=case_id, action=permission, actor=actor, now=now
         )
@@ -67,12 +89,25 @@ async def run_action(
         "action",
         extra={"action": permission, "case": case_id, "user": user_id, "outcome": result.outcome},
     )
-    if result.changed:
-        if runtime.notify is not None:
-            runtime.notify.wake()
-    else:
+    if result.changed and runtime.notify is not None:
+        runtime.notify.wake()
+    if not result.changed or tell_on_success:
         await respond(text=result.message, response_type="ephemeral", replace_original=False)
     return result
+
+
+def link_builder(runtime: Runtime) -> actions.LinkBuilder | None:
+    """Build hosted-auth links with ``login_hint`` when Nylas and a redirect URI are set."""
+    settings, nylas = runtime.settings, runtime.nylas
+    if nylas is None or not settings.nylas_client_id or not settings.nylas_redirect_uri:
+        return None
+    redirect = settings.nylas_redirect_uri
+
+    def build(account: Account) -> str:
+        assert nylas is not None and account.email is not None
+        return nylas.reauth_url(email=account.email, redirect_uri=redirect, state=account.id)
+
+    return build
 
 
 def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
@@ -82,3 +117,74 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         await run_action(
             runtime, groups, body, respond, permission="ack", workflow=actions.acknowledge
         )
+
+    @bolt.action(ids.LINK)
+    async def on_link(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        workflow = partial(actions.send_reauth_link, build=link_builder(runtime))
+        await run_action(
+            runtime,
+            groups,
+            body,
+            respond,
+            permission="link",
+            workflow=workflow,
+            tell_on_success=True,
+        )
+
+    @bolt.action(ids.SNOOZE)
+    async def on_snooze(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        workflow = partial(actions.snooze, duration=choice_of(body))
+        await run_action(runtime, groups, body, respond, permission="snooze", workflow=workflow)
+
+    @bolt.action(ids.RESOLVE)
+    async def on_resolve(
+        ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, client: AsyncWebClient
+    ) -> None:
+        await ack()
+        user_id, case_id = str(body.get("user", {}).get("id", "")), case_id_of(body)
+        if case_id is None or not await permitted(runtime, groups, "resolve", user_id):
+            await run_action(
+                runtime, groups, body, respond, permission="resolve", workflow=actions.resolve
+            )
+            return
+        async with runtime.reader()() as session:
+            case = await cases.get_case(session, case_id=case_id)
+            account = await cases.get_account(session, account_id=case.account_id) if case else None
+        if case is None or account is None or case.status == "resolved":
+            reason = "is already resolved" if case else "does not exist"
+            await respond(
+                text=f"Case #{case_id} {reason}.", response_type="ephemeral", replace_original=False
+            )
+            return
+        await client.views_open(
+            trigger_id=body["trigger_id"], view=blocks.resolve_modal(case, account)
+        )
+
+    @bolt.view(ids.RESOLVE_MODAL)
+    async def on_resolve_submitted(
+        ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
+        user_id = str(body.get("user", {}).get("id", ""))
+        try:
+            case_id = int(view["private_metadata"])
+            note = view["state"]["values"][ids.NOTE_BLOCK][ids.NOTE_INPUT].get("value") or ""
+        except (KeyError, ValueError, TypeError):
+            await ack(response_action="errors", errors={ids.NOTE_BLOCK: "This form is broken."})
+            return
+        now, actor = runtime.clock(), actions.slack_actor(user_id)
+        if not await permitted(runtime, groups, "resolve", user_id):
+            result = await actions.refuse(
+                runtime.db(), case_id=case_id, action="resolve", actor=actor, now=now
+            )
+        else:
+            result = await actions.resolve(
+                runtime.db(), case_id=case_id, actor=actor, now=now, note=note
+            )
+        if not result.changed:
+            await ack(response_action="errors", errors={ids.NOTE_BLOCK: result.message[:150]})
+            return
+        await ack()
+        if runtime.notify is not None:
+            runtime.notify.wake()

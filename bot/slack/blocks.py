@@ -104,7 +104,8 @@ def alert_blocks(case: Case, account: Account) -> list[dict[str, Any]]:
                 "text": {
                     "type": "mrkdwn",
                     "text": _clip(
-                        f"*Resolution:* {escape(case.resolution or 'resolved')}", MAX_SECTION
+                        f"*Resolution:* {escape(case.resolution or 'resolved')}{_resolver(case)}",
+                        MAX_SECTION,
                     ),
                 },
             }
@@ -123,25 +124,92 @@ def alert_blocks(case: Case, account: Account) -> list[dict[str, Any]]:
                 "text": {"type": "mrkdwn", "text": f"*Next step:* {escape(rule.next_step)}"},
             }
         )
-    buttons = []
-    if case.acknowledged_at is None:
-        buttons.append(
-            {
-                "type": "button",
-                "action_id": ids.ACK,
-                "value": str(case.id),
-                "style": "primary",
-                "text": {"type": "plain_text", "text": "Acknowledge"},
-            }
-        )
-    if buttons:
-        blocks.append({"type": "actions", "block_id": f"case-{case.id}", "elements": buttons})
+    blocks.append({"type": "actions", "block_id": f"case-{case.id}", "elements": _buttons(case)})
     return blocks
+
+
+def _button(action_id: str, text: str, case: Case, style: str | None = None) -> dict[str, Any]:
+    button: dict[str, Any] = {
+        "type": "button",
+        "action_id": action_id,
+        "value": str(case.id),
+        "text": {"type": "plain_text", "text": text},
+    }
+    if style:
+        button["style"] = style
+    return button
+
+
+def _buttons(case: Case) -> list[dict[str, Any]]:
+    """The actions that fit the case as it is now."""
+    elements = []
+    if case.acknowledged_at is None:
+        elements.append(_button(ids.ACK, "Acknowledge", case, "primary"))
+    if case.kind in ("reauth", "stopped", "unknown") and case.status != CaseStatus.WAITING_ON_USER:
+        elements.append(_button(ids.LINK, "Send re-auth link", case))
+    options = [
+        {"text": {"type": "plain_text", "text": label}, "value": f"{case.id}:{value}"}
+        for value, label in (("1h", "1 hour"), ("4h", "4 hours"), ("24h", "24 hours"))
+    ]
+    elements.append(
+        {
+            "type": "static_select",
+            "action_id": ids.SNOOZE,
+            "options": options,
+            "placeholder": {"type": "plain_text", "text": "Snooze"},
+        }
+    )
+    elements.append(_button(ids.RESOLVE, "Resolve", case))
+    return elements
+
+
+def resolve_modal(case: Case, account: Account) -> dict[str, Any]:
+    """The modal that asks for the note a hand-resolved case is closed with."""
+    who = escape(account.email or account.id)
+    return {
+        "type": "modal",
+        "callback_id": ids.RESOLVE_MODAL,
+        "private_metadata": str(case.id),
+        "title": {"type": "plain_text", "text": f"Resolve case #{case.id}"[:24]},
+        "submit": {"type": "plain_text", "text": "Resolve"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": _clip(f"Close the case of *{who}* by hand.", MAX_SECTION),
+                },
+            },
+            {
+                "type": "input",
+                "block_id": ids.NOTE_BLOCK,
+                "label": {"type": "plain_text", "text": "What was done?"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": ids.NOTE_INPUT,
+                    "multiline": True,
+                    "max_length": 1000,
+                },
+            },
+        ],
+    }
+
+
+def _resolver(case: Case) -> str:
+    by = case.resolved_by or ""
+    return f" (resolved by {mention(by.removeprefix('slack:'))})" if by.startswith("slack:") else ""
 
 
 def _status(case: Case) -> str:
     words = STATUS_WORDS.get(CaseStatus(case.status), case.status)
-    if case.status == CaseStatus.ACKNOWLEDGED and case.acknowledged_by:
+    if case.status == CaseStatus.SNOOZED and case.snoozed_until is not None:
+        return f"{words} until {slack_date(case.snoozed_until)}"
+    if case.acknowledged_by:
         by = case.acknowledged_by.removeprefix("slack:")
-        return f"{words} by {mention(by)}"
+        return (
+            f"{words} (acknowledged by {mention(by)})"
+            if words != "Acknowledged"
+            else (f"{words} by {mention(by)}")
+        )
     return words

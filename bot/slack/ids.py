@@ -6,8 +6,17 @@ EVENTS_PATH = "/slack/events"
 
 # Buttons on a case's alert. The button's value carries the case number.
 ACK = "case_ack"
+LINK = "case_link"
+SNOOZE = "case_snooze"  # a menu; each option's value is "<case>:<duration>"
+RESOLVE = "case_resolve"  # opens the resolve modal
 
-ACTIONS = (ACK,)
+ACTIONS = (ACK, LINK, SNOOZE, RESOLVE)
+
+# Modals.
+RESOLVE_MODAL = "resolve_modal"  # private_metadata carries the case number
+NOTE_BLOCK = "note"
+NOTE_INPUT = "note_input"
+VIEWS = (RESOLVE_MODAL,)
 
 # Bot scopes the registered features need, and why.
 BOT_SCOPES = (

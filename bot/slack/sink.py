@@ -91,7 +91,7 @@ class SlackSink:
         await self._client.chat_postMessage(
             channel=case.slack_channel,
             thread_ts=case.slack_ts,
-            text=str(message.payload.get("text", "")),
+            text=thread_text(message),
         )
         return None
 
@@ -101,6 +101,13 @@ class SlackSink:
         if due > now:
             await asyncio.sleep(due - now)
         self._next_post[channel] = max(due, now) + self._interval
+
+
+def thread_text(message: OutboxMessage) -> str:
+    """Our wording as written, then whatever someone typed, escaped so it cannot ping."""
+    text = str(message.payload.get("text", ""))
+    quote = message.payload.get("quote")
+    return f"{text} {blocks.escape(str(quote))}" if quote else text
 
 
 def _sink_error(exc: SlackApiError) -> SinkError:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
 
 from bot.slack import ids
-from bot.slack.blocks import alert_blocks, escape, fallback_text
+from bot.slack.blocks import alert_blocks, escape, fallback_text, resolve_modal
 from storage.models import Account, Case, CaseStatus
 
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -83,16 +84,31 @@ def test_every_kind_and_status_renders_valid_blocks(kind: str, status: str) -> N
     case, account = make(kind=kind, status=status)
     blocks = alert_blocks(case, account)
     validate(blocks)
-    buttons = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    elements = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    actions = [e["action_id"] for e in elements]
     if status == "resolved":
-        assert buttons == []
+        assert actions == []
         assert "The end user re-authenticated." in json.dumps(blocks)
-    elif status == "acknowledged":
-        assert ids.ACK not in [b["action_id"] for b in buttons]
+        return
+    expected = [] if status == "acknowledged" else [ids.ACK]
+    if kind in ("reauth", "stopped", "unknown") and status != "waiting_on_user":
+        expected.append(ids.LINK)
+    assert actions == [*expected, ids.SNOOZE, ids.RESOLVE]
+    for element in elements:
+        values = (
+            [element["value"]] if "value" in element else [o["value"] for o in element["options"]]
+        )
+        assert all(v.split(":")[0] == "7" for v in values)  # every control names the case
+    if status == "acknowledged":
         assert "Acknowledged by <@U0ALICE>" in json.dumps(blocks)
-    else:
-        assert [b["action_id"] for b in buttons] == [ids.ACK]
-        assert buttons[0]["value"] == "7"
+
+
+def test_resolve_modal_is_a_valid_view() -> None:
+    case, account = make(email=HOSTILE)
+    view = resolve_modal(case, account)
+    View(**view).to_dict()
+    assert view["private_metadata"] == "7"
+    assert mentions(view["blocks"]) == []
 
 
 def test_alert_says_who_what_since_why_and_next() -> None:

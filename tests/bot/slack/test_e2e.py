@@ -47,7 +47,7 @@ async def start(
 ) -> AsyncIterator[Callable[..., Awaitable[TestClient]]]:
     clients: list[TestClient] = []
 
-    async def make(policy: str = "") -> TestClient:
+    async def make(policy: str = "", **overrides: Any) -> TestClient:
         config = tmp_path / "policy.toml"
         config.write_text(policy)
         settings = load_settings(
@@ -58,6 +58,7 @@ async def start(
             slack_api_url=slack.url,
             nylas_webhook_secret=WEBHOOK_SECRET,
             config_file=config,
+            **overrides,
         )
         client = await start_app(settings, engine=engine, scheduled_jobs=False, migrate=False)
         clients.append(client)
@@ -95,7 +96,9 @@ def signed(body: str, *, timestamp: int | None = None) -> dict[str, str]:
     }
 
 
-def click_body(slack: FakeSlack, action_id: str, value: str, user: str, n: int = 1) -> str:
+def click_body(
+    slack: FakeSlack, action_id: str, value: str, user: str, n: int = 1, *, select: bool = False
+) -> str:
     message_ts = slack.calls_to("chat.postMessage")[0].params.get("ts", "1700000000.000100")
     payload = {
         "type": "block_actions",
@@ -122,6 +125,16 @@ def click_body(slack: FakeSlack, action_id: str, value: str, user: str, n: int =
             }
         ],
     }
+    if select:
+        payload["actions"] = [
+            {
+                "action_id": action_id,
+                "block_id": "case-x",
+                "type": "static_select",
+                "selected_option": {"value": value},
+                "action_ts": str(time.time()),
+            }
+        ]
     return urlencode({"payload": json.dumps(payload)})
 
 
@@ -274,3 +287,161 @@ async def test_unsigned_or_replayed_clicks_are_rejected(
     response = await app.post(ids.EVENTS_PATH, data=sent_body, headers=headers)
     assert response.status == status
     assert [e for e in await case_events(sessions) if e[1] == "acknowledged"] == []
+
+
+async def answered(slack: FakeSlack, count: int = 1) -> None:
+    async def enough() -> bool:
+        return len(slack.responses) >= count
+
+    await eventually(enough, within=10)
+
+
+async def thread_lines(slack: FakeSlack, count: int) -> list[str]:
+    (ts,) = [key[1] for key in slack.messages if not slack.messages[key].get("thread_ts")]
+
+    async def enough() -> bool:
+        return len(slack.thread(CHANNEL, ts)) >= count
+
+    await eventually(enough, within=10)
+    return [line["text"] for line in slack.thread(CHANNEL, ts)]
+
+
+async def test_snooze_from_the_menu(start: Any, slack: FakeSlack, sessions: Sessions) -> None:
+    app = await start()
+    await expire(app)
+    await wait_posts(slack, 1)
+    assert await click(app, click_body(slack, ids.SNOOZE, "1:4h", "U0ALICE", select=True)) == 200
+    (line,) = await thread_lines(slack, 1)
+    assert line.startswith("Snoozed for 4h by <@U0ALICE>, until ")
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=1)
+    assert case is not None and case.status == "snoozed" and case.snoozed_until is not None
+
+
+async def test_snooze_with_a_forged_choice_is_refused_politely(
+    start: Any, slack: FakeSlack, sessions: Sessions
+) -> None:
+    app = await start()
+    await expire(app)
+    await wait_posts(slack, 1)
+    await click(app, click_body(slack, ids.SNOOZE, "1:99y", "U0ALICE", select=True))
+    await answered(slack)
+    assert "not '99y'" in slack.responses[0]["text"]
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=1)
+    assert case is not None and case.status == "open"
+
+
+async def test_reauth_link_is_shown_privately(
+    start: Any, slack: FakeSlack, sessions: Sessions
+) -> None:
+    app = await start(
+        nylas_api_key="nyk_x",
+        nylas_client_id="cid-42",
+        nylas_redirect_uri="https://app.example.com/nylas/callback",
+    )
+    await expire(app, email="ana+work@example.com")
+    await wait_posts(slack, 1)
+    await click(app, click_body(slack, ids.LINK, "1", "U0ALICE"))
+    await answered(slack)
+    reply = slack.responses[0]
+    assert reply["response_type"] == "ephemeral"
+    assert "https://api.us.nylas.com/v3/connect/auth?client_id=cid-42" in reply["text"]
+    assert "login_hint=ana%2Bwork%40example.com" in reply["text"]
+    (line,) = await thread_lines(slack, 1)
+    assert line == "Re-authentication link made by <@U0ALICE>; waiting on the end user."
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=1)
+    assert case is not None and case.status == "waiting_on_user"
+
+
+async def test_reauth_link_without_configuration_says_what_to_set(
+    start: Any, slack: FakeSlack
+) -> None:
+    app = await start()
+    await expire(app)
+    await wait_posts(slack, 1)
+    await click(app, click_body(slack, ids.LINK, "1", "U0ALICE"))
+    await answered(slack)
+    assert "NYLAS_CLIENT_ID and NYLAS_REDIRECT_URI" in slack.responses[0]["text"]
+
+
+def view_submission(note: str, case_id: str, user: str = "U0ALICE") -> str:
+    payload = {
+        "type": "view_submission",
+        "user": {"id": user},
+        "team": {"id": "T0TEST"},
+        "api_app_id": "A0APP",
+        "view": {
+            "id": "V1",
+            "type": "modal",
+            "callback_id": ids.RESOLVE_MODAL,
+            "private_metadata": case_id,
+            "hash": "h",
+            "state": {
+                "values": {
+                    ids.NOTE_BLOCK: {ids.NOTE_INPUT: {"type": "plain_text_input", "value": note}}
+                }
+            },
+        },
+    }
+    return urlencode({"payload": json.dumps(payload)})
+
+
+async def test_resolve_opens_a_modal_and_its_note_closes_the_case(
+    start: Any, slack: FakeSlack, sessions: Sessions
+) -> None:
+    app = await start()
+    await expire(app)
+    await wait_posts(slack, 1)
+    await click(app, click_body(slack, ids.RESOLVE, "1", "U0ALICE"))
+
+    async def opened() -> bool:
+        return bool(slack.calls_to("views.open"))
+
+    await eventually(opened)
+    view = slack.calls_to("views.open")[0].params["view"]
+    assert view["callback_id"] == ids.RESOLVE_MODAL and view["private_metadata"] == "1"
+
+    body = view_submission("Customer <!channel> moved to a new mailbox", "1")
+    response = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
+    assert response.status == 200
+    (line,) = await thread_lines(slack, 1)
+    assert line == "Resolved by <@U0ALICE>: Customer <!channel> moved to a new mailbox"[
+        :0
+    ] or line.startswith("Resolved by <@U0ALICE>: Customer")
+    assert "&lt;!channel&gt;" in line or "<!channel>" not in line
+
+    async def updated() -> bool:
+        return bool(slack.calls_to("chat.update"))
+
+    await eventually(updated)
+    final = slack.calls_to("chat.update")[-1].params["blocks"]
+    assert not [b for b in final if b["type"] == "actions"]
+    assert (
+        "Customer &lt;!channel&gt; moved to a new mailbox (resolved by <@U0ALICE>)"
+        in json.dumps(final)
+    )
+
+    again = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
+    answer = await again.json()
+    assert answer["response_action"] == "errors"
+    assert "already resolved" in answer["errors"][ids.NOTE_BLOCK]
+
+
+async def test_snoozes_end_by_themselves(sessions: Sessions, clock: Any) -> None:
+    from storage.models import Account
+    from workflows.actions import end_snoozes, snooze
+
+    async with sessions() as session, session.begin():
+        session.add(Account(id="a", api_version="v3", first_seen_at=clock(), updated_at=clock()))
+        await session.flush()
+        await cases.open_case(
+            session, account_id="a", kind="reauth", state="invalid", now=clock(), channel=CHANNEL
+        )
+    assert (await snooze(sessions, case_id=1, actor="slack:U1", now=clock(), duration="1h")).changed
+    assert await end_snoozes(sessions, now=clock.advance(minutes=59)) == 0
+    assert await end_snoozes(sessions, now=clock.advance(minutes=1)) == 1
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=1)
+    assert case is not None and (case.status, case.snoozed_until) == ("open", None)
