@@ -161,9 +161,13 @@ async def test_webhook_to_alert_to_acknowledge(
     assert post.params["channel"] == CHANNEL
     assert "ana@example.com" in json.dumps(post.params["blocks"])
     (ts,) = [key[1] for key in slack.messages]
-    async with sessions() as session:
-        case = await cases.get_case(session, case_id=1)
-    assert case is not None and (case.slack_channel, case.slack_ts) == (CHANNEL, ts)
+
+    async def coordinates_stored() -> bool:
+        async with sessions() as session:
+            case = await cases.get_case(session, case_id=1)
+        return case is not None and (case.slack_channel, case.slack_ts) == (CHANNEL, ts)
+
+    await eventually(coordinates_stored)
 
     assert await click(app, click_body(slack, ids.ACK, "1", "U0ALICE")) == 200
     await wait_posts(slack, 2)  # the thread line
