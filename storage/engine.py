@@ -82,8 +82,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # Let us issue BEGIN ourselves (below) instead of the driver's deferred BEGIN.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # The busy timeout first: switching to WAL needs a lock that another process may hold.
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         # FULL: a delivery acknowledged to Nylas must survive a power loss, not just a crash.
         cursor.execute("PRAGMA synchronous=FULL")
