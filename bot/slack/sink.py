@@ -19,7 +19,8 @@ from bot.notifier import Posted, SinkError
 from bot.slack import blocks
 from storage.models import Account, Case, OutboxKind, OutboxMessage
 
-POST_INTERVAL = 1.0
+# Slack allows about one post per second per channel; a margin absorbs jitter in latency.
+POST_INTERVAL = 1.1
 PERMANENT_ERRORS = frozenset(
     {
         "channel_not_found",

@@ -449,3 +449,33 @@ async def test_snoozes_end_by_themselves(sessions: Sessions, clock: Any) -> None
     async with sessions() as session:
         case = await cases.get_case(session, case_id=1)
     assert case is not None and (case.status, case.snoozed_until) == ("open", None)
+
+
+async def test_storm_is_delivered_once_at_slacks_pace(
+    start: Any, slack: FakeSlack, sessions: Sessions
+) -> None:
+    """The fake enforces one post per second per channel; the notifier must pace, not collide."""
+    slack.rate_limit_per_channel(1.0)
+    app = await start()
+    count = 6
+    await asyncio.gather(
+        *(expire(app, grant_id=f"g-{i}", email=f"user{i}@example.com") for i in range(count))
+    )
+    started = time.monotonic()
+    await wait_posts(slack, count)
+    elapsed = time.monotonic() - started
+    posts = slack.calls_to("chat.postMessage")
+    emails = sorted(
+        json.loads(json.dumps(p.params["blocks"]))[0]["text"]["text"].split(": ")[1] for p in posts
+    )
+    assert emails == sorted(f"user{i}@example.com" for i in range(count))  # each exactly once
+    print(f"{count} alerts in {elapsed:.1f} s, 429s received: {slack.ratelimited_count}")
+    assert slack.ratelimited_count == 0
+    assert elapsed >= count - 1.5  # paced: about one post per second
+
+    async def all_coordinates() -> bool:
+        async with sessions() as session:
+            rows = [case for case, _ in await cases.list_open_cases(session)]
+        return len(rows) == count and all(case.slack_ts for case in rows)
+
+    await eventually(all_coordinates)
