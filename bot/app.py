@@ -90,7 +90,8 @@ def create_app(
         client = slack_client or slack_app.build_client(settings)
         bolt = slack_app.build_bolt(runtime, client)
         slack_app.register(app, bolt)
-        sink = sink or SlackSink(client)
+        revoke_enabled = settings.policy.permissions.revoke is not None
+        sink = sink or SlackSink(client, revoke_enabled=revoke_enabled)
     app.cleanup_ctx.append(_database(runtime, engine, migrate))
     app.cleanup_ctx.append(_nylas(runtime, nylas))
     app.cleanup_ctx.append(_workers(runtime, sink, scheduled_jobs))

@@ -155,6 +155,10 @@ class Case(SQLModel, table=True):
     slack_channel: str | None = Field(default=None, max_length=64)
     slack_ts: str | None = Field(default=None, max_length=32)
     last_error: str | None = Field(default=None, sa_type=sa.Text())
+    # An operator action that calls Nylas holds the case until then, so a second click
+    # cannot make a second call; a crashed holder's lease simply runs out.
+    busy_with: str | None = Field(default=None, max_length=64)
+    busy_until: datetime | None = _ts()
 
 
 class CaseEvent(SQLModel, table=True):

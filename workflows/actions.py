@@ -17,7 +17,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases
 from storage.models import Account, Case, CaseStatus
+from workflows.events import AccountEvent
+from workflows.lifecycle import apply_event
 from workflows.notify import queue_case_change
+from workflows.nylas import NylasClient, NylasError, RemoteAccount
+from workflows.states import classify
 
 SNOOZE_CHOICES = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "24h": timedelta(hours=24)}
 MAX_NOTE = 1000
@@ -227,3 +231,192 @@ async def end_snoozes(sessions: Sessions, *, now: datetime) -> int:
             )
             await queue_case_change(session, case, "Snooze is over.", now)
     return len(woken)
+
+
+# --- actions that call Nylas ------------------------------------------------------------------
+
+NYLAS_LEASE = timedelta(minutes=2)
+
+
+async def _hold(
+    sessions: Sessions, *, case_id: int, now: datetime, what: str
+) -> ActionResult | tuple[Case, Account]:
+    """Take the case for an action that calls Nylas, so concurrent clicks make one call."""
+    async with sessions() as session, session.begin():
+        case = await session.get(Case, case_id, with_for_update=True)
+        if case is None:
+            return ActionResult("missing", f"Case #{case_id} does not exist.")
+        if case.status == CaseStatus.RESOLVED:
+            return ActionResult(
+                "stale", f"Case #{case_id} is already resolved: {case.resolution}", case
+            )
+        if case.busy_until is not None and case.busy_until > now:
+            return ActionResult(
+                "already", f"{case.busy_with} is already in progress for case #{case_id}.", case
+            )
+        account = await cases.get_account(session, account_id=case.account_id)
+        if account is None:
+            return ActionResult("missing", f"Case #{case_id} has no account.", case)
+        case.busy_with, case.busy_until = what, now + NYLAS_LEASE
+        session.add(case)
+    return case, account
+
+
+async def _finish(
+    sessions: Sessions,
+    *,
+    case_id: int,
+    actor: str,
+    now: datetime,
+    action: str,
+    details: dict[str, object],
+    line: str,
+    event: AccountEvent | None = None,
+) -> None:
+    """Release the case, record what happened, and apply the account state Nylas reported."""
+    async with sessions() as session, session.begin():
+        case = await session.get(Case, case_id, with_for_update=True)
+        assert case is not None
+        case.busy_with, case.busy_until, case.updated_at = None, None, now
+        session.add(case)
+        await cases.record_event(
+            session,
+            actor=actor,
+            action=action,
+            at=now,
+            case_id=case.id,
+            account_id=case.account_id,
+            details=details,
+        )
+        await queue_case_change(session, case, line, now)
+        if event is not None:
+            await apply_event(session, event, now=now, route=lambda _: case.slack_channel or "")
+
+
+def _reported(account: Account, remote: RemoteAccount, now: datetime, source: str) -> AccountEvent:
+    return AccountEvent(
+        account_id=account.id,
+        api_version=account.api_version,
+        event_type=source,
+        state=remote.sync_state,
+        occurred_at=now,
+        source=source,
+        email=remote.email,
+        provider=remote.provider,
+        billing_state=remote.billing_state,
+    )
+
+
+async def retry_sync(
+    sessions: Sessions, *, case_id: int, actor: str, now: datetime, nylas: NylasClient | None
+) -> ActionResult:
+    """v2: downgrade then upgrade the account, then read it again; v3: read the grant again."""
+    if nylas is None:
+        return ActionResult("unavailable", "Retry needs the Nylas API credentials to be set.")
+    held = await _hold(sessions, case_id=case_id, now=now, what="A retry")
+    if isinstance(held, ActionResult):
+        return held
+    case, account = held
+    steps = "downgrade, upgrade and re-read" if account.api_version == "v2" else "re-read"
+    try:
+        if account.api_version == "v2":
+            await nylas.downgrade(account.id)
+            await nylas.upgrade(account.id)
+        remote = await nylas.get_account(account.id)
+    except NylasError as exc:
+        await _finish(
+            sessions,
+            case_id=case_id,
+            actor=actor,
+            now=now,
+            action="retry_failed",
+            details={"error": str(exc)},
+            line=f"Retry sync by {who(actor)} failed: {exc}",
+        )
+        return ActionResult("done", f"Retry of case #{case_id} failed: {exc}", case)
+    state = remote.sync_state or "unknown"
+    words = classify(account.api_version, state).words
+    await _finish(
+        sessions,
+        case_id=case_id,
+        actor=actor,
+        now=now,
+        action="retried",
+        details={"steps": steps, "state": state},
+        line=f"Retry sync by {who(actor)} ({steps}): the account is now {state}, {words}.",
+        event=_reported(account, remote, now, "retry"),
+    )
+    return ActionResult("done", f"Retried case #{case_id}: the account is now {state}.", case)
+
+
+async def revoke(
+    sessions: Sessions,
+    *,
+    case_id: int,
+    actor: str,
+    now: datetime,
+    nylas: NylasClient | None,
+    confirmation: str | None = None,
+) -> ActionResult:
+    """v2: revoke every access token; v3: delete the grant, once the email is typed back."""
+    if nylas is None:
+        return ActionResult("unavailable", "Revoking needs the Nylas API credentials to be set.")
+    held = await _hold(sessions, case_id=case_id, now=now, what="A revoke")
+    if isinstance(held, ActionResult):
+        return held
+    case, account = held
+    v3 = account.api_version == "v3"
+    if v3 and (confirmation or "").strip().lower() != (account.email or "").lower():
+        await _release(sessions, case_id=case_id)
+        return ActionResult(
+            "refused", "Type the account's email exactly to delete its grant.", case
+        )
+    method = "delete-grant" if v3 else "revoke-all"
+    try:
+        if v3:
+            await nylas.delete_account(account.id)
+        else:
+            await nylas.revoke_all(account.id)
+    except NylasError as exc:
+        await _finish(
+            sessions,
+            case_id=case_id,
+            actor=actor,
+            now=now,
+            action="revoke_failed",
+            details={"method": method, "error": str(exc)},
+            line=f"Revoking by {who(actor)} failed: {exc}",
+        )
+        return ActionResult("done", f"Revoking for case #{case_id} failed: {exc}", case)
+    deleted = AccountEvent(
+        account_id=account.id,
+        api_version="v3",
+        event_type="revoke",
+        state="deleted",
+        occurred_at=now,
+        source="revoke",
+    )
+    line = (
+        f"Grant deleted by {who(actor)}."
+        if v3
+        else f"All access tokens revoked by {who(actor)}; the end user must re-authenticate."
+    )
+    await _finish(
+        sessions,
+        case_id=case_id,
+        actor=actor,
+        now=now,
+        action="revoked",
+        details={"method": method},
+        line=line,
+        event=deleted if v3 else None,
+    )
+    return ActionResult("done", f"Done: {line}", case)
+
+
+async def _release(sessions: Sessions, *, case_id: int) -> None:
+    async with sessions() as session, session.begin():
+        case = await session.get(Case, case_id, with_for_update=True)
+        if case is not None:
+            case.busy_with, case.busy_until = None, None
+            session.add(case)

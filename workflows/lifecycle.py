@@ -33,7 +33,8 @@ class Outcome:
 
 
 def actor_of(event: AccountEvent) -> str:
-    return "nylas" if event.source == "webhook" else "poll"
+    """Who changed the account: Nylas (webhook), polling, or an operator's retry or revoke."""
+    return "nylas" if event.source == "webhook" else event.source
 
 
 async def apply_event(

@@ -30,6 +30,11 @@ log = logging.getLogger("reauthbot.slack.actions")
 
 Workflow = Callable[..., Awaitable[ActionResult]]
 
+REVOKE_OFF = (
+    "Revoking tokens is turned off. To allow it, name who may revoke under "
+    "[permissions] revoke in the policy file (REAUTHBOT_CONFIG)."
+)
+
 
 def case_id_of(body: dict[str, Any]) -> int | None:
     """The case a click is about: a button's value, or "<case>:<choice>" from a menu."""
@@ -161,6 +166,88 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         await client.views_open(
             trigger_id=body["trigger_id"], view=blocks.resolve_modal(case, account)
         )
+
+    @bolt.action(ids.RETRY)
+    async def on_retry(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        workflow = partial(actions.retry_sync, nylas=runtime.nylas)
+        await run_action(
+            runtime,
+            groups,
+            body,
+            respond,
+            permission="retry",
+            workflow=workflow,
+            tell_on_success=True,
+        )
+
+    @bolt.action(ids.REVOKE)
+    async def on_revoke(
+        ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, client: AsyncWebClient
+    ) -> None:
+        await ack()
+        user_id, case_id = str(body.get("user", {}).get("id", "")), case_id_of(body)
+        if runtime.settings.policy.permissions.revoke is None:
+            await respond(text=REVOKE_OFF, response_type="ephemeral", replace_original=False)
+            return
+        case = account = None
+        if case_id is not None:
+            async with runtime.reader()() as session:
+                case = await cases.get_case(session, case_id=case_id)
+                if case is not None:
+                    account = await cases.get_account(session, account_id=case.account_id)
+        allowed = await permitted(runtime, groups, "revoke", user_id)
+        if allowed and case is not None and account is not None and account.api_version == "v3":
+            # Deleting a grant cannot be undone: ask for the email first (see on_revoke_submitted).
+            await client.views_open(
+                trigger_id=body["trigger_id"], view=blocks.revoke_modal(case, account)
+            )
+            return
+        # v2 (the button's own confirm dialog was accepted), refusals and stale clicks.
+        workflow = partial(actions.revoke, nylas=runtime.nylas)
+        await run_action(
+            runtime,
+            groups,
+            body,
+            respond,
+            permission="revoke",
+            workflow=workflow,
+            tell_on_success=True,
+        )
+
+    @bolt.view(ids.REVOKE_MODAL)
+    async def on_revoke_submitted(
+        ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
+        user_id = str(body.get("user", {}).get("id", ""))
+        try:
+            case_id = int(view["private_metadata"])
+            typed = view["state"]["values"][ids.CONFIRM_BLOCK][ids.CONFIRM_INPUT].get("value") or ""
+        except (KeyError, ValueError, TypeError):
+            await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: "This form is broken."})
+            return
+        now, actor = runtime.clock(), actions.slack_actor(user_id)
+        if runtime.settings.policy.permissions.revoke is None or not await permitted(
+            runtime, groups, "revoke", user_id
+        ):
+            result = await actions.refuse(
+                runtime.db(), case_id=case_id, action="revoke", actor=actor, now=now
+            )
+        else:
+            result = await actions.revoke(
+                runtime.db(),
+                case_id=case_id,
+                actor=actor,
+                now=now,
+                nylas=runtime.nylas,
+                confirmation=typed,
+            )
+        if not result.changed:
+            await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: result.message[:150]})
+            return
+        await ack()
+        if runtime.notify is not None:
+            runtime.notify.wake()
 
     @bolt.view(ids.RESOLVE_MODAL)
     async def on_resolve_submitted(

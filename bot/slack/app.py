@@ -58,7 +58,13 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
 async def slack_events(request: web.Request) -> web.Response:
     """Events, interactivity and slash commands, verified and dispatched by Bolt."""
     bolt = request.app[BOLT]
-    response = await bolt.async_dispatch(await to_bolt_request(request))
+    try:
+        response = await bolt.async_dispatch(await to_bolt_request(request))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # Bolt reads payload fields while routing; a request with a missing or mistyped
+        # field must get a clear 400, not a 500 (and changes nothing).
+        log.warning("malformed Slack payload: %s: %s", type(exc).__name__, exc)
+        return web.json_response({"error": "malformed payload"}, status=400)
     return await to_aiohttp_response(response)
 
 

@@ -69,7 +69,9 @@ def fallback_text(case: Case, account: Account) -> str:
     return escape(f"Case #{case.id}: {who}: {state}")
 
 
-def alert_blocks(case: Case, account: Account) -> list[dict[str, Any]]:
+def alert_blocks(
+    case: Case, account: Account, *, revoke_enabled: bool = False
+) -> list[dict[str, Any]]:
     """The alert for a case: who, what, since when, why it matters, what to do, and buttons."""
     resolved = case.status == CaseStatus.RESOLVED
     rule = classify(account.api_version, case.state or "unknown")
@@ -124,7 +126,8 @@ def alert_blocks(case: Case, account: Account) -> list[dict[str, Any]]:
                 "text": {"type": "mrkdwn", "text": f"*Next step:* {escape(rule.next_step)}"},
             }
         )
-    blocks.append({"type": "actions", "block_id": f"case-{case.id}", "elements": _buttons(case)})
+    elements = _buttons(case, account, revoke_enabled=revoke_enabled)
+    blocks.append({"type": "actions", "block_id": f"case-{case.id}", "elements": elements})
     return blocks
 
 
@@ -140,7 +143,7 @@ def _button(action_id: str, text: str, case: Case, style: str | None = None) -> 
     return button
 
 
-def _buttons(case: Case) -> list[dict[str, Any]]:
+def _buttons(case: Case, account: Account, *, revoke_enabled: bool) -> list[dict[str, Any]]:
     """The actions that fit the case as it is now."""
     elements = []
     if case.acknowledged_at is None:
@@ -159,8 +162,65 @@ def _buttons(case: Case) -> list[dict[str, Any]]:
             "placeholder": {"type": "plain_text", "text": "Snooze"},
         }
     )
+    if account.api_version == "v2" and case.kind == "stopped":
+        elements.append(_button(ids.RETRY, "Retry sync", case))
+    elif account.api_version == "v3":
+        elements.append(_button(ids.RETRY, "Check again", case))
     elements.append(_button(ids.RESOLVE, "Resolve", case))
+    if not revoke_enabled:
+        elements.append(_button(ids.REVOKE, "Revoke tokens (off)", case))
+    elif account.api_version == "v3":
+        elements.append(_button(ids.REVOKE, "Delete grant", case, "danger"))
+    else:
+        revoke = _button(ids.REVOKE, "Revoke tokens", case, "danger")
+        revoke["confirm"] = {
+            "title": {"type": "plain_text", "text": "Revoke every access token?"},
+            "text": {
+                "type": "mrkdwn",
+                "text": _clip(
+                    f"Every token of *{escape(account.email or account.id)}* stops working "
+                    "at once. The end user must re-authenticate.",
+                    300,
+                ),
+            },
+            "confirm": {"type": "plain_text", "text": "Revoke"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+            "style": "danger",
+        }
+        elements.append(revoke)
     return elements
+
+
+def revoke_modal(case: Case, account: Account) -> dict[str, Any]:
+    """Deleting a v3 grant cannot be undone: the operator types the email back."""
+    email = escape(account.email or "")
+    return {
+        "type": "modal",
+        "callback_id": ids.REVOKE_MODAL,
+        "private_metadata": str(case.id),
+        "title": {"type": "plain_text", "text": "Delete the grant"},
+        "submit": {"type": "plain_text", "text": "Delete"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": _clip(
+                        f"This deletes the Nylas grant of *{email}*: it cannot be re-authenticated "
+                        "afterwards, and the end user must connect the mailbox again.",
+                        MAX_SECTION,
+                    ),
+                },
+            },
+            {
+                "type": "input",
+                "block_id": ids.CONFIRM_BLOCK,
+                "label": {"type": "plain_text", "text": "Type the email to confirm"},
+                "element": {"type": "plain_text_input", "action_id": ids.CONFIRM_INPUT},
+            },
+        ],
+    }
 
 
 def resolve_modal(case: Case, account: Account) -> dict[str, Any]:

@@ -9,14 +9,19 @@ ACK = "case_ack"
 LINK = "case_link"
 SNOOZE = "case_snooze"  # a menu; each option's value is "<case>:<duration>"
 RESOLVE = "case_resolve"  # opens the resolve modal
+RETRY = "case_retry"
+REVOKE = "case_revoke"  # v2: confirm dialog; v3: opens the revoke modal
 
-ACTIONS = (ACK, LINK, SNOOZE, RESOLVE)
+ACTIONS = (ACK, LINK, SNOOZE, RESOLVE, RETRY, REVOKE)
 
 # Modals.
 RESOLVE_MODAL = "resolve_modal"  # private_metadata carries the case number
 NOTE_BLOCK = "note"
 NOTE_INPUT = "note_input"
-VIEWS = (RESOLVE_MODAL,)
+REVOKE_MODAL = "revoke_modal"  # the email must be typed back to delete a v3 grant
+CONFIRM_BLOCK = "confirm"
+CONFIRM_INPUT = "confirm_input"
+VIEWS = (RESOLVE_MODAL, REVOKE_MODAL)
 
 # Bot scopes the registered features need, and why.
 BOT_SCOPES = (

@@ -47,8 +47,15 @@ PERMANENT_ERRORS = frozenset(
 class SlackSink:
     name = "slack"
 
-    def __init__(self, client: AsyncWebClient, *, post_interval: float = POST_INTERVAL) -> None:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        *,
+        post_interval: float = POST_INTERVAL,
+        revoke_enabled: bool = False,
+    ) -> None:
         self._client = client
+        self._revoke_enabled = revoke_enabled
         self._interval = post_interval
         self._next_post: dict[str, float] = {}
 
@@ -72,7 +79,7 @@ class SlackSink:
             response = await self._client.chat_postMessage(
                 channel=channel,
                 text=text,
-                blocks=blocks.alert_blocks(case, account),
+                blocks=blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
                 unfurl_links=False,
                 unfurl_media=False,
             )
@@ -85,7 +92,7 @@ class SlackSink:
                 channel=case.slack_channel,
                 ts=case.slack_ts,
                 text=text,
-                blocks=blocks.alert_blocks(case, account),
+                blocks=blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
             )
             return None
         await self._pace(case.slack_channel)

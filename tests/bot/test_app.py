@@ -20,6 +20,7 @@ from bot.runtime import RUNTIME
 from bot.settings import load_settings
 from storage import cases, outbox
 from storage.engine import create_engine
+from storage.migrate import head_revision
 from storage.models import Account, Case, CaseEvent, OutboxKind, OutboxMessage, OutboxStatus
 from tests.appclient import start_app
 from tests.conftest import FrozenClock
@@ -27,6 +28,8 @@ from tests.waiting import eventually
 
 Sessions = async_sessionmaker[AsyncSession]
 ClientFactory = Callable[..., Awaitable[TestClient]]
+
+HEAD = head_revision()
 
 
 @pytest.fixture
@@ -86,7 +89,7 @@ async def test_health_ready_and_metrics(make_client: ClientFactory, engine: Asyn
     assert health.status == 200 and await health.json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert await ready.json() == {"status": "ready", "schema": "0001"}
+    assert await ready.json() == {"status": "ready", "schema": HEAD}
     metrics = await client.get("/metrics")
     assert metrics.status == 200
     assert metrics.headers["Content-Type"].startswith("text/plain")
@@ -102,7 +105,7 @@ async def test_not_ready_until_migrated(make_client: ClientFactory, blank_url: s
     client = await make_client(engine=engine, migrate=False)
     ready = await client.get("/readyz")
     assert ready.status == 503
-    assert (await ready.json())["reason"] == "database schema at nothing, needs 0001"
+    assert (await ready.json())["reason"] == f"database schema at nothing, needs {HEAD}"
     await client.close()
     await engine.dispose()
 

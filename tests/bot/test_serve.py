@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.migrate import head_revision
 from tests.cli import clean_env, free_port
 
 SECRETS = {
@@ -27,6 +28,8 @@ SECRETS = {
     "NYLAS_WEBHOOK_SECRET": "webhook-SECRET-7c7c",
     "PAGERDUTY_ROUTING_KEY": "pd-SECRET-routing",
 }
+
+HEAD = head_revision()
 
 
 def get(url: str) -> tuple[int, str]:
@@ -97,7 +100,7 @@ def stop(served: Served, sig: signal.Signals) -> str:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_on_a_fresh_directory(tmp_path: Path, sig: signal.Signals) -> None:
     with serving(tmp_path) as served:
-        assert wait_ready(served) == {"status": "ready", "schema": "0001"}
+        assert wait_ready(served) == {"status": "ready", "schema": HEAD}
         assert (tmp_path / "reauthbot.db").is_file()
         assert get(f"{served.base}/healthz")[0] == 200
         assert "reauthbot_info" in get(f"{served.base}/metrics")[1]

@@ -12,7 +12,7 @@ from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
 from bot.slack import ids
-from bot.slack.blocks import alert_blocks, escape, fallback_text, resolve_modal
+from bot.slack.blocks import alert_blocks, escape, fallback_text, resolve_modal, revoke_modal
 from storage.models import Account, Case, CaseStatus
 
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -93,7 +93,10 @@ def test_every_kind_and_status_renders_valid_blocks(kind: str, status: str) -> N
     expected = [] if status == "acknowledged" else [ids.ACK]
     if kind in ("reauth", "stopped", "unknown") and status != "waiting_on_user":
         expected.append(ids.LINK)
-    assert actions == [*expected, ids.SNOOZE, ids.RESOLVE]
+    retry = [ids.RETRY] if kind == "stopped" else []  # a v2 account: retry only when stopped
+    assert actions == [*expected, ids.SNOOZE, *retry, ids.RESOLVE, ids.REVOKE]
+    revoke = elements[-1]
+    assert revoke["text"]["text"] == "Revoke tokens (off)" and "style" not in revoke
     for element in elements:
         values = (
             [element["value"]] if "value" in element else [o["value"] for o in element["options"]]
@@ -151,3 +154,21 @@ def test_long_values_stay_within_limits() -> None:
     case, account = make(email=("x" * 4000) + "@example.com", provider="p" * 3000)
     case.status, case.resolution = "resolved", "r" * 5000
     validate(alert_blocks(case, account))
+
+
+def test_revoke_button_when_enabled_is_dangerous_and_confirms() -> None:
+    case, account = make(email=HOSTILE)
+    v2 = alert_blocks(case, account, revoke_enabled=True)
+    validate(v2)
+    revoke = v2[-1]["elements"][-1]
+    assert (revoke["action_id"], revoke["style"]) == (ids.REVOKE, "danger")
+    assert revoke["confirm"]["style"] == "danger"
+    assert mentions(v2) == []
+    case, account = make(api_version="v3", email=HOSTILE)
+    v3 = alert_blocks(case, account, revoke_enabled=True)
+    validate(v3)
+    assert v3[-1]["elements"][-1]["text"]["text"] == "Delete grant"
+    assert "confirm" not in v3[-1]["elements"][-1]  # the modal asks for the email instead
+    view = revoke_modal(case, account)
+    View(**view).to_dict()
+    assert mentions(view["blocks"]) == []

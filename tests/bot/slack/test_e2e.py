@@ -479,3 +479,187 @@ async def test_storm_is_delivered_once_at_slacks_pace(
         return len(rows) == count and all(case.slack_ts for case in rows)
 
     await eventually(all_coordinates)
+
+
+# --- actions that call Nylas --------------------------------------------------------------------
+
+from tests.conftest import NYLAS_API_KEY, NYLAS_CLIENT_ID, NYLAS_CLIENT_SECRET  # noqa: E402
+from tests.fakes.nylas import FakeNylas  # noqa: E402
+
+
+def nylas_settings(fake: FakeNylas, version: str) -> dict[str, Any]:
+    return {
+        "nylas_api_version": version,
+        "nylas_api_url": fake.url,
+        "nylas_api_key": NYLAS_API_KEY,
+        "nylas_client_id": NYLAS_CLIENT_ID,
+        "nylas_client_secret": NYLAS_CLIENT_SECRET,
+    }
+
+
+async def stop_v2(app: TestClient, account_id: str = "a-1") -> None:
+    raw = json.dumps(samples.v2_delivery("account.stopped", account_id=account_id, at=NOW)).encode()
+    response = await app.post(
+        "/nylas/webhook", data=raw, headers={"X-Nylas-Signature": sign(NYLAS_CLIENT_SECRET, raw)}
+    )
+    assert response.status == 200
+
+
+async def test_retry_sync_downgrades_upgrades_and_resolves(
+    start: Any, slack: FakeSlack, sessions: Sessions, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.add_v2_account(
+        id="a-1", email="bo@example.org", sync_state="stopped", upgrade_result="running"
+    )
+    app = await start(**nylas_settings(nylas_fake, "v2"))
+    await stop_v2(app)
+    await wait_posts(slack, 1)
+    statuses = await asyncio.gather(
+        click(app, click_body(slack, ids.RETRY, "1", "U0ALICE", n=1)),
+        click(app, click_body(slack, ids.RETRY, "1", "U0BOB", n=2)),
+    )
+    assert statuses == [200, 200]
+    await answered(slack, 2)
+    texts = sorted(r["text"] for r in slack.responses)
+    assert texts[0].startswith("A retry is already in progress") or texts[1].startswith(
+        "A retry is already"
+    )
+    assert any(t == "Retried case #1: the account is now running." for t in texts)
+    assert [c.path.rsplit("/", 1)[1] for c in nylas_fake.calls_to("POST", r".*")] == [
+        "downgrade",
+        "upgrade",
+    ]
+
+    async def resolved() -> bool:
+        async with sessions() as session:
+            case = await cases.get_case(session, case_id=1)
+        return case is not None and case.status == "resolved"
+
+    await eventually(resolved)
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=1)
+    assert case is not None and case.resolved_by == "retry" and case.busy_until is None
+
+
+async def test_retry_failure_is_reported_and_releases_the_case(
+    start: Any, slack: FakeSlack, sessions: Sessions, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.add_v2_account(id="a-1", email="bo@example.org", sync_state="stopped")
+    app = await start(**nylas_settings(nylas_fake, "v2"))
+    await stop_v2(app)
+    await wait_posts(slack, 1)
+    nylas_fake.fail("POST", r".*/downgrade", status=503, times=1)
+    await click(app, click_body(slack, ids.RETRY, "1", "U0ALICE"))
+    await answered(slack)
+    assert slack.responses[0]["text"].startswith("Retry of case #1 failed: ")
+    (line,) = await thread_lines(slack, 1)
+    assert line.startswith("Retry sync by <@U0ALICE> failed:")
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=1)
+    assert case is not None and case.status == "open" and case.busy_until is None
+
+
+async def test_revoke_is_off_unless_someone_is_named(
+    start: Any, slack: FakeSlack, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.add_v2_account(id="a-1", email="bo@example.org", sync_state="stopped")
+    app = await start(**nylas_settings(nylas_fake, "v2"))
+    await stop_v2(app)
+    await wait_posts(slack, 1)
+    buttons = json.dumps(slack.calls_to("chat.postMessage")[0].params["blocks"])
+    assert "Revoke tokens (off)" in buttons
+    await click(app, click_body(slack, ids.REVOKE, "1", "U0ALICE"))
+    await answered(slack)
+    assert "Revoking tokens is turned off" in slack.responses[0]["text"]
+    assert nylas_fake.calls_to("POST", r".*/revoke-all") == []
+
+
+async def test_revoke_v2_only_by_named_operators_and_recorded(
+    start: Any, slack: FakeSlack, sessions: Sessions, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.add_v2_account(id="a-1", email="bo@example.org", sync_state="stopped")
+    app = await start('[permissions]\nrevoke = ["U0ADMIN"]\n', **nylas_settings(nylas_fake, "v2"))
+    await stop_v2(app)
+    await wait_posts(slack, 1)
+    button = next(
+        e
+        for b in slack.calls_to("chat.postMessage")[0].params["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == ids.REVOKE
+    )
+    assert button["style"] == "danger" and button["confirm"]["style"] == "danger"
+    await click(app, click_body(slack, ids.REVOKE, "1", "U0MALLORY", n=1))
+    await answered(slack)
+    assert slack.responses[0]["text"] == "You are not allowed to revoke cases."
+    assert nylas_fake.calls_to("POST", r".*/revoke-all") == []
+    await click(app, click_body(slack, ids.REVOKE, "1", "U0ADMIN", n=2))
+    await answered(slack, 2)
+    assert len(nylas_fake.calls_to("POST", r".*/accounts/a-1/revoke-all")) == 1
+    events = await case_events(sessions)
+    assert ("slack:U0MALLORY", "refused") in events and ("slack:U0ADMIN", "revoked") in events
+
+
+async def test_revoke_v3_needs_the_email_typed_back(
+    start: Any, slack: FakeSlack, sessions: Sessions, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.add_grant(id="g-1", email="ana@example.com", grant_status="invalid")
+    app = await start('[permissions]\nrevoke = ["U0ADMIN"]\n', **nylas_settings(nylas_fake, "v3"))
+    await expire(app)
+    await wait_posts(slack, 1)
+    await click(app, click_body(slack, ids.REVOKE, "1", "U0ADMIN"))
+
+    async def opened() -> bool:
+        return bool(slack.calls_to("views.open"))
+
+    await eventually(opened)
+    assert slack.calls_to("views.open")[0].params["view"]["callback_id"] == ids.REVOKE_MODAL
+
+    def submission(typed: str) -> str:
+        payload = {
+            "type": "view_submission",
+            "user": {"id": "U0ADMIN"},
+            "team": {"id": "T0TEST"},
+            "view": {
+                "id": "V2",
+                "type": "modal",
+                "callback_id": ids.REVOKE_MODAL,
+                "private_metadata": "1",
+                "state": {"values": {ids.CONFIRM_BLOCK: {ids.CONFIRM_INPUT: {"value": typed}}}},
+            },
+        }
+        return urlencode({"payload": json.dumps(payload)})
+
+    wrong = submission("ana@example.org")
+    answer = await (await app.post(ids.EVENTS_PATH, data=wrong, headers=signed(wrong))).json()
+    assert (
+        answer["response_action"] == "errors"
+        and "Type the account's email" in answer["errors"][ids.CONFIRM_BLOCK]
+    )
+    assert nylas_fake.calls_to("DELETE", r".*") == []
+    right = submission(" Ana@Example.com ")
+    assert (await app.post(ids.EVENTS_PATH, data=right, headers=signed(right))).status == 200
+    assert [c.path for c in nylas_fake.calls_to("DELETE", r".*")] == ["/v3/grants/g-1"]
+    assert "g-1" not in nylas_fake.grants
+
+    async def closed() -> bool:
+        async with sessions() as session:
+            case = await cases.get_case(session, case_id=1)
+        return case is not None and case.status == "resolved"
+
+    await eventually(closed)
+    assert ("slack:U0ADMIN", "revoked") in await case_events(sessions)
+
+
+async def test_signed_but_malformed_payloads_are_400(
+    start: Any, slack: FakeSlack, sessions: Sessions
+) -> None:
+    app = await start()
+    for payload in (
+        {"type": "view_submission", "view": {"callback_id": ids.RESOLVE_MODAL}},
+        {"type": 7},
+    ):
+        body = urlencode({"payload": json.dumps(payload)})
+        response = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
+        assert response.status in (400, 404), await response.text()
+    assert await case_events(sessions) == []
