@@ -56,17 +56,25 @@ Change = Callable[
 ]
 
 
+async def _lock_open_case(session: AsyncSession, case_id: int) -> Case | ActionResult:
+    """Lock the case for this transaction; a missing or resolved case stops the action."""
+    case = await session.get(Case, case_id, with_for_update=True)
+    if case is None:
+        return ActionResult("missing", f"Case #{case_id} does not exist.")
+    if case.status == CaseStatus.RESOLVED:
+        return ActionResult(
+            "stale", f"Case #{case_id} is already resolved: {case.resolution}", case
+        )
+    return case
+
+
 async def _act(
     sessions: Sessions, *, case_id: int, actor: str, now: datetime, change: Change
 ) -> ActionResult:
     async with sessions() as session, session.begin():
-        case = await session.get(Case, case_id, with_for_update=True)
-        if case is None:
-            return ActionResult("missing", f"Case #{case_id} does not exist.")
-        if case.status == CaseStatus.RESOLVED:
-            return ActionResult(
-                "stale", f"Case #{case_id} is already resolved: {case.resolution}", case
-            )
+        case = await _lock_open_case(session, case_id)
+        if isinstance(case, ActionResult):
+            return case
         outcome = await change(session, case)
         if isinstance(outcome, ActionResult):
             return outcome
@@ -243,13 +251,9 @@ async def _hold(
 ) -> ActionResult | tuple[Case, Account]:
     """Take the case for an action that calls Nylas, so concurrent clicks make one call."""
     async with sessions() as session, session.begin():
-        case = await session.get(Case, case_id, with_for_update=True)
-        if case is None:
-            return ActionResult("missing", f"Case #{case_id} does not exist.")
-        if case.status == CaseStatus.RESOLVED:
-            return ActionResult(
-                "stale", f"Case #{case_id} is already resolved: {case.resolution}", case
-            )
+        case = await _lock_open_case(session, case_id)
+        if isinstance(case, ActionResult):
+            return case
         if case.busy_until is not None and case.busy_until > now:
             return ActionResult(
                 "already", f"{case.busy_with} is already in progress for case #{case_id}.", case
