@@ -62,9 +62,8 @@ async def _lock_open_case(session: AsyncSession, case_id: int) -> Case | ActionR
     if case is None:
         return ActionResult("missing", f"Case #{case_id} does not exist.")
     if case.status == CaseStatus.RESOLVED:
-        return ActionResult(
-            "stale", f"Case #{case_id} is already resolved: {case.resolution}", case
-        )
+        # The resolution may hold text someone typed: the reply does not quote it.
+        return ActionResult("stale", f"Case #{case_id} is already resolved.", case)
     return case
 
 

@@ -267,7 +267,7 @@ async def test_click_on_a_resolved_case_is_explained(
         return len(slack.responses) == 1
 
     await eventually(answered)
-    assert slack.responses[0]["text"].startswith("Case #1 is already resolved")
+    assert slack.responses[0]["text"] == "Case #1 is already resolved."
 
 
 @pytest.mark.parametrize(
