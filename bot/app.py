@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
+from typing import Any
 
 import httpx
 from aiohttp import web
@@ -232,30 +233,17 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         ]
         tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
         scheduler = AsyncIOScheduler(timezone="UTC")
-        scheduler.add_job(
-            _job(runtime, "retention", _retention),
-            "interval",
-            hours=6,
-            id="retention",
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.add_job(
-            _job(runtime, "snoozes", _end_snoozes),
-            "interval",
-            minutes=1,
-            id="snoozes",
-            max_instances=1,
-            coalesce=True,
-        )
+        every(scheduler, runtime, "retention", _retention, hours=6)
+        every(scheduler, runtime, "snoozes", _end_snoozes, minutes=1)
         if runtime.nylas is not None:
-            scheduler.add_job(
-                _job(runtime, "reconcile", _reconcile),
-                "interval",
-                seconds=settings.poll_interval.total_seconds(),
-                id="reconcile",
-                max_instances=1,
-                coalesce=True,
+            interval = settings.poll_interval.total_seconds()
+            # First pass at start: webhooks missed while the service was down are caught now.
+            every(
+                scheduler,
+                runtime,
+                "reconcile",
+                _reconcile,
+                seconds=interval,
                 next_run_time=runtime.clock(),
             )
         if scheduled_jobs:
@@ -307,6 +295,19 @@ async def _retention(runtime: Runtime) -> None:
         runtime.db(), clock=runtime.clock, keep_days=runtime.settings.retention_days
     )
     log.info("retention purge", extra={"inbox_deleted": inbox, "outbox_deleted": outbox})
+
+
+def every(
+    scheduler: AsyncIOScheduler,
+    runtime: Runtime,
+    name: str,
+    fn: Callable[[Runtime], Awaitable[None]],
+    **trigger: Any,
+) -> None:
+    """Run ``fn`` on an interval, one run at a time, missed runs folded into one."""
+    scheduler.add_job(
+        _job(runtime, name, fn), "interval", id=name, max_instances=1, coalesce=True, **trigger
+    )
 
 
 def _job(

@@ -19,7 +19,7 @@ from storage import cases
 from storage.models import Account, Case, CaseStatus
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
-from workflows.notify import queue_case_change
+from workflows.notify import record_change
 from workflows.nylas import NylasClient, NylasError, RemoteAccount
 from workflows.states import classify
 
@@ -79,18 +79,16 @@ async def _act(
             return outcome
         action, details, line, message = outcome
         quote = str(details["note"]) if "note" in details else None
-        case.updated_at = now
-        session.add(case)
-        await cases.record_event(
+        await record_change(
             session,
+            case,
             actor=actor,
             action=action,
-            at=now,
-            case_id=case.id,
-            account_id=case.account_id,
+            now=now,
+            line=line,
             details=details,
+            quote=quote,
         )
-        await queue_case_change(session, case, line, now, quote=quote)
     return ActionResult("done", message, case)
 
 
@@ -226,17 +224,15 @@ async def end_snoozes(sessions: Sessions, *, now: datetime) -> int:
         for case in woken:
             acked = case.acknowledged_at is not None
             case.status = CaseStatus.ACKNOWLEDGED if acked else CaseStatus.OPEN
-            case.snoozed_until, case.updated_at = None, now
-            session.add(case)
-            await cases.record_event(
+            case.snoozed_until = None
+            await record_change(
                 session,
+                case,
                 actor="system",
                 action="snooze_ended",
-                at=now,
-                case_id=case.id,
-                account_id=case.account_id,
+                now=now,
+                line="Snooze is over.",
             )
-            await queue_case_change(session, case, "Snooze is over.", now)
     return len(woken)
 
 
@@ -280,18 +276,10 @@ async def _finish(
     async with sessions() as session, session.begin():
         case = await session.get(Case, case_id, with_for_update=True)
         assert case is not None
-        case.busy_with, case.busy_until, case.updated_at = None, None, now
-        session.add(case)
-        await cases.record_event(
-            session,
-            actor=actor,
-            action=action,
-            at=now,
-            case_id=case.id,
-            account_id=case.account_id,
-            details=details,
+        case.busy_with, case.busy_until = None, None
+        await record_change(
+            session, case, actor=actor, action=action, now=now, line=line, details=details
         )
-        await queue_case_change(session, case, line, now)
         if event is not None:
             await apply_event(session, event, now=now, route=lambda _: case.slack_channel or "")
 

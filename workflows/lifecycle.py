@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases, outbox
 from storage.models import Account, Case, CaseStatus, OutboxKind
 from workflows.events import AccountEvent
-from workflows.notify import queue_case_change
+from workflows.notify import record_change
 from workflows.states import Health, classify
 
 log = logging.getLogger("reauthbot.lifecycle")
@@ -160,18 +160,16 @@ async def _update(
 ) -> Outcome:
     assert case.id is not None
     before = case.state
-    case.state, case.kind, case.updated_at = event.state, kind, now
-    session.add(case)
-    await cases.record_event(
+    case.state, case.kind = event.state, kind
+    await record_change(
         session,
+        case,
         actor=actor_of(event),
         action="state_changed",
-        at=now,
-        case_id=case.id,
-        account_id=case.account_id,
+        now=now,
+        line=f"State changed from {before} to {event.state}.",
         details={**audit, "previous_state": before},
     )
-    await queue_case_change(session, case, f"State changed from {before} to {event.state}.", now)
     return Outcome("updated", case.id)
 
 
@@ -192,17 +190,15 @@ async def _resolve(
     else:
         reason = f"The account recovered: {words} ({event.state})."
     case.status, case.resolved_at, case.resolved_by = CaseStatus.RESOLVED, now, actor_of(event)
-    case.resolution, case.updated_at = reason, now
-    session.add(case)
-    await cases.record_event(
+    case.resolution = reason
+    await record_change(
         session,
+        case,
         actor=actor_of(event),
         action="resolved",
-        at=now,
-        case_id=case.id,
-        account_id=case.account_id,
+        now=now,
+        line=f"Resolved: {reason}",
         details={**audit, "reason": reason},
     )
-    await queue_case_change(session, case, f"Resolved: {reason}", now)
     log.info("case resolved", extra={"case": case.id, "account": case.account_id})
     return Outcome("resolved", case.id)

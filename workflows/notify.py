@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import outbox
+from storage import cases, outbox
 from storage.models import Case, OutboxKind
 
 
@@ -29,3 +29,29 @@ async def queue_case_change(
         case_id=case.id,
         payload={"text": line, "quote": quote, "at": now.isoformat()},
     )
+
+
+async def record_change(
+    session: AsyncSession,
+    case: Case,
+    *,
+    actor: str,
+    action: str,
+    now: datetime,
+    line: str,
+    details: dict[str, object] | None = None,
+    quote: str | None = None,
+) -> None:
+    """Save a changed case, audit who changed it and how, and queue what Slack must show."""
+    case.updated_at = now
+    session.add(case)
+    await cases.record_event(
+        session,
+        actor=actor,
+        action=action,
+        at=now,
+        case_id=case.id,
+        account_id=case.account_id,
+        details=details,
+    )
+    await queue_case_change(session, case, line, now, quote=quote)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -235,7 +235,3 @@ async def test_a_message_whose_lease_ran_out_is_sent_by_the_next_notifier(
     await run_notifier(sessions, sink, clock)
     assert sink.calls == 1
     assert await outbox_statuses(sessions) == [OutboxStatus.SENT]
-
-
-def test_frozen_clock_is_aware() -> None:
-    assert FrozenClock()().tzinfo is UTC

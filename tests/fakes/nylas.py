@@ -41,6 +41,8 @@ from typing import Any, Self
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.fakes._loopback import serve
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _V2_LIMITS = (100, 1000)  # (default, cap)
@@ -137,12 +139,7 @@ class FakeNylas:
         app.router.add_get("/v3/grants", self._v3_list)
         app.router.add_get("/v3/grants/{id}", self._v3_get)
         app.router.add_delete("/v3/grants/{id}", self._v3_delete)
-        # A short shutdown timeout: a test that timed out must not wait for slow handlers.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._runner, self.url = await serve(app, self._host, self._port)
         return self
 
     async def __aexit__(

@@ -57,6 +57,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.fakes._loopback import serve
+
 Params = dict[str, Any]
 
 _FIRST_TS_MICROS = 1_700_000_000_000_100
@@ -179,12 +181,7 @@ class FakeSlack:
         app.router.add_get("/api/{method}", self._api, allow_head=False)
         app.router.add_post("/api/{method}", self._api)
         app.router.add_post("/response/{n}", self._response)
-        # A short shutdown timeout: a test that timed out must not wait for slow handlers.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
-        host, port = self._runner.addresses[0][:2]
-        self._root = f"http://{host}:{port}"
+        self._runner, self._root = await serve(app, self._host, self._port)
         self.url = f"{self._root}/api/"
         return self
 
