@@ -26,6 +26,8 @@ VIEWS = (RESOLVE_MODAL, REVOKE_MODAL)
 # Bot scopes the registered features need, and why.
 BOT_SCOPES = (
     "chat:write",  # post alerts, update them in place, reply in their threads
+    "channels:history",  # before posting an alert again, find the copy a lost answer hid
+    "groups:history",  # the same in a private alert channel
     "usergroups:read",  # resolve user groups (S…) named in the permissions policy
     "users:read",  # show who acted
 )

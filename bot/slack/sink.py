@@ -4,12 +4,20 @@
 pace, so a burst of alerts is spread out instead of answered with 429s. A 429 that happens
 anyway, a 5xx or a timeout is handed back to the notifier as a temporary error (retried
 after ``Retry-After`` or with backoff); errors that retrying cannot fix are permanent.
+
+A parent message carries the case number in its message metadata. When a post is attempted
+again (the last attempt timed out, or the process died before recording it), the channel's
+recent history is searched for that metadata first, so a message Slack did accept is adopted
+instead of posted a second time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from datetime import datetime, timedelta
+from typing import Any
 
 from aiohttp import ClientError
 from slack_sdk.errors import SlackApiError
@@ -19,8 +27,16 @@ from bot.notifier import Posted, SinkError
 from bot.slack import blocks
 from storage.models import Account, Case, OutboxKind, OutboxMessage
 
+log = logging.getLogger("reauthbot.slack.sink")
+
 # Slack allows about one post per second per channel; a margin absorbs jitter in latency.
 POST_INTERVAL = 1.1
+CASE_EVENT = "reauthbot_case"  # metadata event_type of a case's parent message
+# How far back, before the message was queued, a retried post looks for an earlier copy
+# (room for clock skew between this host and Slack), and how much history it reads at most.
+LOOKBACK_MARGIN = timedelta(minutes=5)
+LOOKBACK_PAGE = 200
+LOOKBACK_PAGES = 10
 PERMANENT_ERRORS = frozenset(
     {
         "channel_not_found",
@@ -75,11 +91,16 @@ class SlackSink:
         text = blocks.fallback_text(case, account)
         if message.kind == OutboxKind.POST:
             channel = case.slack_channel or message.channel
+            if message.attempts > 1:
+                earlier = await self._find_post(channel, case, since=message.created_at)
+                if earlier is not None:
+                    return earlier
             await self._pace(channel)
             response = await self._client.chat_postMessage(
                 channel=channel,
                 text=text,
                 blocks=blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
+                metadata=case_metadata(case),
                 unfurl_links=False,
                 unfurl_media=False,
             )
@@ -103,12 +124,60 @@ class SlackSink:
         )
         return None
 
+    async def _find_post(self, channel: str, case: Case, *, since: datetime) -> Posted | None:
+        """The case's parent message if an earlier attempt did post it, else None."""
+        oldest = f"{(since - LOOKBACK_MARGIN).timestamp():.6f}"
+        cursor: str | None = None
+        for _ in range(LOOKBACK_PAGES):
+            try:
+                page = await self._client.conversations_history(
+                    channel=channel,
+                    oldest=oldest,
+                    limit=LOOKBACK_PAGE,
+                    cursor=cursor,
+                    include_all_metadata=True,
+                )
+            except SlackApiError as exc:
+                error = _sink_error(exc)
+                if exc.response.status_code == 429 or exc.response.status_code >= 500:
+                    raise error from exc
+                # Without history (e.g. the scope was not granted) a missed alert is worse
+                # than a repeated one: post again.
+                log.warning(
+                    "cannot read the channel to check for an earlier post: %s",
+                    error.code,
+                    extra={"case": case.id, "channel": channel},
+                )
+                return None
+            for found in page.get("messages") or []:
+                if _is_post_of(found, case):
+                    log.info(
+                        "adopted the parent message an earlier attempt posted",
+                        extra={"case": case.id, "ts": found["ts"]},
+                    )
+                    return Posted(channel=channel, ts=str(found["ts"]))
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if not page.get("has_more") or cursor is None:
+                return None
+        return None
+
     async def _pace(self, channel: str) -> None:
         now = time.monotonic()
         due = self._next_post.get(channel, now)
         if due > now:
             await asyncio.sleep(due - now)
         self._next_post[channel] = max(due, now) + self._interval
+
+
+def case_metadata(case: Case) -> dict[str, Any]:
+    """Message metadata that names the case a parent message belongs to."""
+    return {"event_type": CASE_EVENT, "event_payload": {"case_id": case.id}}
+
+
+def _is_post_of(message: dict[str, Any], case: Case) -> bool:
+    metadata = message.get("metadata") or {}
+    payload = metadata.get("event_payload") or {}
+    return bool(metadata.get("event_type") == CASE_EVENT and payload.get("case_id") == case.id)
 
 
 def thread_text(message: OutboxMessage) -> str:

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,43 +13,12 @@ from sqlmodel import select
 from storage import cases
 from storage.engine import create_engine, session_factory
 from storage.models import CaseEvent, InboxDelivery, OutboxMessage
-from tests.cli import clean_env, free_port
+from tests.cli import service
 from tests.conftest import NYLAS_CLIENT_ID, NYLAS_CLIENT_SECRET
 from tests.fakes.nylas import FakeNylas
 from tests.waiting import eventually
 from workflows.nylas import samples
 from workflows.nylas.webhooks import sign
-
-
-@asynccontextmanager
-async def service(tmp_path: Path, log: Path, env: dict[str, str]) -> AsyncIterator[str]:
-    port = free_port()
-    with log.open("a") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "serve",
-            cwd=tmp_path,
-            env=clean_env(tmp_path, HOST="127.0.0.1", PORT=str(port), **env),
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(timeout=2) as http, asyncio.timeout(30):
-            while True:
-                try:
-                    if (await http.get(f"{base}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        yield base
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGKILL)
-            await process.wait()
 
 
 async def test_delivery_stored_before_a_crash_is_processed_once_after_restart(

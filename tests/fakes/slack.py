@@ -7,8 +7,8 @@
 
 Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
 ``views.open``, ``views.push``, ``views.update``, ``views.publish``,
-``usergroups.users.list``, ``users.info``, ``conversations.info``; anything else answers
-``unknown_method``. ``POST /response/<n>`` stands in for response_url.
+``usergroups.users.list``, ``users.info``, ``conversations.info``, ``conversations.history``;
+anything else answers ``unknown_method``. ``POST /response/<n>`` stands in for response_url.
 
 Requests are read the way slack-sdk sends them: ``chat.*`` and ``views.*`` as a JSON body,
 read methods as GET with a query string, most other writes (``auth.test``,
@@ -17,6 +17,9 @@ and ``api_call(data=...)`` as a form body. All sources are merged into ``Call.pa
 ``blocks``, ``attachments``, ``metadata`` and ``view`` sent as JSON-encoded strings (the
 form-body convention, also allowed inside a JSON body) are decoded.
 
+Other fakes add methods with ``serve_method``, each authenticated by its own token:
+``tests/fakes/socket_mode.py`` adds ``apps.connections.open`` (app-level token).
+
 Answers have Slack's shapes: HTTP 200 with ``{"ok": false, "error": ...}`` for API errors,
 429 with ``Retry-After`` and ``{"ok": false, "error": "ratelimited"}`` for rate limits.
 Where Slack does not document a behaviour, the fake picks one and says so here:
@@ -24,8 +27,9 @@ Where Slack does not document a behaviour, the fake picks one and says so here:
 - only ``Authorization: Bearer <bot token>`` authenticates; Slack also takes a ``token``
   form field, which the fake refuses so that a client not sending the header is noticed;
 - injected failures (``fail``) come before the auth check, like a proxy in front of Slack;
-- ts values come from a counter, not the clock: "1700000000.000100", then +100 µs each,
-  shared by every message and ephemeral, so they are unique and strictly increasing;
+- ts values are the wall-clock time (``wall_clock``) in microseconds, moved on by at least
+  100 µs from the previous one, shared by every message and ephemeral, so they are unique and
+  strictly increasing, as Slack's are within a channel;
 - stored messages keep ``blocks`` exactly as sent (``[]`` when none): Slack adds
   ``block_id``s and turns a text-only message into a ``rich_text`` block, the fake doesn't;
 - ``chat.update`` keeps the old blocks when ``blocks`` is omitted and clears them on
@@ -38,11 +42,18 @@ Where Slack does not document a behaviour, the fake picks one and says so here:
 - response_urls accept any number of POSTs (Slack: 5 within 30 minutes) and answer
   ``ok`` as text; they don't change ``messages`` (no replace_original emulation);
 - ``rate_limit_per_channel`` is a token bucket per channel for ``chat.postMessage`` only;
-  only accepted posts use a token, and Retry-After is the wait rounded up, at least 1.
+  only accepted posts use a token, and Retry-After is the wait rounded up, at least 1;
+- ``conversations.history`` lists a channel's messages newest first, leaving out thread
+  replies that were not broadcast; ``metadata`` is returned only with
+  ``include_all_metadata``; the cursor is an opaque offset;
+- ``answer_late`` carries a call out and then holds the answer back, which is what a client
+  sees when Slack accepted a message but the response was lost (a timeout or a crash).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 import math
@@ -133,6 +144,7 @@ class FakeSlack:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.bot_token = bot_token
         self.team_id = team_id
@@ -146,12 +158,14 @@ class FakeSlack:
         self.home_tabs: dict[str, dict[str, Any]] = {}  # user id -> published home view
         self.users: dict[str, dict[str, Any]] = {}
         self.user_groups: dict[str, list[str]] = {}
+        self._method_tokens: dict[str, str] = {}  # methods served with another token
         self.ratelimited_count = 0
         self.url = ""
         self._root = ""
         self._host = host
         self._port = port
         self._clock = clock
+        self._wall_clock = wall_clock
         self._runner: web.AppRunner | None = None
         self._ts_micros = _FIRST_TS_MICROS - _TS_STEP_MICROS
         self._view_count = 0
@@ -159,6 +173,9 @@ class FakeSlack:
         self._view_log: list[tuple[str, Params]] = []
         self._response_log: list[tuple[str, Any]] = []
         self._failures: list[_Failure] = []
+        self._late: list[_Failure] = []  # reuses the method/remaining matching; status unused
+        self._late_seconds: dict[int, float] = {}
+        self._closing = asyncio.Event()
         self._post_rate: float | None = None
         self._post_burst = 1
         self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, when)
@@ -174,9 +191,11 @@ class FakeSlack:
             "usergroups.users.list": self._usergroups_users_list,
             "users.info": self._users_info,
             "conversations.info": self._conversations_info,
+            "conversations.history": self._conversations_history,
         }
 
     async def __aenter__(self) -> Self:
+        self._closing = asyncio.Event()
         app = web.Application()
         app.router.add_get("/api/{method}", self._api, allow_head=False)
         app.router.add_post("/api/{method}", self._api)
@@ -191,6 +210,7 @@ class FakeSlack:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -258,6 +278,12 @@ class FakeSlack:
             retry_after = 1
         self._failures.append(_Failure(method, times, status, error, retry_after))
 
+    def answer_late(self, method: str, seconds: float, *, times: int | None = 1) -> None:
+        """Carry out the next `times` calls to `method`, then wait `seconds` before answering."""
+        rule = _Failure(method, times, 200, "", None)
+        self._late.append(rule)
+        self._late_seconds[id(rule)] = seconds
+
     def rate_limit_per_channel(self, per_second: float = 1.0, *, burst: int = 1) -> None:
         """Limit chat.postMessage to `per_second` per channel, allowing `burst` at once."""
         if per_second <= 0 or burst < 1:
@@ -315,6 +341,17 @@ class FakeSlack:
     def _views_by(self, method: str) -> list[Params]:
         return [params for m, params in self._view_log if m == method]
 
+    # -- methods served by other fakes -------------------------------------------------
+
+    def serve_method(self, method: str, handler: Callable[[Params], Params], *, token: str) -> None:
+        """Answer `method` with `handler`, accepting only ``Authorization: Bearer <token>``.
+
+        The handler gets the merged params and returns the answer's fields besides
+        ``"ok": true``; calls are recorded, and ``fail`` applies, as for built-in methods.
+        """
+        self._methods[method] = handler
+        self._method_tokens[method] = token
+
     # -- plumbing ----------------------------------------------------------------------
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
@@ -349,6 +386,7 @@ class FakeSlack:
             if problem is not None:
                 raise problem
             body = handler(params)
+            await self._hold_answer(method)
         except _ApiError as exc:
             answer: Params = {"ok": False, "error": exc.error}
             if exc.messages:
@@ -366,11 +404,19 @@ class FakeSlack:
         self._response_log.append((request.match_info["n"], body))
         return web.Response(text="ok")
 
+    async def _hold_answer(self, method: str) -> None:
+        for rule in self._late:
+            if rule.take(method):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), self._late_seconds[id(rule)])
+                return
+
     def _check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         if not header:
             raise _ApiError("not_authed")
-        if header != f"Bearer {self.bot_token}":
+        token = self._method_tokens.get(request.match_info["method"], self.bot_token)
+        if header != f"Bearer {token}":
             raise _ApiError("invalid_auth")
 
     def _failure_response(self, failure: _Failure) -> web.Response:
@@ -400,7 +446,8 @@ class FakeSlack:
         self._buckets[channel] = (tokens - 1, now)
 
     def _next_ts(self) -> str:
-        self._ts_micros += _TS_STEP_MICROS
+        now = int(self._wall_clock() * 1_000_000)
+        self._ts_micros = max(now, self._ts_micros + _TS_STEP_MICROS)
         seconds, micros = divmod(self._ts_micros, 1_000_000)
         return f"{seconds}.{micros:06d}"
 
@@ -559,6 +606,44 @@ class FakeSlack:
             }
         }
 
+    def _conversations_history(self, params: Params) -> Params:
+        channel = _required(params, "channel", "channel_not_found")
+        inclusive = _flag(params.get("inclusive"))
+        oldest = _number(params.get("oldest") or 0, "invalid_ts_oldest")
+        latest = _number(params.get("latest") or math.inf, "invalid_ts_latest")
+        limit = min(max(int(_number(params.get("limit") or 100, "invalid_limit")), 1), 999)
+        offset = int(_number(params.get("cursor") or 0, "invalid_cursor"))
+
+        def within(ts: float) -> bool:
+            if inclusive:
+                return oldest <= ts <= latest
+            return oldest < ts < latest
+
+        listed = [
+            message
+            for (where, ts), message in self.messages.items()
+            if where == channel
+            and within(float(ts))
+            and (
+                message.get("thread_ts") in (None, ts)
+                or message.get("subtype") == "thread_broadcast"
+            )
+        ]
+        listed.sort(key=lambda message: float(message["ts"]), reverse=True)
+        page = listed[offset : offset + limit]
+        with_metadata = _flag(params.get("include_all_metadata"))
+        shown = [
+            {k: v for k, v in copy.deepcopy(m).items() if with_metadata or k != "metadata"}
+            for m in page
+        ]
+        has_more = offset + limit < len(listed)
+        return {
+            "messages": shown,
+            "has_more": has_more,
+            "pin_count": 0,
+            "response_metadata": {"next_cursor": str(offset + limit) if has_more else ""},
+        }
+
     # -- views -------------------------------------------------------------------------
 
     def _create_view(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -674,6 +759,13 @@ def _view_argument(params: Params, kind: str | None) -> dict[str, Any]:
     if kind is not None and view.get("type") != kind:
         raise _ApiError("invalid_arguments", f"[ERROR] view.type must be {kind!r}")
     return view
+
+
+def _number(value: Any, error: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _ApiError(error) from None
 
 
 def _flag(value: Any) -> bool:

@@ -199,6 +199,57 @@ async def test_conversations_info(client: AsyncWebClient) -> None:
     assert answer["channel"]["id"] == "C0OPS"
 
 
+async def test_conversations_history_lists_newest_first_without_replies(
+    client: AsyncWebClient,
+) -> None:
+    meta = {"event_type": "case", "event_payload": {"case_id": 7}}
+    first = await client.chat_postMessage(channel="C1", text="one", metadata=meta)
+    await client.chat_postMessage(channel="C1", text="reply", thread_ts=first["ts"])
+    second = await client.chat_postMessage(channel="C1", text="two")
+    await client.chat_postMessage(channel="C2", text="elsewhere")
+
+    plain = await client.conversations_history(channel="C1")
+    full = await client.conversations_history(channel="C1", include_all_metadata=True)
+    after = await client.conversations_history(channel="C1", oldest=first["ts"])
+
+    assert [m["text"] for m in plain["messages"]] == ["two", "one"]
+    assert "metadata" not in plain["messages"][1]
+    assert full["messages"][1]["metadata"] == meta
+    assert [m["ts"] for m in after["messages"]] == [second["ts"]]
+
+
+async def test_conversations_history_pages_with_a_cursor(client: AsyncWebClient) -> None:
+    for n in range(5):
+        await client.chat_postMessage(channel="C1", text=str(n))
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await client.conversations_history(channel="C1", limit=2, cursor=cursor)
+        seen += [m["text"] for m in page["messages"]]
+        cursor = page["response_metadata"]["next_cursor"]
+        if not page["has_more"]:
+            break
+
+    assert seen == ["4", "3", "2", "1", "0"]
+    bad = await api_error(client.conversations_history(channel="C1", oldest="yesterday"))
+    assert bad.response["error"] == "invalid_ts_oldest"
+
+
+async def test_answer_late_carries_the_call_out_before_the_client_gives_up(
+    slack: FakeSlack,
+) -> None:
+    slack.answer_late("chat.postMessage", 5)
+    impatient = AsyncWebClient(token=TOKEN, base_url=slack.url, timeout=1)
+
+    with pytest.raises(TimeoutError):
+        await impatient.chat_postMessage(channel="C1", text="sent anyway")
+
+    assert [m["text"] for m in slack.messages.values()] == ["sent anyway"]
+    answered = await impatient.chat_postMessage(channel="C1", text="on time")
+    assert answered["ok"]
+
+
 @pytest.mark.parametrize(("token", "error"), [(None, "not_authed"), ("xoxb-wrong", "invalid_auth")])
 async def test_auth_errors(slack: FakeSlack, token: str | None, error: str) -> None:
     client = AsyncWebClient(token=token, base_url=slack.url)

@@ -99,7 +99,7 @@ def signed(body: str, *, timestamp: int | None = None) -> dict[str, str]:
 def click_body(
     slack: FakeSlack, action_id: str, value: str, user: str, n: int = 1, *, select: bool = False
 ) -> str:
-    message_ts = slack.calls_to("chat.postMessage")[0].params.get("ts", "1700000000.000100")
+    message_ts = min(ts for channel, ts in slack.messages if channel == CHANNEL)
     payload = {
         "type": "block_actions",
         "user": {"id": user, "username": user.lower(), "team_id": "T0TEST"},
