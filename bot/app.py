@@ -28,17 +28,21 @@ from bot.inbox_writer import InboxWriter
 from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Sink
+from bot.pager import PagerSink
 from bot.runtime import RUNTIME, Runtime
 from bot.settings import Settings
 from bot.slack import app as slack_app
 from bot.slack.sink import SlackSink
 from storage.engine import create_engine, readonly_session_factory, session_factory
 from storage.migrate import upgrade
+from storage.models import PAGER_CHANNEL
 from workflows.actions import end_snoozes
 from workflows.clock import Clock, system_clock
+from workflows.escalation import escalate_due
 from workflows.ingest import drain_inbox
 from workflows.maintenance import purge_old_rows
 from workflows.nylas import NylasClient
+from workflows.paging import PagerDuty
 from workflows.reconcile import reconcile
 
 log = logging.getLogger("reauthbot.app")
@@ -90,7 +94,7 @@ def create_app(
         settings.require_slack()
         client = slack_client or slack_app.build_client(settings)
         bolt = slack_app.build_bolt(runtime, client)
-        slack_app.register(app, bolt)
+        slack_app.register(app, bolt, http=not settings.socket_mode)
         revoke_enabled = settings.policy.permissions.revoke is not None
         sink = sink or SlackSink(client, revoke_enabled=revoke_enabled)
     app.cleanup_ctx.append(_database(runtime, engine, migrate))
@@ -207,6 +211,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             clock=runtime.clock,
             metrics=runtime.metrics,
             readers=runtime.reader(),
+            not_channel=PAGER_CHANNEL,
         )
         inbox_writer = InboxWriter(sessions, clock=runtime.clock)
         runtime.inbox_writer = inbox_writer
@@ -221,20 +226,37 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
                 readers=runtime.reader(),
                 step_aside=inbox_writer.waiting,
             )
-            if done and runtime.notify is not None:
-                runtime.notify.wake()
+            if done:
+                runtime.wake_senders()
             return done
 
         runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.busy))
+        pager_http = None
+        if settings.pagerduty_routing_key is not None:
+            pager_http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+            pager = PagerDuty(
+                pager_http,
+                routing_key=settings.pagerduty_routing_key.get_secret_value(),
+                base_url=settings.pagerduty_api_url,
+            )
+            paging = Notifier(
+                sessions,
+                PagerSink(pager),
+                clock=runtime.clock,
+                metrics=runtime.metrics,
+                readers=runtime.reader(),
+                channel=PAGER_CHANNEL,
+            )
+            runtime.page = Worker("pager", paging.drain_once)
         stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(worker.run(stop), name=worker.name)
-            for worker in (runtime.ingest, runtime.notify)
-        ]
+        workers = [w for w in (runtime.ingest, runtime.notify, runtime.page) if w is not None]
+        tasks = [asyncio.create_task(worker.run(stop), name=worker.name) for worker in workers]
         tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
         scheduler = AsyncIOScheduler(timezone="UTC")
         every(scheduler, runtime, "retention", _retention, hours=6)
         every(scheduler, runtime, "snoozes", _end_snoozes, minutes=1)
+        if settings.policy.escalation.levels:
+            every(scheduler, runtime, "escalation", _escalate, seconds=30)
         if runtime.nylas is not None:
             interval = settings.poll_interval.total_seconds()
             # First pass at start: webhooks missed while the service was down are caught now.
@@ -253,6 +275,8 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             scheduler.shutdown(wait=False)
         stop.set()
         await asyncio.gather(*tasks)
+        if pager_http is not None:
+            await pager_http.aclose()
         log.info("workers stopped")
 
     return ctx
@@ -277,8 +301,14 @@ def paced(
 
 
 async def _end_snoozes(runtime: Runtime) -> None:
-    if await end_snoozes(runtime.db(), now=runtime.clock()) and runtime.notify is not None:
-        runtime.notify.wake()
+    if await end_snoozes(runtime.db(), now=runtime.clock()):
+        runtime.wake_senders()
+
+
+async def _escalate(runtime: Runtime) -> None:
+    policy = runtime.settings.policy.escalation
+    if await escalate_due(runtime.db(), policy=policy, now=runtime.clock()):
+        runtime.wake_senders()
 
 
 async def _reconcile(runtime: Runtime) -> None:
@@ -286,8 +316,7 @@ async def _reconcile(runtime: Runtime) -> None:
     report = await reconcile(runtime.db(), runtime.nylas, clock=runtime.clock, route=runtime.route)
     for outcome in ("seen", "new", "changed", "missing"):
         runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
-    if runtime.notify is not None:
-        runtime.notify.wake()
+    runtime.wake_senders()
 
 
 async def _retention(runtime: Runtime) -> None:

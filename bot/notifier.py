@@ -73,6 +73,9 @@ class LogSink:
             quote = message.payload.get("quote")
             line = str(message.payload.get("text", "")) + (f" {quote}" if quote else "")
             self._log.info("alert thread: %s", line, extra=fields)
+        elif message.kind == OutboxKind.DM:
+            line = str(message.payload.get("text", ""))
+            self._log.warning("alert for %s: %s", message.channel, line, extra=fields)
         elif case is not None and account is not None:
             verb = "alert" if message.kind == OutboxKind.POST else "alert updated"
             self._log.warning("%s: %s", verb, render.alert_text(case, account), extra=fields)
@@ -97,8 +100,12 @@ class Notifier:
         batch: int = 50,
         lease: timedelta = timedelta(seconds=60),
         readers: async_sessionmaker[AsyncSession] | None = None,
+        channel: str | None = None,
+        not_channel: str | None = None,
     ) -> None:
         self._sessions = sessions
+        self._channel = channel
+        self._not_channel = not_channel
         self._readers = readers or sessions
         self._sink = sink
         self._clock = clock
@@ -121,6 +128,8 @@ class Notifier:
                     now=self._clock(),
                     lease=self._lease,
                     limit=self._batch,
+                    channel=self._channel,
+                    not_channel=self._not_channel,
                 )
             )
             last_update = {

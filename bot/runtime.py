@@ -28,10 +28,17 @@ class Runtime:
     readers: async_sessionmaker[AsyncSession] | None = None
     nylas: NylasClient | None = None
     notify: Worker | None = None
+    page: Worker | None = None
     ingest: Worker | None = None
     inbox_writer: InboxWriter | None = None
     migrated: bool = False
     notes: list[str] = field(default_factory=list)
+
+    def wake_senders(self) -> None:
+        """Tell the Slack and PagerDuty drains that the outbox has new rows."""
+        for worker in (self.notify, self.page):
+            if worker is not None:
+                worker.wake()
 
     @property
     def route(self) -> Router:

@@ -8,7 +8,7 @@ names the variable and says what to do.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     poll_interval: timedelta = Field(
         default=timedelta(minutes=15), validation_alias="REAUTHBOT_POLL_INTERVAL"
     )
+    # The daily digest's time of day, UTC ("09:00"); unset: no digest.
+    digest_at: time | None = Field(default=None, validation_alias="REAUTHBOT_DIGEST_AT")
 
     _policy: Policy = PrivateAttr(default_factory=Policy)
 
@@ -88,6 +90,16 @@ class Settings(BaseSettings):
         if interval < timedelta(minutes=1):
             raise ValueError("must be at least 1m (Nylas rate-limits the account listing)")
         return interval
+
+    @field_validator("digest_at", mode="before")
+    @classmethod
+    def _digest_at(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = re.fullmatch(r"\s*([01]?\d|2[0-3]):([0-5]\d)\s*", value)
+            if not match:
+                raise ValueError(f"{value!r} is not a time of day like 09:00 (UTC)")
+            return time(int(match.group(1)), int(match.group(2)))
+        return value
 
     @field_validator("nylas_api_version", mode="before")
     @classmethod
@@ -245,4 +257,11 @@ def load_settings(**overrides: Any) -> Settings:
             settings._policy = load_policy(settings.config_file)
         except ValueError as exc:
             raise ConfigError("REAUTHBOT_CONFIG", str(exc)) from None
+    paging = [n for n, level in enumerate(settings.policy.escalation.levels, 1) if level.pagerduty]
+    if paging and settings.pagerduty_routing_key is None:
+        raise ConfigError(
+            "PAGERDUTY_ROUTING_KEY",
+            f"is required: escalation level {paging[0]} pages PagerDuty; use the integration "
+            "key of an Events API v2 service",
+        )
     return settings

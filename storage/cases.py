@@ -34,6 +34,7 @@ async def open_case(
     state: str | None,
     now: datetime,
     channel: str | None = None,
+    broken_since: datetime | None = None,
 ) -> Case | None:
     """Open a case for the account, or return None when it already has an open one.
 
@@ -47,6 +48,7 @@ async def open_case(
         opened_at=now,
         updated_at=now,
         slack_channel=channel,
+        broken_since=broken_since or now,
     )
     try:
         async with session.begin_nested():

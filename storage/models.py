@@ -107,6 +107,11 @@ class OutboxKind(StrEnum):
     POST = "post"  # the case's parent message, once
     UPDATE = "update"  # re-render the parent message in place
     THREAD = "thread"  # one line in the parent's thread
+    DM = "dm"  # the alert sent to one person (the channel is the user id)
+    PAGE = "page"  # a PagerDuty event (the channel is PAGER_CHANNEL)
+
+
+PAGER_CHANNEL = "pagerduty"
 
 
 class Account(SQLModel, table=True):
@@ -137,6 +142,7 @@ class Case(SQLModel, table=True):
             postgresql_where=sa.text("status != 'resolved'"),
         ),
         sa.Index("ix_cases_status_opened", "status", "opened_at"),
+        sa.Index("ix_cases_status_escalation_due", "status", "escalation_due_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -159,6 +165,16 @@ class Case(SQLModel, table=True):
     # cannot make a second call; a crashed holder's lease simply runs out.
     busy_with: str | None = Field(default=None, max_length=64)
     busy_until: datetime | None = _ts()
+    # When the account went bad, per the event that opened the case (Nylas' 72-hour window
+    # for resending missed notifications counts from here).
+    broken_since: datetime | None = _ts()
+    # Escalation: steps of the policy already run, and when the next one is due (NULL and 0:
+    # not scheduled yet; NULL otherwise: nothing left to run).
+    escalation_step: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    escalation_due_at: datetime | None = _ts()
+    # The PagerDuty alert of the case, as last told to PagerDuty: triggered, acknowledged,
+    # resolved (NULL: never paged).
+    pager_state: str | None = Field(default=None, max_length=16)
 
 
 class CaseEvent(SQLModel, table=True):

@@ -54,12 +54,27 @@ def _claimable(now: datetime) -> Any:
 
 
 async def claim(
-    session: AsyncSession, *, owner: str, now: datetime, lease: timedelta, limit: int = 50
+    session: AsyncSession,
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int = 50,
+    channel: str | None = None,
+    not_channel: str | None = None,
 ) -> Sequence[OutboxMessage]:
-    """Lease up to ``limit`` due messages to ``owner``, oldest first; commit before sending."""
+    """Lease up to ``limit`` due messages to ``owner``, oldest first; commit before sending.
+
+    ``channel`` / ``not_channel`` split the outbox between drains (Slack and PagerDuty).
+    """
+    where = _claimable(now)
+    if channel is not None:
+        where &= col(OutboxMessage.channel) == channel
+    if not_channel is not None:
+        where &= col(OutboxMessage.channel) != not_channel
     candidates = (
         select(OutboxMessage.id)
-        .where(_claimable(now))
+        .where(where)
         .order_by(col(OutboxMessage.id))
         .limit(limit)
         .with_for_update(skip_locked=True)

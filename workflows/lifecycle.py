@@ -123,7 +123,13 @@ async def _open(
     # The case records where its alert goes; the message ts is added once it is posted.
     channel = route(account.email)
     case = await cases.open_case(
-        session, account_id=account.id, kind=kind, state=event.state, now=now, channel=channel
+        session,
+        account_id=account.id,
+        kind=kind,
+        state=event.state,
+        now=now,
+        channel=channel,
+        broken_since=min(event.occurred_at, now),
     )
     if case is None:  # another worker opened it between our read and insert
         raise RuntimeError(f"case for account {account.id} opened concurrently; retry")

@@ -8,6 +8,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
 from storage.models import Case, OutboxKind
+from workflows.escalation import queue_pager_follow_up
 
 
 async def queue_case_change(
@@ -20,6 +21,7 @@ async def queue_case_change(
     """
     assert case.slack_channel is not None, "a case gets its channel when it opens"
     channel = case.slack_channel
+    await queue_pager_follow_up(session, case, now)
     await outbox.enqueue(session, channel=channel, kind=OutboxKind.UPDATE, now=now, case_id=case.id)
     await outbox.enqueue(
         session,

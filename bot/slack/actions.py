@@ -94,8 +94,8 @@ async def run_action(
         "action",
         extra={"action": permission, "case": case_id, "user": user_id, "outcome": result.outcome},
     )
-    if result.changed and runtime.notify is not None:
-        runtime.notify.wake()
+    if result.changed:
+        runtime.wake_senders()
     if not result.changed or tell_on_success:
         await respond(text=result.message, response_type="ephemeral", replace_original=False)
     return result
@@ -246,8 +246,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: result.message[:150]})
             return
         await ack()
-        if runtime.notify is not None:
-            runtime.notify.wake()
+        runtime.wake_senders()
 
     @bolt.view(ids.RESOLVE_MODAL)
     async def on_resolve_submitted(
@@ -273,5 +272,4 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: result.message[:150]})
             return
         await ack()
-        if runtime.notify is not None:
-            runtime.notify.wake()
+        runtime.wake_senders()

@@ -68,6 +68,12 @@ async def slack_events(request: web.Request) -> web.Response:
     return await to_aiohttp_response(response)
 
 
-def register(app: web.Application, bolt: AsyncApp) -> None:
+def register(app: web.Application, bolt: AsyncApp, *, http: bool = True) -> None:
+    """Keep the Bolt app on ``app``; with ``http``, serve it at ``/slack/events`` too.
+
+    Socket Mode passes ``http=False``: Bolt checks no signatures there, so the route would
+    act on anyone's unsigned requests, and Slack sends nothing to it anyway.
+    """
     app[BOLT] = bolt
-    app.router.add_post(ids.EVENTS_PATH, slack_events)
+    if http:
+        app.router.add_post(ids.EVENTS_PATH, slack_events)

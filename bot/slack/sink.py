@@ -116,11 +116,26 @@ class SlackSink:
                 blocks=blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
             )
             return None
+        if message.kind == OutboxKind.DM:
+            await self._pace(message.channel)
+            note = str(message.payload.get("text", ""))
+            await self._client.chat_postMessage(
+                channel=message.channel,
+                text=f"{note} {text}",
+                blocks=[
+                    {"type": "section", "text": {"type": "mrkdwn", "text": note}},
+                    *blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
+                ],
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+            return None
         await self._pace(case.slack_channel)
         await self._client.chat_postMessage(
             channel=case.slack_channel,
             thread_ts=case.slack_ts,
             text=thread_text(message),
+            reply_broadcast=bool(message.payload.get("broadcast")),
         )
         return None
 

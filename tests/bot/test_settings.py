@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 
 import pytest
@@ -121,7 +121,7 @@ window = "10m"
 def test_policy_file_is_loaded(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
     path.write_text(POLICY)
-    policy = load_settings(**CLEAN, config_file=path).policy
+    policy = load_settings(**CLEAN, config_file=path, pagerduty_routing_key="R0UTING").policy
     assert policy.escalation.repeat == 2
     assert [level.after for level in policy.escalation.levels] == [
         timedelta(minutes=15),
@@ -132,6 +132,32 @@ def test_policy_file_is_loaded(tmp_path: Path) -> None:
     assert policy.permissions.ack is None
     assert policy.storms.window == timedelta(minutes=10)
     assert policy.routing.domains == {"example.com": "C0EXAMPLE"}
+
+
+def test_a_policy_that_pages_needs_the_routing_key(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**CLEAN, config_file=path)
+    assert str(caught.value) == (
+        "PAGERDUTY_ROUTING_KEY: is required: escalation level 2 pages PagerDuty; "
+        "use the integration key of an Events API v2 service"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("09:00", time(9, 0)), (" 7:05 ", time(7, 5)), (None, None)]
+)
+def test_digest_time(value: str | None, expected: time | None) -> None:
+    assert load_settings(**CLEAN, digest_at=value).digest_at == expected
+
+
+@pytest.mark.parametrize("value", ["9am", "24:00", "12:60", "noon"])
+def test_digest_time_must_be_a_time_of_day(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**CLEAN, digest_at=value)
+    assert str(caught.value).startswith("REAUTHBOT_DIGEST_AT: ")
+    assert "is not a time of day like 09:00 (UTC)" in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,49 @@
+"""The PagerDuty sink: sends the outbox's page events through the Events API v2 client.
+
+Every event of one case shares the dedup key ``reauthbot-case-<n>``, so PagerDuty keeps one
+alert per case and a repeated event (a retry after a lost answer) changes nothing.
+"""
+
+from __future__ import annotations
+
+from bot.notifier import Posted, SinkError
+from storage.models import Account, Case, OutboxMessage
+from workflows.paging import PagerDuty, PagingRejected, PagingUnavailable
+
+SOURCE = "reauthbot"
+
+
+def dedup_key(case_id: int | None) -> str:
+    return f"reauthbot-case-{case_id}"
+
+
+class PagerSink:
+    name = "pagerduty"
+
+    def __init__(self, pager: PagerDuty) -> None:
+        self._pager = pager
+
+    async def deliver(
+        self, message: OutboxMessage, case: Case | None, account: Account | None
+    ) -> Posted | None:
+        key = dedup_key(message.case_id)
+        action = message.payload.get("action")
+        try:
+            if action == "trigger":
+                await self._pager.trigger(
+                    key,
+                    str(message.payload.get("summary") or f"reauthbot case #{message.case_id}"),
+                    source=SOURCE,
+                    custom_details=dict(message.payload.get("details") or {}),
+                )
+            elif action == "acknowledge":
+                await self._pager.acknowledge(key)
+            elif action == "resolve":
+                await self._pager.resolve(key)
+            else:
+                raise SinkError(f"unknown_page_action_{action}", permanent=True)
+        except PagingRejected as exc:
+            raise SinkError(f"pagerduty_rejected_{exc.status}", permanent=True) from exc
+        except PagingUnavailable as exc:
+            raise SinkError("pagerduty_unavailable", retry_after=exc.retry_after) from exc
+        return None

@@ -1,0 +1,280 @@
+"""Escalation: a case nobody acknowledges reaches whoever is on call.
+
+The ``[escalation]`` policy lists levels, each due some time after the case opened, run again
+``repeat`` times while the case stays unacknowledged. One run of all levels is a round; round
+``r`` of a level is due at ``r × (the last level's after) + after``. So with levels at 15m and
+1h and ``repeat = 1`` the steps are due at 15m, 1h, 1h15m and 2h.
+
+A case's progress lives on its row (``escalation_step``, ``escalation_due_at``), so a restart
+neither loses nor repeats a step, and the sweep locks due cases with ``FOR UPDATE SKIP
+LOCKED`` so two processes never run the same step. Only cases that are open (not
+acknowledged, snoozed, waiting on the user or resolved) escalate: acknowledging or resolving
+stops the policy, a snooze pauses it. When several steps fell due at once (after a snooze or
+downtime), only the latest runs; the ones passed over are recorded, not sent.
+
+Nylas resends the notifications a v3 grant missed only if the user re-authenticates within
+72 hours; when less than 12 hours of that window remain and the last level has not run yet,
+the last level runs at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage import cases, outbox
+from storage.models import PAGER_CHANNEL, Account, Case, CaseStatus, OutboxKind
+from workflows.policy import Escalation, EscalationLevel
+from workflows.states import classify
+
+log = logging.getLogger("reauthbot.escalation")
+
+Sessions = async_sessionmaker[AsyncSession]
+
+RESEND_WINDOW = timedelta(hours=72)  # v3: missed notifications are resent within this
+DEADLINE_MARGIN = timedelta(hours=12)  # escalate to the last level when less remains
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    index: int
+    round: int  # 0 for the first run of the levels
+    level: int  # index into the policy's levels
+    offset: timedelta  # after the case opened
+
+    @property
+    def name(self) -> str:
+        return f"level {self.level + 1}" + (f", repeat {self.round}" if self.round else "")
+
+
+def plan(policy: Escalation) -> list[Step]:
+    """Every step of the policy in order, with its offset from the opening of a case."""
+    if not policy.levels:
+        return []
+    cycle = max(policy.levels[-1].after, timedelta(minutes=1))
+    return [
+        Step(index=r * len(policy.levels) + i, round=r, level=i, offset=r * cycle + level.after)
+        for r in range(policy.repeat + 1)
+        for i, level in enumerate(policy.levels)
+    ]
+
+
+def resend_deadline(case: Case, account: Account | None) -> datetime | None:
+    """When Nylas stops resending missed notifications (v3 grants only)."""
+    if account is None or account.api_version != "v3":
+        return None
+    return (case.broken_since or case.opened_at) + RESEND_WINDOW
+
+
+def _deadline_step(steps: list[Step], done: int, levels: int) -> int | None:
+    """The first round's last level, while it has not run yet."""
+    last = levels - 1
+    return last if done <= last < len(steps) else None
+
+
+def choose(
+    steps: list[Step], *, done: int, opened_at: datetime, deadline: datetime | None, now: datetime
+) -> tuple[int | None, str]:
+    """The step to run now (None: none), and why ("schedule" or "deadline")."""
+    due = [s.index for s in steps[done:] if opened_at + s.offset <= now]
+    levels = max((s.level for s in steps), default=-1) + 1
+    urgent = _deadline_step(steps, done, levels)
+    pressed = deadline is not None and now >= deadline - DEADLINE_MARGIN
+    if pressed and urgent is not None and (not due or max(due) < urgent):
+        return urgent, "deadline"
+    return (max(due), "schedule") if due else (None, "schedule")
+
+
+def next_due(
+    steps: list[Step], *, done: int, opened_at: datetime, deadline: datetime | None
+) -> datetime | None:
+    """When the next step falls due, counting the deadline; None when no step is left."""
+    if done >= len(steps):
+        return None
+    due = opened_at + steps[done].offset
+    levels = max(s.level for s in steps) + 1
+    if deadline is not None and _deadline_step(steps, done, levels) is not None:
+        due = min(due, deadline - DEADLINE_MARGIN)
+    return due
+
+
+def _mentions(ids: list[str]) -> str:
+    return " ".join(f"<!subteam^{i}>" if i.startswith("S") else f"<@{i}>" for i in ids)
+
+
+def _age(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+async def escalate_due(
+    sessions: Sessions, *, policy: Escalation, now: datetime, limit: int = 100
+) -> int:
+    """Run every escalation step that is due; return how many ran."""
+    steps = plan(policy)
+    if not steps:
+        return 0
+    ran = 0
+    while True:
+        async with sessions() as session, session.begin():
+            stmt = (
+                select(Case)
+                .where(
+                    col(Case.status) == CaseStatus.OPEN,
+                    col(Case.escalation_due_at).is_(None) & (col(Case.escalation_step) == 0)
+                    | (col(Case.escalation_due_at) <= now),
+                )
+                .order_by(col(Case.id))
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            batch = list((await session.exec(stmt)).all())
+            for case in batch:
+                ran += await _advance(session, case, steps, policy.levels, now)
+        if len(batch) < limit:
+            return ran
+
+
+async def _advance(
+    session: AsyncSession,
+    case: Case,
+    steps: list[Step],
+    levels: list[EscalationLevel],
+    now: datetime,
+) -> int:
+    assert case.id is not None
+    account = await cases.get_account(session, account_id=case.account_id)
+    deadline = resend_deadline(case, account)
+    done = case.escalation_step
+    index, reason = choose(steps, done=done, opened_at=case.opened_at, deadline=deadline, now=now)
+    if index is not None:
+        step = steps[index]
+        await _run(session, case, account, step, levels[step.level], reason, now)
+        done = index + 1
+    case.escalation_step = done
+    case.escalation_due_at = next_due(steps, done=done, opened_at=case.opened_at, deadline=deadline)
+    session.add(case)
+    return 0 if index is None else 1
+
+
+async def _run(
+    session: AsyncSession,
+    case: Case,
+    account: Account | None,
+    step: Step,
+    level: EscalationLevel,
+    reason: str,
+    now: datetime,
+) -> None:
+    assert case.id is not None and case.slack_channel is not None
+    email = account.email if account is not None and account.email else case.account_id
+    waited = _age(now - case.opened_at)
+    if reason == "deadline":
+        why = "less than 12 h remain of the 72 h in which Nylas resends missed notifications"
+    else:
+        why = f"no one has acknowledged it for {waited}"
+    done: list[str] = []
+    if level.mention:
+        done.append(f"mentioned {_mentions(level.mention)}")
+    if level.dm:
+        done.append(f"sent to {_mentions(level.dm)}")
+        for user in level.dm:
+            await outbox.enqueue(
+                session,
+                channel=user,
+                kind=OutboxKind.DM,
+                now=now,
+                case_id=case.id,
+                payload={"text": f"Case #{case.id} ({email}) needs you: {why}."},
+            )
+    if level.pagerduty:
+        done.append("paged on-call in PagerDuty")
+        version = account.api_version if account is not None else "v3"
+        state = classify(version, case.state).words if case.state else case.kind
+        await outbox.enqueue(
+            session,
+            channel=PAGER_CHANNEL,
+            kind=OutboxKind.PAGE,
+            now=now,
+            case_id=case.id,
+            payload={
+                "action": "trigger",
+                "summary": f"reauthbot case #{case.id}: {email} — {state}; {why}",
+                "details": {
+                    "case": case.id,
+                    "account": case.account_id,
+                    "email": email,
+                    "state": case.state,
+                    "kind": case.kind,
+                    "opened_at": case.opened_at.isoformat(),
+                },
+            },
+        )
+        case.pager_state = "triggered"
+    line = f"Escalated ({step.name}): {why}; " + ", ".join(done or ["nobody to tell"]) + "."
+    if level.mention:
+        line = f"{_mentions(level.mention)} {line}"
+    await outbox.enqueue(
+        session,
+        channel=case.slack_channel,
+        kind=OutboxKind.THREAD,
+        now=now,
+        case_id=case.id,
+        payload={"text": line, "broadcast": bool(level.mention), "at": now.isoformat()},
+    )
+    await cases.record_event(
+        session,
+        actor="system",
+        action="escalated",
+        at=now,
+        case_id=case.id,
+        account_id=case.account_id,
+        details={
+            "step": step.index,
+            "level": step.level + 1,
+            "round": step.round,
+            "reason": reason,
+            "mention": level.mention,
+            "dm": level.dm,
+            "pagerduty": level.pagerduty,
+        },
+    )
+    log.info(
+        "case escalated",
+        extra={"case": case.id, "level": step.level + 1, "round": step.round, "reason": reason},
+    )
+
+
+def pager_follow_up(case: Case) -> str | None:
+    """The PagerDuty event that brings its alert in line with the case, if one is needed."""
+    if case.pager_state in (None, "resolved"):
+        return None
+    if case.status == CaseStatus.RESOLVED:
+        return "resolve"
+    if case.status != CaseStatus.OPEN and case.pager_state == "triggered":
+        return "acknowledge"
+    return None
+
+
+async def queue_pager_follow_up(session: AsyncSession, case: Case, now: datetime) -> None:
+    """Acknowledge or resolve the case's PagerDuty alert to match the case."""
+    action = pager_follow_up(case)
+    if action is None:
+        return
+    await outbox.enqueue(
+        session,
+        channel=PAGER_CHANNEL,
+        kind=OutboxKind.PAGE,
+        now=now,
+        case_id=case.id,
+        payload={"action": action},
+    )
+    case.pager_state = "resolved" if action == "resolve" else "acknowledged"
