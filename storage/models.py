@@ -143,6 +143,10 @@ class Case(SQLModel, table=True):
         ),
         sa.Index("ix_cases_status_opened", "status", "opened_at"),
         sa.Index("ix_cases_status_escalation_due", "status", "escalation_due_at"),
+        # Reports over a window (/reauth stats) select cases by these times.
+        sa.Index("ix_cases_opened_at", "opened_at"),
+        sa.Index("ix_cases_acknowledged_at", "acknowledged_at"),
+        sa.Index("ix_cases_resolved_at", "resolved_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -43,6 +43,8 @@ from multidict import CIMultiDict
 
 from tests.fakes._loopback import serve
 
+_JSON_BODY = web.RequestKey("json_body", object)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _V2_LIMITS = (100, 1000)  # (default, cap)
@@ -288,7 +290,7 @@ class FakeNylas:
             except ValueError:
                 payload = raw.decode("utf-8", "replace")
         path = request.path
-        request["json"] = payload
+        request[_JSON_BODY] = payload
         self.calls.append(
             Call(request.method, path, dict(request.query), CIMultiDict(request.headers), payload)
         )
@@ -394,7 +396,7 @@ class FakeNylas:
             state = self._upgrade_results.get(account["id"], "running")
             account.update(billing_state="paid", sync_state=state)
         else:
-            body = request.get("json")
+            body = request.get(_JSON_BODY)
             keep = body.get("keep_access_token") if isinstance(body, dict) else None
             self.revocations.append((account["id"], keep))
         return web.json_response({"success": True})

@@ -134,9 +134,7 @@ async def escalations(sessions: Sessions) -> list[tuple[int | None, int, int, st
     async with sessions() as session:
         events = (
             await session.exec(
-                select(CaseEvent)
-                .where(CaseEvent.action == "escalated")
-                .order_by(col(CaseEvent.id))
+                select(CaseEvent).where(CaseEvent.action == "escalated").order_by(col(CaseEvent.id))
             )
         ).all()
     return [

@@ -1,4 +1,4 @@
-"""Cases: escalation schedule, PagerDuty state and when the account went bad.
+"""Cases: escalation schedule, PagerDuty state, when the account went bad; report indexes.
 
 Revision ID: 0003
 Revises: 0002
@@ -21,15 +21,17 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("escalation_step", sa.Integer(), nullable=False, server_default="0")
         )
-        batch.add_column(
-            sa.Column("escalation_due_at", sa.DateTime(timezone=True), nullable=True)
-        )
+        batch.add_column(sa.Column("escalation_due_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("pager_state", sa.String(length=16), nullable=True))
     op.create_index("ix_cases_status_escalation_due", "cases", ["status", "escalation_due_at"])
+    for column in ("opened_at", "acknowledged_at", "resolved_at"):
+        op.create_index(f"ix_cases_{column}", "cases", [column])
     op.execute("UPDATE cases SET broken_since = opened_at")
 
 
 def downgrade() -> None:
+    for column in ("opened_at", "acknowledged_at", "resolved_at"):
+        op.drop_index(f"ix_cases_{column}", table_name="cases")
     op.drop_index("ix_cases_status_escalation_due", table_name="cases")
     with op.batch_alter_table("cases") as batch:
         batch.drop_column("pager_state")
