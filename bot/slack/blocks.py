@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.slack import ids
 from storage.models import Account, Case, CaseStatus
+from workflows.escalation import RESEND_WINDOW
 from workflows.states import classify
 
 MAX_SECTION = 3000
@@ -44,6 +45,24 @@ def slack_date(at: datetime, fallback_format: str = "%Y-%m-%d %H:%M UTC") -> str
     """A date each reader sees in their own time zone."""
     epoch = int(at.timestamp())
     return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{at.strftime(fallback_format)}>"
+
+
+def slack_ago(at: datetime) -> str:
+    """How long ago, kept current by each reader's Slack client ("3 hours ago")."""
+    return f"<!date^{int(at.timestamp())}^{{ago}}|since {at.strftime('%Y-%m-%d %H:%M UTC')}>"
+
+
+def deadline_note(case: Case, account: Account) -> str:
+    """How long the account has been broken and, for v3, until when re-auth still helps."""
+    since = case.broken_since or case.opened_at
+    note = f"Broken since {slack_date(since)} ({slack_ago(since)})."
+    if account.api_version == "v3":
+        until = since + RESEND_WINDOW
+        note += (
+            f" Re-authenticated by {slack_date(until)} ({slack_ago(until)}), Nylas resends the "
+            "notifications missed meanwhile; after that they are lost."
+        )
+    return note
 
 
 def mention(user_id: str) -> str:
@@ -116,7 +135,10 @@ def alert_blocks(
     blocks.append(
         {
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": escape(why_it_matters(case, account))}],
+            "elements": [
+                {"type": "mrkdwn", "text": escape(why_it_matters(case, account))},
+                {"type": "mrkdwn", "text": deadline_note(case, account)},
+            ],
         }
     )
     if rule.next_step:
@@ -167,28 +189,32 @@ def _buttons(case: Case, account: Account, *, revoke_enabled: bool) -> list[dict
     elif account.api_version == "v3":
         elements.append(_button(ids.RETRY, "Check again", case))
     elements.append(_button(ids.RESOLVE, "Resolve", case))
-    if not revoke_enabled:
-        elements.append(_button(ids.REVOKE, "Revoke tokens (off)", case))
-    elif account.api_version == "v3":
-        elements.append(_button(ids.REVOKE, "Delete grant", case, "danger"))
-    else:
-        revoke = _button(ids.REVOKE, "Revoke tokens", case, "danger")
-        revoke["confirm"] = {
-            "title": {"type": "plain_text", "text": "Revoke every access token?"},
-            "text": {
-                "type": "mrkdwn",
-                "text": _clip(
-                    f"Every token of *{escape(account.email or account.id)}* stops working "
-                    "at once. The end user must re-authenticate.",
-                    300,
-                ),
-            },
-            "confirm": {"type": "plain_text", "text": "Revoke"},
-            "deny": {"type": "plain_text", "text": "Cancel"},
-            "style": "danger",
-        }
-        elements.append(revoke)
+    elements.append(revoke_button(case, account, revoke_enabled=revoke_enabled))
     return elements
+
+
+def revoke_button(case: Case, account: Account, *, revoke_enabled: bool) -> dict[str, Any]:
+    """Revoke tokens: off unless someone may; v2 confirms in a dialog, v3 in a modal."""
+    if not revoke_enabled:
+        return _button(ids.REVOKE, "Revoke tokens (off)", case)
+    if account.api_version == "v3":
+        return _button(ids.REVOKE, "Delete grant", case, "danger")
+    revoke = _button(ids.REVOKE, "Revoke tokens", case, "danger")
+    revoke["confirm"] = {
+        "title": {"type": "plain_text", "text": "Revoke every access token?"},
+        "text": {
+            "type": "mrkdwn",
+            "text": _clip(
+                f"Every token of *{escape(account.email or account.id)}* stops working "
+                "at once. The end user must re-authenticate.",
+                300,
+            ),
+        },
+        "confirm": {"type": "plain_text", "text": "Revoke"},
+        "deny": {"type": "plain_text", "text": "Cancel"},
+        "style": "danger",
+    }
+    return revoke
 
 
 def revoke_modal(case: Case, account: Account) -> dict[str, Any]:

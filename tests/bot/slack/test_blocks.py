@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -172,3 +172,24 @@ def test_revoke_button_when_enabled_is_dangerous_and_confirms() -> None:
     view = revoke_modal(case, account)
     View(**view).to_dict()
     assert mentions(view["blocks"]) == []
+
+
+def test_card_shows_how_long_it_is_broken_and_the_v3_resend_deadline() -> None:
+    case, account = make(api_version="v3", state="expired")
+    case.broken_since = NOW - timedelta(hours=5)
+    blocks = alert_blocks(case, account)
+    validate(blocks)
+    (context,) = [b for b in blocks if b["type"] == "context"]
+    note = context["elements"][1]["text"]
+    broken, deadline = (
+        int((NOW - timedelta(hours=5)).timestamp()),
+        int((NOW + timedelta(hours=67)).timestamp()),
+    )
+    assert note.startswith(f"Broken since <!date^{broken}^")
+    assert f"<!date^{broken}^{{ago}}|" in note
+    assert f"Re-authenticated by <!date^{deadline}^" in note
+    assert "Nylas resends the notifications missed meanwhile" in note
+
+    v2_case, v2_account = make()
+    v2_note = json.dumps(alert_blocks(v2_case, v2_account))
+    assert "Broken since" in v2_note and "resends" not in v2_note
