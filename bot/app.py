@@ -106,14 +106,29 @@ def create_app(
 
 
 def _socket_mode(settings: Settings, bolt: AsyncApp) -> CleanupCtx:
-    """Receive Slack traffic over a WebSocket; the HTTP routes keep serving Nylas and health."""
+    """Receive Slack traffic over a WebSocket; the HTTP routes keep serving Nylas and health.
+
+    The connection is made in the background: while Slack is unreachable or refuses the
+    token, webhooks must still be stored, so the HTTP server does not wait for it.
+    """
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         assert settings.slack_app_token is not None
         handler = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
-        await handler.connect_async()
-        log.info("connected to Slack in Socket Mode")
+
+        async def connect() -> None:
+            try:
+                await handler.connect_async()
+            except Exception:
+                log.exception("cannot connect to Slack in Socket Mode")
+                raise
+            log.info("connected to Slack in Socket Mode")
+
+        connecting = asyncio.create_task(connect(), name="socket-mode-connect")
         yield
+        connecting.cancel()
+        with suppress(asyncio.CancelledError, Exception):
+            await connecting
         await handler.close_async()
 
     return ctx

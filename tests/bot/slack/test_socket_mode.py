@@ -257,3 +257,29 @@ async def test_reconnects_when_slack_asks_to_refresh(
 
     await eventually(acked)
     assert len(second.received) == 1 and first.received == []
+
+
+async def test_a_refused_app_token_does_not_stop_webhooks(
+    engine: AsyncEngine, slack: FakeSlack, socket_mode: FakeSocketMode, sessions: Sessions
+) -> None:
+    settings = load_settings(
+        _env_file=None,
+        slack_bot_token=BOT_TOKEN,
+        slack_app_token="xapp-1-A0APP-1-wrong",
+        slack_alert_channel=CHANNEL,
+        slack_api_url=slack.url,
+        nylas_webhook_secret=WEBHOOK_SECRET,
+    )
+    app = await start_app(settings, engine=engine, scheduled_jobs=False, migrate=False)
+    try:
+
+        async def refused() -> bool:
+            return bool(slack.calls_to("apps.connections.open"))
+
+        await eventually(refused)
+        assert socket_mode.connections == []
+        assert (await app.get("/readyz")).status == 200
+        await expire(app)
+        await alert_posted(slack, sessions)
+    finally:
+        await app.close()
