@@ -16,7 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.runtime import Runtime
 from bot.settings import Settings
-from bot.slack import actions, ids
+from bot.slack import actions, commands, ids
 from bot.slack.groups import GroupDirectory
 
 log = logging.getLogger("reauthbot.slack")
@@ -46,7 +46,9 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
         request_verification_enabled=not settings.socket_mode,
         logger=logging.getLogger("reauthbot.bolt"),
     )
-    actions.register(bolt, runtime, GroupDirectory(client))
+    groups = GroupDirectory(client)
+    actions.register(bolt, runtime, groups)
+    commands.register(bolt, runtime, groups)
 
     @bolt.error
     async def on_error(error: Exception, body: dict[str, Any], logger: logging.Logger) -> None:

@@ -12,7 +12,13 @@ RESOLVE = "case_resolve"  # opens the resolve modal
 RETRY = "case_retry"
 REVOKE = "case_revoke"  # v2: confirm dialog; v3: opens the revoke modal
 
-ACTIONS = (ACK, LINK, SNOOZE, RESOLVE, RETRY, REVOKE)
+# The next page of `/reauth list`; the value carries the filters and the offset.
+LIST_MORE = "cases_more"
+
+ACTIONS = (ACK, LINK, SNOOZE, RESOLVE, RETRY, REVOKE, LIST_MORE)
+
+COMMAND = "/reauth"
+COMMANDS = (COMMAND,)
 
 # Modals.
 RESOLVE_MODAL = "resolve_modal"  # private_metadata carries the case number
@@ -26,6 +32,7 @@ VIEWS = (RESOLVE_MODAL, REVOKE_MODAL)
 # Bot scopes the registered features need, and why.
 BOT_SCOPES = (
     "chat:write",  # post alerts, update them in place, reply in their threads
+    "commands",  # the /reauth slash command
     "channels:history",  # before posting an alert again, find the copy a lost answer hid
     "groups:history",  # the same in a private alert channel
     "usergroups:read",  # resolve user groups (S…) named in the permissions policy

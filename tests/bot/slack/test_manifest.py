@@ -45,7 +45,9 @@ def test_request_urls_point_at_the_events_route(manifest: dict[str, Any]) -> Non
     assert settings["interactivity"]["is_enabled"] is True
     assert urlparse(settings["interactivity"]["request_url"]).path == ids.EVENTS_PATH
     assert settings["socket_mode_enabled"] is False  # HTTP mode by default; see the README
-    assert "slash_commands" not in manifest["features"]  # none registered yet
+    commands = manifest["features"]["slash_commands"]
+    assert sorted(c["command"] for c in commands) == sorted(ids.COMMANDS)
+    assert all(urlparse(c["url"]).path == ids.EVENTS_PATH for c in commands)
     assert "event_subscriptions" not in settings
 
 
@@ -80,6 +82,26 @@ async def test_every_button_id_has_a_listener(bolt: AsyncApp, action_id: str) ->
         ],
     }
     bolt._authorize = None  # type: ignore[assignment]  # no auth.test: this checks routing only
+    request = AsyncBoltRequest(body=body, headers=headers)
+    matched = [
+        listener
+        for listener in bolt._async_listeners
+        if await listener.async_matches(req=request, resp=None)  # type: ignore[arg-type]
+    ]
+    assert len(matched) == 1
+
+
+@pytest.mark.parametrize("command", ids.COMMANDS)
+async def test_every_command_has_a_listener(bolt: AsyncApp, command: str) -> None:
+    body = urlencode({"command": command, "text": "help", "user_id": "U1", "team_id": "T1"})
+    ts = str(int(time.time()))
+    headers = {
+        "x-slack-request-timestamp": [ts],
+        "content-type": ["application/x-www-form-urlencoded"],
+        "x-slack-signature": [
+            SignatureVerifier(SECRET).generate_signature(timestamp=ts, body=body)
+        ],
+    }
     request = AsyncBoltRequest(body=body, headers=headers)
     matched = [
         listener

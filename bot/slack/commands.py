@@ -1,0 +1,254 @@
+"""The ``/reauth`` slash command: ack at once, parse, run the workflow, answer privately.
+
+Sub-commands that change a case go through the same permission check and workflows as the
+alert's buttons (``bot.slack.actions.run_action``); ``revoke`` answers with the alert's own
+revoke button, so its confirmation is the same too. Wrong input gets a usage line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from sqlmodel import col, select
+
+from bot.runtime import Runtime
+from bot.slack import actions as buttons
+from bot.slack import ids, replies
+from bot.slack.command_line import KINDS, OPEN_STATUSES, Command, UsageError, help_text, parse
+from bot.slack.groups import GroupDirectory
+from storage import cases, reports
+from storage.models import Account, Case, CaseStatus
+from workflows import actions
+from workflows.policy import parse_duration
+from workflows.stats import case_stats
+
+log = logging.getLogger("reauthbot.slack.commands")
+
+Body = dict[str, Any]
+Handler = Callable[[Runtime, GroupDirectory, Command, Body, AsyncRespond], Awaitable[None]]
+
+
+async def _say(respond: AsyncRespond, text: str, blocks: list[Body] | None = None) -> None:
+    await respond(text=text, blocks=blocks, response_type="ephemeral", replace_original=False)
+
+
+async def _find(runtime: Runtime, respond: AsyncRespond, ref: str) -> tuple[Case, Account] | None:
+    async with runtime.reader()() as session:
+        case = await reports.find_case(session, ref=ref)
+        account = await cases.get_account(session, account_id=case.account_id) if case else None
+    if case is None or account is None:
+        await _say(respond, f"No case matches `{ref[:80]}`. Try `/reauth list`.")
+        return None
+    return case, account
+
+
+async def _list(
+    runtime: Runtime, respond: AsyncRespond, filters: dict[str, Any], offset: int
+) -> list[dict[str, Any]]:
+    async with runtime.reader()() as session:
+        rows, more = await reports.list_open_cases(
+            session,
+            statuses=filters.get("statuses") or None,
+            kinds=filters.get("kinds") or None,
+            domain=filters.get("domain"),
+            provider=filters.get("provider"),
+            limit=replies.PAGE,
+            offset=offset,
+        )
+    return replies.case_list(rows, has_more=more, offset=offset, filters=filters)
+
+
+async def on_list(
+    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+) -> None:
+    filters = {
+        "statuses": list(command.statuses),
+        "kinds": list(command.kinds),
+        "domain": command.domain,
+        "provider": command.provider,
+    }
+    await _say(respond, "Open cases", await _list(runtime, respond, filters, 0))
+
+
+async def on_show(
+    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+) -> None:
+    found = await _find(runtime, respond, command.target or "")
+    if found is None:
+        return
+    case, account = found
+    assert case.id is not None
+    async with runtime.reader()() as session:
+        history = await reports.case_history(session, case_id=case.id)
+    revoke = runtime.settings.policy.permissions.revoke is not None
+    card = replies.case_card(case, account, history, revoke_enabled=revoke)
+    await _say(respond, f"Case #{case.id}", card)
+
+
+def _acting(permission: str, workflow: Any) -> Handler:
+    async def handle(
+        runtime: Runtime,
+        groups: GroupDirectory,
+        command: Command,
+        body: dict[str, Any],
+        respond: Any,
+    ) -> None:
+        found = await _find(runtime, respond, command.target or "")
+        if found is None:
+            return
+        await buttons.run_action(
+            runtime,
+            groups,
+            {"user": {"id": body.get("user_id", "")}},
+            respond,
+            permission=permission,
+            workflow=workflow(runtime, command),
+            case_id=found[0].id,
+            tell_on_success=True,
+        )
+
+    return handle
+
+
+async def on_revoke(
+    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+) -> None:
+    if runtime.settings.policy.permissions.revoke is None:
+        await _say(respond, buttons.REVOKE_OFF)
+        return
+    found = await _find(runtime, respond, command.target or "")
+    if found is None:
+        return
+    case, account = found
+    assert case.id is not None
+    user_id = str(body.get("user_id", ""))
+    if not await buttons.permitted(runtime, groups, "revoke", user_id):
+        result = await actions.refuse(
+            runtime.db(),
+            case_id=case.id,
+            action="revoke",
+            actor=actions.slack_actor(user_id),
+            now=runtime.clock(),
+        )
+        await _say(respond, result.message)
+        return
+    if case.status == CaseStatus.RESOLVED:
+        await _say(respond, f"Case #{case.id} is already resolved.")
+        return
+    await _say(respond, f"Revoke case #{case.id}?", replies.revoke_prompt(case, account))
+
+
+async def on_stats(
+    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+) -> None:
+    async with runtime.reader()() as session:
+        report = await case_stats(
+            session, now=runtime.clock(), window=parse_duration(command.window)
+        )
+    await _say(respond, "Case statistics", replies.stats(report, command.window))
+
+
+async def on_oncall(
+    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+) -> None:
+    policy = runtime.settings.policy.escalation
+    wanted = {i for level in policy.levels for i in (*level.mention, *level.dm) if i[0] == "S"}
+    members: dict[str, list[str]] = {}
+    for group in sorted(wanted):
+        try:
+            members[group] = sorted(await groups.members(group))
+        except Exception as exc:  # a deleted group must not hide the rest of the policy
+            log.warning("cannot read user group %s: %s", group, exc)
+    async with runtime.reader()() as session:
+        stmt = (
+            select(Case)
+            .where(col(Case.status) == CaseStatus.OPEN, col(Case.escalation_due_at).is_not(None))
+            .order_by(col(Case.escalation_due_at))
+            .limit(1)
+        )
+        upcoming = (await session.exec(stmt)).first()
+    next_due = None
+    if upcoming is not None and upcoming.escalation_due_at is not None:
+        next_due = (upcoming, upcoming.escalation_due_at)
+    paging = runtime.settings.pagerduty_routing_key is not None
+    blocks = replies.oncall(policy, members, paging=paging, next_due=next_due)
+    await _say(respond, "Escalation policy", blocks)
+
+
+async def on_help(
+    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+) -> None:
+    await _say(respond, help_text(), [replies.section(help_text())])
+
+
+HANDLERS: dict[str, Handler] = {
+    "list": on_list,
+    "show": on_show,
+    "ack": _acting("ack", lambda runtime, command: actions.acknowledge),
+    "retry": _acting(
+        "retry", lambda runtime, command: partial(actions.retry_sync, nylas=runtime.nylas)
+    ),
+    "link": _acting(
+        "link",
+        lambda runtime, command: partial(
+            actions.send_reauth_link, build=buttons.link_builder(runtime)
+        ),
+    ),
+    "snooze": _acting(
+        "snooze", lambda runtime, command: partial(actions.snooze, duration=command.duration)
+    ),
+    "resolve": _acting(
+        "resolve", lambda runtime, command: partial(actions.resolve, note=command.note)
+    ),
+    "revoke": on_revoke,
+    "stats": on_stats,
+    "oncall": on_oncall,
+    "help": on_help,
+}
+
+
+def _more_filters(raw: str) -> tuple[dict[str, Any], int]:
+    """Read a "More" button's value back, checking every field (it comes from the client)."""
+    data = json.loads(raw)
+    offset = data["offset"]
+    statuses, kinds = list(data.get("statuses") or []), list(data.get("kinds") or [])
+    domain, provider = data.get("domain"), data.get("provider")
+    if (
+        not isinstance(offset, int)
+        or offset < 0
+        or not all(s in OPEN_STATUSES for s in statuses)
+        or not all(k in KINDS for k in kinds)
+        or not all(v is None or isinstance(v, str) for v in (domain, provider))
+    ):
+        raise ValueError("bad list page")
+    filters = {"statuses": statuses, "kinds": kinds, "domain": domain, "provider": provider}
+    return filters, offset
+
+
+def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
+    @bolt.command(ids.COMMAND)
+    async def on_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        try:
+            command = parse(str(body.get("text") or ""))
+        except UsageError as exc:
+            await _say(respond, str(exc))
+            return
+        log.info("command", extra={"command": command.name, "user": body.get("user_id")})
+        await HANDLERS[command.name](runtime, groups, command, body, respond)
+
+    @bolt.action(ids.LIST_MORE)
+    async def on_more(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        try:
+            filters, offset = _more_filters(str(body["actions"][0]["value"]))
+        except (KeyError, IndexError, TypeError, ValueError):
+            await _say(respond, "This list can no longer be paged. Run `/reauth list` again.")
+            return
+        page = await _list(runtime, respond, filters, offset)
+        await respond(text="Open cases", blocks=page, replace_original=True)

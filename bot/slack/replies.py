@@ -1,0 +1,242 @@
+"""What ``/reauth`` answers, as Block Kit: pure functions of the data, like the alert itself."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.slack import ids
+from bot.slack.blocks import (
+    MAX_SECTION,
+    STATUS_WORDS,
+    alert_blocks,
+    escape,
+    mention,
+    revoke_button,
+    slack_ago,
+    slack_date,
+    title,
+)
+from storage.models import Account, Case, CaseEvent, CaseStatus
+from storage.reports import Tally
+from workflows.escalation import plan
+from workflows.policy import Escalation
+from workflows.states import classify
+from workflows.stats import CaseStats
+
+PAGE = 10
+MAX_HISTORY = 25
+
+
+def section(text: str) -> dict[str, Any]:
+    clipped = text if len(text) <= MAX_SECTION else text[: MAX_SECTION - 1] + "…"
+    return {"type": "section", "text": {"type": "mrkdwn", "text": clipped}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:MAX_SECTION]}]}
+
+
+def duration(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    minutes = int(value.total_seconds() // 60)
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min"]
+    return " ".join(p for p in parts if p and not (p == "0 min" and (days or hours))) or "0 min"
+
+
+def case_line(case: Case, account: Account) -> str:
+    """One case in a list: number, who, what, status, since when."""
+    rule = classify(account.api_version, case.state or "unknown")
+    status = STATUS_WORDS.get(CaseStatus(case.status), case.status)
+    return (
+        f"*#{case.id}* {escape(account.email or account.id)}: {escape(rule.words)}. "
+        f"{status}, opened {slack_ago(case.opened_at)}"
+    )
+
+
+def list_filters(
+    statuses: Sequence[str], kinds: Sequence[str], domain: str | None, provider: str | None
+) -> str:
+    parts = [
+        f"status {', '.join(statuses)}" if statuses else "",
+        f"kind {', '.join(kinds)}" if kinds else "",
+        f"domain {domain}" if domain else "",
+        f"provider {provider}" if provider else "",
+    ]
+    chosen = "; ".join(p for p in parts if p)
+    return f" ({escape(chosen)})" if chosen else ""
+
+
+def more_value(filters: Mapping[str, Any], offset: int) -> str:
+    """The "More" button's value: the filters and where the next page starts."""
+    return json.dumps({**filters, "offset": offset}, separators=(",", ":"))
+
+
+def case_list(
+    rows: Sequence[tuple[Case, Account]],
+    *,
+    has_more: bool,
+    offset: int,
+    filters: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    described = list_filters(
+        filters.get("statuses", ()),
+        filters.get("kinds", ()),
+        filters.get("domain"),
+        filters.get("provider"),
+    )
+    if not rows:
+        empty = "No open cases" if offset == 0 else "No more open cases"
+        return [section(f"{empty}{described}.")]
+    first, last = offset + 1, offset + len(rows)
+    blocks = [section(f"*Open cases{described}*, newest first: {first}–{last}")]
+    blocks += [section(case_line(case, account)) for case, account in rows]
+    if has_more:
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": ids.LIST_MORE,
+                        "text": {"type": "plain_text", "text": "More"},
+                        "value": more_value(filters, offset + len(rows)),
+                    }
+                ],
+            }
+        )
+    return blocks
+
+
+def _event_line(event: CaseEvent) -> str:
+    who = event.actor.removeprefix("slack:")
+    actor = mention(who) if event.actor.startswith("slack:") else escape(event.actor)
+    detail = event.details.get("note") or event.details.get("reason") or event.details.get("error")
+    extra = f": {escape(str(detail))[:200]}" if detail else ""
+    return f"{slack_date(event.at)} {actor} {escape(event.action.replace('_', ' '))}{extra}"
+
+
+def case_card(
+    case: Case, account: Account, history: Sequence[CaseEvent], *, revoke_enabled: bool
+) -> list[dict[str, Any]]:
+    """The alert as it is now, with its buttons, and the case's history below."""
+    blocks = alert_blocks(case, account, revoke_enabled=revoke_enabled)
+    shown = list(history)[-MAX_HISTORY:]
+    lines = [_event_line(e) for e in shown] or ["No history yet."]
+    blocks.append({"type": "divider"})
+    blocks.append(section("*History*\n" + "\n".join(lines)))
+    return blocks
+
+
+def revoke_prompt(case: Case, account: Account) -> list[dict[str, Any]]:
+    """Revoking from the command goes through the same button, and confirmation, as the alert."""
+    what = "delete the grant of" if account.api_version == "v3" else "revoke every token of"
+    return [
+        section(
+            f"Case #{case.id}: {title(case).lower()}. To {what} "
+            f"*{escape(account.email or account.id)}*, press the button and confirm."
+        ),
+        {
+            "type": "actions",
+            "block_id": f"case-{case.id}",
+            "elements": [revoke_button(case, account, revoke_enabled=True)],
+        },
+    ]
+
+
+def _tallies(tallies: Sequence[Tally], unknown: str) -> str:
+    if not tallies:
+        return "none"
+    return ", ".join(f"{escape(t.key or unknown)} {t.count}" for t in tallies)
+
+
+def stats(report: CaseStats, window: str) -> list[dict[str, Any]]:
+    share = report.fixed_without_operator_share
+    fixed = "-" if share is None else f"{share:.0%} ({report.fixed_without_operator})"
+    chronic = (
+        ", ".join(
+            f"{escape(a.email or a.account_id)} ({a.cases})" for a in report.chronic_accounts[:10]
+        )
+        or "none"
+    )
+    domains = (
+        ", ".join(
+            f"{escape(d.domain)} ({d.cases} cases, {d.accounts} accounts)"
+            for d in report.chronic_domains[:10]
+        )
+        or "none"
+    )
+    return [
+        section(
+            f"*Open now: {report.open_total}*, of which still billed: {report.open_billed}\n"
+            f"By kind: {_tallies(report.open_by_kind, 'unknown')}\n"
+            f"By provider: {_tallies(report.open_by_provider, 'unknown')}\n"
+            f"By domain: {_tallies(report.open_by_domain, 'no email')}"
+        ),
+        section(
+            f"*Last {window}*\n"
+            f"Acknowledged: {report.acknowledged}, mean time to acknowledge "
+            f"{duration(report.mean_time_to_acknowledge)}\n"
+            f"Resolved: {report.resolved}, mean time to resolve "
+            f"{duration(report.mean_time_to_resolve)}\n"
+            f"Fixed by the end user without an operator: {fixed}\n"
+            f"Chronic accounts (3+ cases): {chronic}\n"
+            f"Chronic domains: {domains}"
+        ),
+    ]
+
+
+def _who(ids_: Sequence[str], members: Mapping[str, Sequence[str]]) -> str:
+    names = []
+    for entry in ids_:
+        if entry.startswith("S"):
+            people = ", ".join(mention(u) for u in members.get(entry, ())) or "nobody"
+            names.append(f"group `{entry}` ({people})")
+        else:
+            names.append(mention(entry))
+    return ", ".join(names)
+
+
+def oncall(
+    policy: Escalation,
+    members: Mapping[str, Sequence[str]],
+    *,
+    paging: bool,
+    next_due: tuple[Case, datetime] | None,
+) -> list[dict[str, Any]]:
+    """The policy level by level, with the people behind each group, and what comes next."""
+    if not policy.levels:
+        return [
+            section(
+                "No escalation policy is set: alerts are posted and nobody is paged. "
+                "Add `[escalation]` levels to the policy file (REAUTHBOT_CONFIG)."
+            )
+        ]
+    lines = []
+    for n, level in enumerate(policy.levels, 1):
+        does = []
+        if level.mention:
+            does.append(f"mention {_who(level.mention, members)} in the thread")
+        if level.dm:
+            does.append(f"message {_who(level.dm, members)}")
+        if level.pagerduty:
+            does.append("page PagerDuty" + ("" if paging else " (no routing key set)"))
+        after = duration(level.after)
+        lines.append(f"{n}. after {after} unacknowledged: {'; '.join(does) or 'nothing'}")
+    rounds = len(plan(policy)) // len(policy.levels)
+    repeat = f"Levels run {rounds} times in all." if rounds > 1 else "Levels run once."
+    first = policy.levels[0]
+    now_who = _who([*first.mention, *first.dm], members) or "PagerDuty"
+    blocks = [
+        section("*Escalation policy*\n" + "\n".join(lines) + f"\n{repeat}"),
+        _context(f"A case opened now would first reach: {now_who}."),
+    ]
+    if next_due is not None:
+        case, due = next_due
+        blocks.append(_context(f"Next escalation: case #{case.id} at {slack_date(due)}."))
+    return blocks
