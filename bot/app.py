@@ -38,6 +38,7 @@ from storage.migrate import upgrade
 from storage.models import PAGER_CHANNEL
 from workflows.actions import end_snoozes
 from workflows.clock import Clock, system_clock
+from workflows.digest import queue_digest
 from workflows.escalation import escalate_due
 from workflows.ingest import drain_inbox
 from workflows.maintenance import purge_old_rows
@@ -272,6 +273,9 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         every(scheduler, runtime, "snoozes", _end_snoozes, minutes=1)
         if settings.policy.escalation.levels:
             every(scheduler, runtime, "escalation", _escalate, seconds=30)
+        if settings.digest_at is not None:
+            at = settings.digest_at
+            daily(scheduler, runtime, "digest", _digest, hour=at.hour, minute=at.minute)
         if runtime.nylas is not None:
             interval = settings.poll_interval.total_seconds()
             # First pass at start: webhooks missed while the service was down are caught now.
@@ -283,6 +287,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
                 seconds=interval,
                 next_run_time=runtime.clock(),
             )
+        runtime.scheduler = scheduler
         if scheduled_jobs:
             scheduler.start()
         yield
@@ -334,6 +339,12 @@ async def _reconcile(runtime: Runtime) -> None:
     runtime.wake_senders()
 
 
+async def _digest(runtime: Runtime) -> None:
+    channel = runtime.settings.alert_channel
+    if await queue_digest(runtime.db(), now=runtime.clock(), channel=channel):
+        runtime.wake_senders()
+
+
 async def _retention(runtime: Runtime) -> None:
     inbox, outbox = await purge_old_rows(
         runtime.db(), clock=runtime.clock, keep_days=runtime.settings.retention_days
@@ -351,6 +362,33 @@ def every(
     """Run ``fn`` on an interval, one run at a time, missed runs folded into one."""
     scheduler.add_job(
         _job(runtime, name, fn), "interval", id=name, max_instances=1, coalesce=True, **trigger
+    )
+
+
+def daily(
+    scheduler: AsyncIOScheduler,
+    runtime: Runtime,
+    name: str,
+    fn: Callable[[Runtime], Awaitable[None]],
+    *,
+    hour: int,
+    minute: int,
+) -> None:
+    """Run ``fn`` every day at ``hour:minute`` UTC, one run at a time.
+
+    A run may start up to an hour late (the event loop was busy, the clock jumped) rather
+    than be skipped until the next day.
+    """
+    scheduler.add_job(
+        _job(runtime, name, fn),
+        "cron",
+        id=name,
+        hour=hour,
+        minute=minute,
+        timezone="UTC",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=3600,
     )
 
 

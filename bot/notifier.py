@@ -76,6 +76,10 @@ class LogSink:
         elif message.kind == OutboxKind.DM:
             line = str(message.payload.get("text", ""))
             self._log.warning("alert for %s: %s", message.channel, line, extra=fields)
+        elif message.kind == OutboxKind.NOTICE:
+            title = str(message.payload.get("title", "notice"))
+            lines = [str(line) for line in message.payload.get("lines") or []]
+            self._log.info("%s: %s", title, " ".join(lines), extra=fields)
         elif case is not None and account is not None:
             verb = "alert" if message.kind == OutboxKind.POST else "alert updated"
             self._log.warning("%s: %s", verb, render.alert_text(case, account), extra=fields)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -31,6 +32,7 @@ class Runtime:
     page: Worker | None = None
     ingest: Worker | None = None
     inbox_writer: InboxWriter | None = None
+    scheduler: AsyncIOScheduler | None = None  # the periodic jobs, started or not
     migrated: bool = False
     notes: list[str] = field(default_factory=list)
 

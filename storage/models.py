@@ -109,6 +109,7 @@ class OutboxKind(StrEnum):
     THREAD = "thread"  # one line in the parent's thread
     DM = "dm"  # the alert sent to one person (the channel is the user id)
     PAGE = "page"  # a PagerDuty event (the channel is PAGER_CHANNEL)
+    NOTICE = "notice"  # a message of no case (the daily digest): payload title, text, lines
 
 
 PAGER_CHANNEL = "pagerduty"

@@ -26,7 +26,7 @@ from storage.models import Account, Case, CaseEvent, CaseStatus
 MAX_CASE_NUMBER = 2**31 - 1
 _CASE_NUMBER = re.compile(r"(#?)([0-9]+)")
 
-Breakdown = Literal["kind", "provider", "domain"]
+Breakdown = Literal["kind", "status", "provider", "domain"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +109,7 @@ async def list_open_cases(
     kinds: Collection[str] | None = None,
     domain: str | None = None,
     provider: str | None = None,
+    acknowledged_by: str | None = None,
     limit: int = 10,
     offset: int = 0,
 ) -> tuple[list[tuple[Case, Account]], bool]:
@@ -116,7 +117,7 @@ async def list_open_cases(
 
     Empty or None filters match everything. ``domain`` is compared case-insensitively with the
     part of the account's email after the '@' (a leading '@' in it is ignored); ``provider``
-    is compared case-insensitively.
+    is compared case-insensitively; ``acknowledged_by`` is an actor (``slack:U…``), exactly.
     """
     if limit < 1 or offset < 0:
         raise ValueError(f"limit must be at least 1 and offset at least 0, not {limit}, {offset}")
@@ -131,6 +132,8 @@ async def list_open_cases(
     if provider is not None and provider.strip():
         wanted = provider.strip()
         stmt = stmt.where(sa.func.lower(col(Account.provider)) == sa.func.lower(wanted))
+    if acknowledged_by is not None:
+        stmt = stmt.where(col(Case.acknowledged_by) == acknowledged_by)
     stmt = (
         stmt.order_by(col(Case.opened_at).desc(), col(Case.id).desc())
         .offset(offset)
@@ -138,6 +141,18 @@ async def list_open_cases(
     )
     rows = [(case, account) for case, account in (await session.exec(stmt)).all()]
     return rows[:limit], len(rows) > limit
+
+
+async def oldest_open_case(
+    session: AsyncSession, *, statuses: Collection[str] | None = None
+) -> tuple[Case, Account] | None:
+    """Return the unresolved case opened first (with ``statuses`` only, if given), or None."""
+    stmt = select(Case, Account).join(Account, _joined_account()).where(_unresolved())
+    if statuses:
+        stmt = stmt.where(col(Case.status).in_(list(statuses)))
+    stmt = stmt.order_by(col(Case.opened_at).asc(), col(Case.id).asc()).limit(1)
+    row = (await session.exec(stmt)).first()
+    return None if row is None else (row[0], row[1])
 
 
 async def find_case(session: AsyncSession, *, ref: str) -> Case | None:
@@ -190,12 +205,13 @@ async def case_history(session: AsyncSession, *, case_id: int, limit: int = 50) 
 
 
 async def count_open_cases(session: AsyncSession, *, by: Breakdown) -> list[Tally]:
-    """Count unresolved cases per kind, per provider or per email domain, largest first.
+    """Count unresolved cases per kind, status, provider or email domain, largest first.
 
     Providers and domains are lower-cased; cases whose account has none are counted under None.
     """
     keys = {
         "kind": col(Case.kind),
+        "status": col(Case.status),
         "provider": sa.func.lower(col(Account.provider)),
         "domain": email_domain(session, col(Account.email)),
     }

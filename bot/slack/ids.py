@@ -20,6 +20,10 @@ ACTIONS = (ACK, LINK, SNOOZE, RESOLVE, RETRY, REVOKE, LIST_MORE)
 COMMAND = "/reauth"
 COMMANDS = (COMMAND,)
 
+# Events the bot subscribes to (manifest: settings.event_subscriptions.bot_events).
+APP_HOME_OPENED = "app_home_opened"  # publish the Home tab of whoever opened it
+EVENTS = (APP_HOME_OPENED,)
+
 # Modals.
 RESOLVE_MODAL = "resolve_modal"  # private_metadata carries the case number
 NOTE_BLOCK = "note"

@@ -24,7 +24,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.notifier import Posted, SinkError
-from bot.slack import blocks
+from bot.slack import blocks, notices
 from storage.models import Account, Case, OutboxKind, OutboxMessage
 
 log = logging.getLogger("reauthbot.slack.sink")
@@ -78,9 +78,13 @@ class SlackSink:
     async def deliver(
         self, message: OutboxMessage, case: Case | None, account: Account | None
     ) -> Posted | None:
-        if case is None or account is None:
+        if message.kind != OutboxKind.NOTICE and (case is None or account is None):
             raise SinkError("case_missing", permanent=True)
         try:
+            if message.kind == OutboxKind.NOTICE:
+                await self._notice(message)
+                return None
+            assert case is not None and account is not None
             return await self._send(message, case, account)
         except SlackApiError as exc:
             raise _sink_error(exc) from exc
@@ -138,6 +142,17 @@ class SlackSink:
             reply_broadcast=bool(message.payload.get("broadcast")),
         )
         return None
+
+    async def _notice(self, message: OutboxMessage) -> None:
+        """Post a message about no one case (the daily digest) to its channel."""
+        await self._pace(message.channel)
+        await self._client.chat_postMessage(
+            channel=message.channel,
+            text=notices.notice_text(message.payload),
+            blocks=notices.notice_blocks(message.payload),
+            unfurl_links=False,
+            unfurl_media=False,
+        )
 
     async def _find_post(self, channel: str, case: Case, *, since: datetime) -> Posted | None:
         """The case's parent message if an earlier attempt did post it, else None."""

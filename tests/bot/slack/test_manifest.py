@@ -48,7 +48,19 @@ def test_request_urls_point_at_the_events_route(manifest: dict[str, Any]) -> Non
     commands = manifest["features"]["slash_commands"]
     assert sorted(c["command"] for c in commands) == sorted(ids.COMMANDS)
     assert all(urlparse(c["url"]).path == ids.EVENTS_PATH for c in commands)
-    assert "event_subscriptions" not in settings
+    events = settings["event_subscriptions"]
+    assert urlparse(events["request_url"]).path == ids.EVENTS_PATH
+    assert sorted(events["bot_events"]) == sorted(ids.EVENTS)
+    assert "user_events" not in events
+
+
+def test_the_home_tab_is_on(manifest: dict[str, Any]) -> None:
+    # app_home_opened is only sent, and views.publish only shown, with the Home tab enabled.
+    home = manifest["features"]["app_home"]
+    assert home["home_tab_enabled"] is True
+    # Escalation DMs land in the Messages tab; nothing listens for replies, so none are taken.
+    assert home["messages_tab_enabled"] is True
+    assert home["messages_tab_read_only_enabled"] is True
 
 
 @pytest.fixture
@@ -109,3 +121,73 @@ async def test_every_command_has_a_listener(bolt: AsyncApp, command: str) -> Non
         if await listener.async_matches(req=request, resp=None)  # type: ignore[arg-type]
     ]
     assert len(matched) == 1
+
+
+@pytest.mark.parametrize("event_type", ids.EVENTS)
+async def test_every_event_has_a_listener(bolt: AsyncApp, event_type: str) -> None:
+    body = json.dumps(
+        {
+            "type": "event_callback",
+            "team_id": "T1",
+            "api_app_id": "A1",
+            "event": {"type": event_type, "user": "U1", "tab": "home"},
+            "event_id": "Ev1",
+            "event_time": int(time.time()),
+        }
+    )
+    ts = str(int(time.time()))
+    headers = {
+        "x-slack-request-timestamp": [ts],
+        "content-type": ["application/json"],
+        "x-slack-signature": [
+            SignatureVerifier(SECRET).generate_signature(timestamp=ts, body=body)
+        ],
+    }
+    request = AsyncBoltRequest(body=body, headers=headers)
+    matched = [
+        listener
+        for listener in bolt._async_listeners
+        if await listener.async_matches(req=request, resp=None)  # type: ignore[arg-type]
+    ]
+    assert len(matched) == 1
+
+
+class _EventTypeProbe:
+    """Stands in for an event's type and records every type a listener compares it with."""
+
+    def __init__(self) -> None:
+        self.compared: set[str] = set()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            self.compared.add(other)
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _event(event_type: object) -> AsyncBoltRequest:
+    body = {"type": "event_callback", "team_id": "T1", "event": {"type": event_type, "user": "U1"}}
+    return AsyncBoltRequest(body=body, mode="socket_mode")  # a dict body, taken as it is
+
+
+async def _listened(bolt: AsyncApp, request: AsyncBoltRequest) -> bool:
+    return any(
+        [
+            await listener.async_matches(req=request, resp=None)  # type: ignore[arg-type]
+            for listener in bolt._async_listeners
+        ]
+    )
+
+
+async def test_the_manifest_subscribes_to_every_event_bolt_listens_to(
+    bolt: AsyncApp, manifest: dict[str, Any]
+) -> None:
+    # The other direction: an event listener the manifest does not subscribe to never runs.
+    # Which event types the listeners look for is found by asking them about a probe; Bolt
+    # also compares every request with a few types of its own, which no listener takes.
+    probe = _EventTypeProbe()
+    assert not await _listened(bolt, _event(probe))
+    listened = {t for t in probe.compared if await _listened(bolt, _event(t))}
+    assert listened == set(ids.EVENTS)
+    assert listened == set(manifest["settings"]["event_subscriptions"]["bot_events"])
