@@ -338,3 +338,26 @@ async def test_unsigned_or_replayed_commands_change_nothing(
         case = await cases.get_case(session, case_id=case_id)
     assert case is not None and case.acknowledged_at is None
     assert slack.responses_to("x") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "usage"),
+    [
+        ("ack", "/reauth ack CASE"),
+        ("link", "/reauth link CASE"),
+        ("link 1 2", "/reauth link CASE"),
+        ("resolve", "/reauth resolve CASE [note]"),
+        ("revoke", "/reauth revoke CASE"),
+        ("show a b", "/reauth show CASE|EMAIL|ACCOUNT"),
+        ("help me", "/reauth help"),
+    ],
+)
+async def test_missing_or_extra_arguments_get_the_usage_line(
+    run: Any, sessions: Sessions, text: str, usage: str
+) -> None:
+    op = await run()
+
+    answer = await op.type(text)
+
+    assert answer["text"].endswith(f"Usage: `{usage}`")
+    assert await case_events(sessions) == []
