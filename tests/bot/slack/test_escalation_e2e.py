@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlmodel import select
 
 from bot.runtime import RUNTIME
 from bot.slack import ids
+from storage import cases
+from storage.models import OutboxKind, OutboxMessage
 from tests.bot.slack.support import CHANNEL, NOW, Sessions, click, click_body, expire, wait_posts
 from tests.conftest import WEBHOOK_SECRET, FrozenClock
 from tests.fakes.pagerduty import FakePagerDuty
@@ -41,6 +44,18 @@ async def pagerduty() -> AsyncIterator[FakePagerDuty]:
         yield fake
 
 
+async def alert_stored(slack: FakeSlack, sessions: Sessions) -> None:
+    """Wait until case 1's alert is posted and recorded (the notifier holds the row till then)."""
+    await wait_posts(slack, 1)
+
+    async def stored() -> bool:
+        async with sessions() as session:
+            case = await cases.get_case(session, case_id=1)
+        return case is not None and case.slack_ts is not None
+
+    await eventually(stored)
+
+
 async def sweep(app: TestClient, sessions: Sessions, clock: FrozenClock) -> int:
     runtime = app.server.app[RUNTIME]
     ran = await escalate_due(sessions, policy=runtime.settings.policy.escalation, now=clock())
@@ -56,7 +71,7 @@ async def test_an_ignored_alert_reaches_on_call_and_stands_down_when_handled(
         POLICY, clock=clock, pagerduty_routing_key=ROUTING_KEY, pagerduty_api_url=pagerduty.url
     )
     await expire(app)
-    await wait_posts(slack, 1)
+    await alert_stored(slack, sessions)
     parent = min(ts for channel, ts in slack.messages if channel == CHANNEL)
 
     clock.advance(minutes=15)
@@ -129,16 +144,21 @@ async def test_pagerduty_outage_is_retried_until_the_page_lands(
         POLICY, clock=clock, pagerduty_routing_key=ROUTING_KEY, pagerduty_api_url=pagerduty.url
     )
     await expire(app)
-    await wait_posts(slack, 1)
+    await alert_stored(slack, sessions)
     pagerduty.fail(503, times=4)  # the client's first try and its three retries
 
     clock.advance(hours=1)
     assert await sweep(app, sessions, clock) == 1
 
-    async def failed_once() -> bool:
-        return len(pagerduty.events) >= 4
+    async def put_off() -> bool:
+        # The client gave up and the notifier scheduled the page again (the clock is frozen).
+        async with sessions() as session:
+            stmt = select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.PAGE)
+            page = (await session.exec(stmt)).first()
+        return page is not None and page.last_error is not None and page.lease_owner is None
 
-    await eventually(failed_once, within=20)
+    await eventually(put_off, within=30)
+    assert len(pagerduty.events) == 4
     clock.advance(minutes=5)  # past the notifier's backoff: the page is sent again
     app.server.app[RUNTIME].wake_senders()
 
