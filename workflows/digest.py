@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import outbox, reports
 from storage.models import OutboxKind
 from storage.reports import Tally
+from workflows.clock import how_long
 from workflows.stats import BILLED, case_stats
 
 DAY = timedelta(days=1)
@@ -115,7 +116,7 @@ def digest_lines(digest: Digest) -> list[str]:
         who = oldest.email or "email not known"
         lines.append(
             f"Oldest open: case #{oldest.case_id}, {who} (account {oldest.account_id}), "
-            f"open for {age_words(oldest.age)}."
+            f"open for {how_long(oldest.age)}."
         )
     lines.append(
         f"Resolved in the last 24 h: {digest.resolved}, of which {digest.recovered} "
@@ -127,18 +128,6 @@ def digest_lines(digest: Digest) -> list[str]:
             f'(billing state "{BILLED}").'
         )
     return lines
-
-
-def age_words(delta: timedelta) -> str:
-    """A duration the way an operator says it: "45 min", "5 h 10 min", "3 d 4 h"."""
-    minutes = max(int(delta.total_seconds() // 60), 0)
-    days, minutes = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(minutes, 60)
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{minutes} min"
 
 
 def _count(n: int, noun: str) -> str:

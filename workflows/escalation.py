@@ -29,6 +29,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
 from storage.models import PAGER_CHANNEL, Account, Case, CaseStatus, OutboxKind
+from workflows.clock import how_long
 from workflows.policy import Escalation, EscalationLevel
 from workflows.states import classify
 
@@ -107,14 +108,6 @@ def _mentions(ids: list[str]) -> str:
     return " ".join(f"<!subteam^{i}>" if i.startswith("S") else f"<@{i}>" for i in ids)
 
 
-def _age(delta: timedelta) -> str:
-    minutes = int(delta.total_seconds() // 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-
-
 async def escalate_due(
     sessions: Sessions, *, policy: Escalation, now: datetime, limit: int = 100
 ) -> int:
@@ -176,7 +169,7 @@ async def _run(
 ) -> None:
     assert case.id is not None and case.slack_channel is not None
     email = account.email if account is not None and account.email else case.account_id
-    waited = _age(now - case.opened_at)
+    waited = how_long(now - case.opened_at)
     if reason == "deadline":
         why = "less than 12 h remain of the 72 h in which Nylas resends missed notifications"
     else:

@@ -37,8 +37,23 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def section(text: str) -> dict[str, Any]:
+    """A mrkdwn section, clipped to Slack's limit."""
+    return {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, MAX_SECTION)}}
+
+
+def context(text: str) -> dict[str, Any]:
+    """A context line of mrkdwn, clipped to Slack's limit."""
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": clip(text, MAX_SECTION)}]}
+
+
+def header(text: str) -> dict[str, Any]:
+    """A plain-text header, clipped to Slack's 150 characters."""
+    return {"type": "header", "text": {"type": "plain_text", "text": clip(text, 150)}}
 
 
 def slack_date(at: datetime, fallback_format: str = "%Y-%m-%d %H:%M UTC") -> str:
@@ -96,14 +111,14 @@ def alert_blocks(
     rule = classify(account.api_version, case.state or "unknown")
     who = escape(account.email or "email not known yet")
     provider = escape(account.provider or "unknown")
-    header = f"{'Resolved' if resolved else title(case)}: {account.email or account.id}"
+    heading = f"{'Resolved' if resolved else title(case)}: {account.email or account.id}"
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _clip(header, 150)}},
+        header(heading),
         {
             "type": "section",
             "text": {
                 "type": "mrkdwn",
-                "text": _clip(f"*{who}* {escape(rule.words)}.", MAX_SECTION),
+                "text": clip(f"*{who}* {escape(rule.words)}.", MAX_SECTION),
             },
             "fields": [
                 {"type": "mrkdwn", "text": f"*Account*\n`{escape(account.id)}`"},
@@ -124,7 +139,7 @@ def alert_blocks(
                 "type": "section",
                 "text": {
                     "type": "mrkdwn",
-                    "text": _clip(
+                    "text": clip(
                         f"*Resolution:* {escape(case.resolution or 'resolved')}{_resolver(case)}",
                         MAX_SECTION,
                     ),
@@ -204,7 +219,7 @@ def revoke_button(case: Case, account: Account, *, revoke_enabled: bool) -> dict
         "title": {"type": "plain_text", "text": "Revoke every access token?"},
         "text": {
             "type": "mrkdwn",
-            "text": _clip(
+            "text": clip(
                 f"Every token of *{escape(account.email or account.id)}* stops working "
                 "at once. The end user must re-authenticate.",
                 300,
@@ -232,7 +247,7 @@ def revoke_modal(case: Case, account: Account) -> dict[str, Any]:
                 "type": "section",
                 "text": {
                     "type": "mrkdwn",
-                    "text": _clip(
+                    "text": clip(
                         f"This deletes the Nylas grant of *{email}*: it cannot be re-authenticated "
                         "afterwards, and the end user must connect the mailbox again.",
                         MAX_SECTION,
@@ -264,7 +279,7 @@ def resolve_modal(case: Case, account: Account) -> dict[str, Any]:
                 "type": "section",
                 "text": {
                     "type": "mrkdwn",
-                    "text": _clip(f"Close the case of *{who}* by hand.", MAX_SECTION),
+                    "text": clip(f"Close the case of *{who}* by hand.", MAX_SECTION),
                 },
             },
             {

@@ -13,12 +13,15 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from aiohttp import ClientError
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.errors import SlackApiError
 from sqlmodel import col, select
 
 from bot.runtime import Runtime
 from bot.slack import actions as buttons
 from bot.slack import ids, replies
+from bot.slack.blocks import section
 from bot.slack.command_line import KINDS, OPEN_STATUSES, Command, UsageError, help_text, parse
 from bot.slack.groups import GroupDirectory
 from storage import cases, reports
@@ -162,7 +165,7 @@ async def on_oncall(
     for group in sorted(wanted):
         try:
             members[group] = sorted(await groups.members(group))
-        except Exception as exc:  # a deleted group must not hide the rest of the policy
+        except (SlackApiError, ClientError, TimeoutError) as exc:  # e.g. a deleted group
             log.warning("cannot read user group %s: %s", group, exc)
     async with runtime.reader()() as session:
         stmt = (
@@ -183,7 +186,7 @@ async def on_oncall(
 async def on_help(
     runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
-    await _say(respond, help_text(), [replies.section(help_text())])
+    await _say(respond, help_text(), [section(help_text())])
 
 
 HANDLERS: dict[str, Handler] = {

@@ -17,8 +17,17 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.blocks import KIND_TITLES, STATUS_WORDS, escape, slack_ago, slack_date
-from bot.slack.replies import case_line, section
+from bot.slack.blocks import (
+    KIND_TITLES,
+    STATUS_WORDS,
+    context,
+    escape,
+    header,
+    section,
+    slack_ago,
+    slack_date,
+)
+from bot.slack.replies import case_line
 from storage.reports import Tally
 from workflows.actions import slack_actor
 from workflows.overview import CaseRow, Overview, overview
@@ -37,32 +46,24 @@ NO_OPEN_CASES = "No open cases: every tracked mailbox is syncing."
 
 def home_view(found: Overview, *, now: datetime) -> dict[str, Any]:
     """The Home tab of one viewer, from what ``workflows.overview`` found for them."""
-    blocks: list[dict[str, Any]] = [_header("Your cases")]
+    blocks: list[dict[str, Any]] = [header("Your cases")]
     blocks += _case_sections(found.mine) or [section(NO_CASES_OF_YOURS)]
     if found.more_mine:
-        blocks.append(_context(f"Only your {MINE} newest are listed."))
-    blocks += [{"type": "divider"}, _header("Open queue")]
+        blocks.append(context(f"Only your {MINE} newest are listed."))
+    blocks += [{"type": "divider"}, header("Open queue")]
     if not found.open_total:
         blocks.append(section(NO_OPEN_CASES))
     else:
         blocks.append(section(_counts(found)))
         if found.oldest_unacknowledged is not None:
-            blocks.append(_context(_waiting_longest(found.oldest_unacknowledged)))
+            blocks.append(context(_waiting_longest(found.oldest_unacknowledged)))
         blocks.append(section("*Newest open cases*"))
         blocks += _case_sections(found.newest)
         if found.more_open:
-            blocks.append(_context(f"More with `{ids.COMMAND} list`."))
-    blocks.append(_context(f"As of {slack_date(now)}. Open this tab again to refresh it."))
+            blocks.append(context(f"More with `{ids.COMMAND} list`."))
+    blocks.append(context(f"As of {slack_date(now)}. Open this tab again to refresh it."))
     # At most MINE + NEWEST + 9 blocks: well within the 100 a Home tab may have.
     return {"type": "home", "blocks": blocks}
-
-
-def _header(text: str) -> dict[str, Any]:
-    return {"type": "header", "text": {"type": "plain_text", "text": text}}
-
-
-def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
 
 
 def _case_sections(rows: Sequence[CaseRow]) -> list[dict[str, Any]]:

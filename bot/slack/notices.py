@@ -9,40 +9,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bot.slack.blocks import MAX_SECTION, escape
+from bot.slack.blocks import MAX_SECTION, clip, escape, header, section
 
 MAX_LINE = 500  # one line of a notice, before escaping
 MAX_LINES = 40  # at most this many lines are shown
-MAX_HEADER = 150
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def notice_text(payload: Mapping[str, Any]) -> str:
     """The notification text of a notice (also what old clients and screen readers show)."""
-    return escape(_clip(str(payload.get("text") or payload.get("title") or "reauthbot"), 1000))
+    return escape(clip(str(payload.get("text") or payload.get("title") or "reauthbot"), 1000))
 
 
 def notice_blocks(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A header with the title, then the lines as a list, in as few sections as fit."""
     title = str(payload.get("title") or "reauthbot")
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _clip(title, MAX_HEADER)}}
-    ]
+    blocks: list[dict[str, Any]] = [header(title)]
     lines = [str(line) for line in payload.get("lines") or []][:MAX_LINES]
     chunk = ""
     for line in lines:
-        item = f"• {escape(_clip(line, MAX_LINE))}"
+        item = f"• {escape(clip(line, MAX_LINE))}"
         if chunk and len(chunk) + 1 + len(item) > MAX_SECTION:
-            blocks.append(_section(chunk))
+            blocks.append(section(chunk))
             chunk = ""
         chunk = f"{chunk}\n{item}" if chunk else item
     if chunk:
-        blocks.append(_section(chunk))
+        blocks.append(section(chunk))
     return blocks
-
-
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, MAX_SECTION)}}

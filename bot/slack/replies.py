@@ -9,18 +9,20 @@ from typing import Any
 
 from bot.slack import ids
 from bot.slack.blocks import (
-    MAX_SECTION,
     STATUS_WORDS,
     alert_blocks,
+    context,
     escape,
     mention,
     revoke_button,
+    section,
     slack_ago,
     slack_date,
     title,
 )
 from storage.models import Account, Case, CaseEvent, CaseStatus
 from storage.reports import Tally
+from workflows.clock import how_long
 from workflows.escalation import plan
 from workflows.policy import Escalation
 from workflows.states import classify
@@ -30,23 +32,8 @@ PAGE = 10
 MAX_HISTORY = 25
 
 
-def section(text: str) -> dict[str, Any]:
-    clipped = text if len(text) <= MAX_SECTION else text[: MAX_SECTION - 1] + "…"
-    return {"type": "section", "text": {"type": "mrkdwn", "text": clipped}}
-
-
-def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:MAX_SECTION]}]}
-
-
 def duration(value: timedelta | None) -> str:
-    if value is None:
-        return "-"
-    minutes = int(value.total_seconds() // 60)
-    days, minutes = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(minutes, 60)
-    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min"]
-    return " ".join(p for p in parts if p and not (p == "0 min" and (days or hours))) or "0 min"
+    return "-" if value is None else how_long(value)
 
 
 def case_line(case: Case, account: Account) -> str:
@@ -234,9 +221,9 @@ def oncall(
     now_who = _who([*first.mention, *first.dm], members) or "PagerDuty"
     blocks = [
         section("*Escalation policy*\n" + "\n".join(lines) + f"\n{repeat}"),
-        _context(f"A case opened now would first reach: {now_who}."),
+        context(f"A case opened now would first reach: {now_who}."),
     ]
     if next_due is not None:
         case, due = next_due
-        blocks.append(_context(f"Next escalation: case #{case.id} at {slack_date(due)}."))
+        blocks.append(context(f"Next escalation: case #{case.id} at {slack_date(due)}."))
     return blocks

@@ -13,10 +13,10 @@ from storage import cases
 from storage.models import Account, CaseStatus, OutboxKind, OutboxMessage
 from storage.reports import Tally
 from tests.conftest import FrozenClock
+from workflows.clock import how_long
 from workflows.digest import (
     Digest,
     OldestCase,
-    age_words,
     build_digest,
     digest_key,
     digest_lines,
@@ -178,10 +178,10 @@ def test_payload_is_plain_json_data() -> None:
 
 def test_ages_read_the_way_people_say_them() -> None:
     minute = timedelta(minutes=1)
-    assert age_words(timedelta(seconds=59)) == "0 min"
-    assert age_words(45 * minute) == "45 min"
-    assert age_words(H) == "1 h"
-    assert age_words(5 * H + 10 * minute) == "5 h 10 min"
-    assert age_words(D) == "1 d"
-    assert age_words(3 * D + 4 * H + 59 * minute) == "3 d 4 h"
-    assert age_words(-minute) == "0 min"
+    assert how_long(timedelta(seconds=59)) == "0 min"
+    assert how_long(45 * minute) == "45 min"
+    assert how_long(H) == "1 h"
+    assert how_long(5 * H + 10 * minute) == "5 h 10 min"
+    assert how_long(D) == "1 d"
+    assert how_long(3 * D + 4 * H + 59 * minute) == "3 d 4 h"
+    assert how_long(-minute) == "0 min"

@@ -361,3 +361,11 @@ async def test_missing_or_extra_arguments_get_the_usage_line(
 
     assert answer["text"].endswith(f"Usage: `{usage}`")
     assert await case_events(sessions) == []
+
+
+async def test_oncall_still_answers_when_a_group_cannot_be_read(run: Any) -> None:
+    op = await run('[escalation]\n[[escalation.levels]]\nafter = "15m"\nmention = ["S0GONE"]\n')
+
+    text = shown(await op.type("oncall"))
+
+    assert "1. after 15 min unacknowledged: mention group `S0GONE` (nobody) in the thread" in text
