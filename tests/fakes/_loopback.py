@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import TracebackType
+from typing import Self
+
 from aiohttp import web
 
 
@@ -15,3 +19,41 @@ async def serve(
     await web.TCPSite(runner, host, port).start()
     bound_host, bound_port = runner.addresses[0][:2]
     return runner, f"http://{bound_host}:{bound_port}"
+
+
+class LoopbackFake:
+    """Base of the fakes: ``async with`` serves ``build_app()`` until the block ends.
+
+    ``url`` is set once serving (``url_for`` shapes it from the root); ``_closing`` is set on
+    the way out, so handlers that hold a request back let go at once.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.url = ""
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
+
+    def build_app(self) -> web.Application:
+        raise NotImplementedError
+
+    def url_for(self, root: str) -> str:
+        return root
+
+    async def __aenter__(self) -> Self:
+        self._closing = asyncio.Event()
+        self._runner, root = await serve(self.build_app(), self._host, self._port)
+        self.url = self.url_for(root)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -35,13 +35,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from tests.fakes._loopback import serve
+from tests.fakes._loopback import LoopbackFake
 
 _JSON_BODY = web.RequestKey("json_body", object)
 
@@ -100,7 +99,7 @@ def _error(
     return web.json_response(body, status=status, headers=headers)
 
 
-class FakeNylas:
+class FakeNylas(LoopbackFake):
     """A local Nylas API server holding v2 accounts and v3 grants in memory."""
 
     def __init__(
@@ -112,6 +111,7 @@ class FakeNylas:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.client_id = client_id
         self.client_secret = client_secret
         self.api_key = api_key
@@ -125,14 +125,8 @@ class FakeNylas:
         self._upgrade_results: dict[str, str] = {}
         self._failures: list[_Rule] = []
         self._delays: list[_Rule] = []
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
-        self.url = ""
 
-    async def __aenter__(self) -> Self:
-        self._closing = asyncio.Event()
+    def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/a/{client_id}/accounts", self._v2_list)
         app.router.add_get("/a/{client_id}/accounts/{id}", self._v2_get)
@@ -141,19 +135,7 @@ class FakeNylas:
         app.router.add_get("/v3/grants", self._v3_list)
         app.router.add_get("/v3/grants/{id}", self._v3_get)
         app.router.add_delete("/v3/grants/{id}", self._v3_delete)
-        self._runner, self.url = await serve(app, self._host, self._port)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     # -- state -------------------------------------------------------------------------
 

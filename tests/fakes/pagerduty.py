@@ -51,12 +51,11 @@ import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._loopback import serve
+from tests.fakes._loopback import LoopbackFake
 
 DEFAULT_ROUTING_KEY = "R0UT1NGKEY0F32CHARACTERS00000000"
 ACTIONS = ("trigger", "acknowledge", "resolve")
@@ -133,41 +132,24 @@ def _invalid(errors: list[str]) -> web.Response:
     return web.json_response(body, status=400)
 
 
-class FakePagerDuty:
+class FakePagerDuty(LoopbackFake):
     """A local PagerDuty Events API v2 that keeps incidents by dedup_key in memory."""
 
     def __init__(
         self, *, routing_key: str = DEFAULT_ROUTING_KEY, host: str = "127.0.0.1", port: int = 0
     ) -> None:
+        super().__init__(host=host, port=port)
         self.routing_key = routing_key
         self.events: list[Event] = []
         self.incidents: list[Incident] = []
         self._latest: dict[str, Incident] = {}
         self._failures: list[_Rule] = []
         self._delays: list[_Rule] = []
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
-        self.url = ""
 
-    async def __aenter__(self) -> Self:
-        self._closing = asyncio.Event()
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v2/enqueue", self._enqueue)
-        self._runner, self.url = await serve(app, self._host, self._port)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     # -- looking and steering ----------------------------------------------------------
 

@@ -61,14 +61,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from tests.fakes._loopback import serve
+from tests.fakes._loopback import LoopbackFake
 
 Params = dict[str, Any]
 
@@ -130,7 +129,7 @@ class _RateLimited(Exception):
         self.retry_after = retry_after
 
 
-class FakeSlack:
+class FakeSlack(LoopbackFake):
     """A local Slack Web API server holding messages, views, users and user groups."""
 
     def __init__(
@@ -146,6 +145,8 @@ class FakeSlack:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(host=host, port=port)
+        self._root = ""
         self.bot_token = bot_token
         self.team_id = team_id
         self.bot_user_id = bot_user_id
@@ -160,13 +161,8 @@ class FakeSlack:
         self.user_groups: dict[str, list[str]] = {}
         self._method_tokens: dict[str, str] = {}  # methods served with another token
         self.ratelimited_count = 0
-        self.url = ""
-        self._root = ""
-        self._host = host
-        self._port = port
         self._clock = clock
         self._wall_clock = wall_clock
-        self._runner: web.AppRunner | None = None
         self._ts_micros = _FIRST_TS_MICROS - _TS_STEP_MICROS
         self._view_count = 0
         self._threads: dict[tuple[str, str], list[str]] = {}
@@ -175,7 +171,6 @@ class FakeSlack:
         self._failures: list[_Failure] = []
         self._late: list[_Failure] = []  # reuses the method/remaining matching; status unused
         self._late_seconds: dict[int, float] = {}
-        self._closing = asyncio.Event()
         self._post_rate: float | None = None
         self._post_burst = 1
         self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, when)
@@ -194,26 +189,16 @@ class FakeSlack:
             "conversations.history": self._conversations_history,
         }
 
-    async def __aenter__(self) -> Self:
-        self._closing = asyncio.Event()
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/{method}", self._api, allow_head=False)
         app.router.add_post("/api/{method}", self._api)
         app.router.add_post("/response/{n}", self._response)
-        self._runner, self._root = await serve(app, self._host, self._port)
-        self.url = f"{self._root}/api/"
-        return self
+        return app
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    def url_for(self, root: str) -> str:
+        self._root = root
+        return f"{root}/api/"
 
     # -- state and inspection ----------------------------------------------------------
 

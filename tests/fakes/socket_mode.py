@@ -53,7 +53,7 @@ from typing import Self
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes._loopback import serve
+from tests.fakes._loopback import LoopbackFake
 from tests.fakes.slack import FakeSlack, Params
 
 ACK_DEADLINE_SECONDS = 3.0
@@ -74,7 +74,7 @@ class Connection:
         return not self.ws.closed
 
 
-class FakeSocketMode:
+class FakeSocketMode(LoopbackFake):
     """Slack's Socket Mode endpoint for one app, attached to a running FakeSlack."""
 
     def __init__(
@@ -87,6 +87,7 @@ class FakeSocketMode:
     ) -> None:
         if not app_token.startswith("xapp-"):
             raise ValueError("an app-level token starts with xapp-")
+        super().__init__(host=host, port=port)
         self.slack = slack
         self.app_token = app_token
         self.tickets: list[str] = []  # issued by apps.connections.open, in order
@@ -94,18 +95,19 @@ class FakeSocketMode:
         self.envelopes: list[Params] = []  # sent to the client, in order
         self.acks: list[Params] = []  # acks from the client, in arrival order
         self.stray_frames: list[str] = []  # client frames that are not acks
-        self.url = ""
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
         self._envelope_count = 0
         self._changed = asyncio.Condition()
 
-    async def __aenter__(self) -> Self:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/link/", self._link)
-        self._runner, root = await serve(app, self._host, self._port)
-        self.url = root.replace("http://", "ws://", 1) + "/link/"
+        return app
+
+    def url_for(self, root: str) -> str:
+        return root.replace("http://", "ws://", 1) + "/link/"
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
         self.slack.serve_method(
             "apps.connections.open", self._connections_open, token=self.app_token
         )
@@ -120,9 +122,7 @@ class FakeSocketMode:
         for connection in self.connections:
             if connection.open:
                 await connection.ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await super().__aexit__(exc_type, exc, tb)
 
     # -- inspection ----------------------------------------------------------------------
 
