@@ -21,7 +21,8 @@ from bot.settings import load_settings
 from storage import cases, outbox
 from storage.engine import create_engine
 from storage.migrate import head_revision
-from storage.models import Account, Case, CaseEvent, OutboxKind, OutboxMessage, OutboxStatus
+from storage.models import Account, Case, CaseEvent, OutboxMessage, OutboxStatus
+from tests import builders
 from tests.appclient import start_app
 from tests.conftest import FrozenClock
 from tests.waiting import eventually
@@ -51,31 +52,7 @@ async def make_client(engine: AsyncEngine) -> AsyncIterator[ClientFactory]:
 async def open_case_with_alert(
     sessions: Sessions, now: datetime, email: str = "ana@example.com"
 ) -> int:
-    async with sessions() as session, session.begin():
-        session.add(
-            Account(
-                id="acc-1",
-                api_version="v2",
-                email=email,
-                provider="gmail",
-                first_seen_at=now,
-                updated_at=now,
-            )
-        )
-        await session.flush()
-        case = await cases.open_case(
-            session, account_id="acc-1", kind="reauth", state="invalid", now=now
-        )
-        assert case is not None and case.id is not None
-        await outbox.enqueue(
-            session,
-            channel="log",
-            kind=OutboxKind.POST,
-            now=now,
-            case_id=case.id,
-            dedupe_key=f"case:{case.id}:post",
-        )
-        return case.id
+    return await builders.open_case_with_alert(sessions, now, channel="log", email=email)
 
 
 async def outbox_statuses(sessions: Sessions) -> list[str]:

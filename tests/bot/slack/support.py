@@ -55,11 +55,12 @@ def signed(body: str, *, timestamp: int | None = None) -> dict[str, str]:
     }
 
 
-def click_body(
+def click_payload(
     slack: FakeSlack, action_id: str, value: str, user: str, n: int = 1, *, select: bool = False
-) -> str:
+) -> dict[str, Any]:
+    """A block_actions payload for a click on the first alert in the channel."""
     message_ts = min(ts for channel, ts in slack.messages if channel == CHANNEL)
-    payload = {
+    payload: dict[str, Any] = {
         "type": "block_actions",
         "user": {"id": user, "username": user.lower(), "team_id": "T0TEST"},
         "api_app_id": "A0APP",
@@ -94,6 +95,14 @@ def click_body(
                 "action_ts": str(time.time()),
             }
         ]
+    return payload
+
+
+def click_body(
+    slack: FakeSlack, action_id: str, value: str, user: str, n: int = 1, *, select: bool = False
+) -> str:
+    """The click as Slack posts it over HTTP: a form with the JSON payload."""
+    payload = click_payload(slack, action_id, value, user, n, select=select)
     return urlencode({"payload": json.dumps(payload)})
 
 

@@ -20,9 +20,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.metrics import Metrics
 from bot.notifier import Notifier
 from bot.slack.sink import CASE_EVENT, SlackSink
-from storage import cases, outbox
+from storage import cases
 from storage.engine import create_engine, session_factory
-from storage.models import Account, Case, OutboxKind, OutboxMessage, OutboxStatus
+from storage.models import Case, OutboxMessage, OutboxStatus
+from tests.builders import open_case_with_alert
 from tests.cli import service
 from tests.conftest import WEBHOOK_SECRET, FrozenClock
 from tests.fakes.slack import FakeSlack
@@ -48,32 +49,9 @@ def notifier(sessions: Sessions, slack: FakeSlack, clock: FrozenClock) -> Notifi
 
 
 async def open_case(sessions: Sessions, now: datetime) -> int:
-    async with sessions() as session, session.begin():
-        session.add(
-            Account(
-                id="g-1",
-                api_version="v3",
-                email="ana@example.com",
-                provider="google",
-                sync_state="expired",
-                first_seen_at=now,
-                updated_at=now,
-            )
-        )
-        await session.flush()
-        case = await cases.open_case(
-            session, account_id="g-1", kind="reauth", state="expired", now=now
-        )
-        assert case is not None and case.id is not None
-        await outbox.enqueue(
-            session,
-            channel=CHANNEL,
-            kind=OutboxKind.POST,
-            now=now,
-            case_id=case.id,
-            dedupe_key=f"case:{case.id}:post",
-        )
-        return case.id
+    return await open_case_with_alert(
+        sessions, now, channel=CHANNEL, account_id="g-1", api_version="v3", state="invalid"
+    )
 
 
 async def stored(sessions: Sessions, case_id: int) -> tuple[Case, list[str]]:

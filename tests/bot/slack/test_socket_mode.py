@@ -8,10 +8,7 @@ service over HTTP.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
-from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -22,7 +19,14 @@ from bot.settings import load_settings
 from bot.slack import ids
 from storage import cases
 from tests.appclient import start_app
-from tests.bot.slack.test_e2e import CHANNEL, case_events, expire, wait_posts
+from tests.bot.slack.support import (
+    CHANNEL,
+    case_events,
+    click_body,
+    click_payload,
+    expire,
+    wait_posts,
+)
 from tests.conftest import WEBHOOK_SECRET
 from tests.fakes.slack import FakeSlack
 from tests.fakes.socket_mode import FakeSocketMode
@@ -61,38 +65,6 @@ async def app(
     client = await start_app(settings, engine=engine, scheduled_jobs=False, migrate=False)
     yield client
     await client.close()
-
-
-def click_payload(
-    slack: FakeSlack, action_id: str, value: str, user: str, n: int = 1
-) -> dict[str, Any]:
-    """A block_actions payload as Slack puts it in an ``interactive`` envelope."""
-    ts = next(ts for (channel, ts) in slack.messages if channel == CHANNEL)  # the alert
-    return {
-        "type": "block_actions",
-        "user": {"id": user, "username": user.lower(), "team_id": slack.team_id},
-        "api_app_id": slack.app_id,
-        "token": "legacy",
-        "team": {"id": slack.team_id, "domain": "acme"},
-        "container": {
-            "type": "message",
-            "message_ts": ts,
-            "channel_id": CHANNEL,
-            "is_ephemeral": False,
-        },
-        "trigger_id": "123.456.abc",
-        "channel": {"id": CHANNEL, "name": "alerts"},
-        "response_url": slack.response_url(n),
-        "actions": [
-            {
-                "action_id": action_id,
-                "block_id": f"case-{value}",
-                "value": value,
-                "type": "button",
-                "action_ts": str(time.time()),
-            }
-        ],
-    }
 
 
 async def alert_posted(slack: FakeSlack, sessions: Sessions) -> str:
@@ -227,7 +199,7 @@ async def test_events_route_is_not_served(
     await expire(app)
     await alert_posted(slack, sessions)
     events_before = await case_events(sessions)
-    body = urlencode({"payload": json.dumps(click_payload(slack, ids.ACK, "1", "U0MALLORY"))})
+    body = click_body(slack, ids.ACK, "1", "U0MALLORY")
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     response = await app.post(ids.EVENTS_PATH, data=body, headers=headers)
     assert response.status == 404
