@@ -16,7 +16,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.slack import ids
 from storage.models import CaseEvent
-from tests.conftest import WEBHOOK_SECRET
+from tests.conftest import (
+    NYLAS_API_KEY,
+    NYLAS_CLIENT_ID,
+    NYLAS_CLIENT_SECRET,
+    WEBHOOK_SECRET,
+)
+from tests.fakes.nylas import FakeNylas
 from tests.fakes.slack import FakeSlack
 from tests.waiting import eventually
 from workflows.nylas import samples
@@ -117,3 +123,13 @@ async def case_events(sessions: Sessions) -> list[tuple[str, str]]:
             (e.actor, e.action)
             for e in (await session.exec(select(CaseEvent).order_by(CaseEvent.id))).all()
         ]  # type: ignore[arg-type]
+
+
+def nylas_settings(fake: FakeNylas, version: str) -> dict[str, Any]:
+    return {
+        "nylas_api_version": version,
+        "nylas_api_url": fake.url,
+        "nylas_api_key": NYLAS_API_KEY,
+        "nylas_client_id": NYLAS_CLIENT_ID,
+        "nylas_client_secret": NYLAS_CLIENT_SECRET,
+    }

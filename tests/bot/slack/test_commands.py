@@ -13,8 +13,17 @@ from bot.runtime import RUNTIME
 from bot.slack import ids
 from storage import cases
 from storage.models import Account, CaseStatus
-from tests.bot.slack.support import CHANNEL, NOW, Sessions, case_events, click, signed
+from tests.bot.slack.support import (
+    CHANNEL,
+    NOW,
+    Sessions,
+    case_events,
+    click,
+    nylas_settings,
+    signed,
+)
 from tests.conftest import FrozenClock
+from tests.fakes.nylas import FakeNylas
 from tests.fakes.slack import FakeSlack
 from tests.waiting import eventually
 from workflows.escalation import escalate_due
@@ -369,3 +378,35 @@ async def test_oncall_still_answers_when_a_group_cannot_be_read(run: Any) -> Non
     text = shown(await op.type("oncall"))
 
     assert "1. after 15 min unacknowledged: mention group `S0GONE` (nobody) in the thread" in text
+
+
+async def test_slow_work_is_answered_after_the_command_is_acknowledged(
+    start: Any, slack: FakeSlack, sessions: Sessions, clock: FrozenClock, nylas_fake: FakeNylas
+) -> None:
+    case_id = await seed(sessions, clock, 1)
+    nylas_fake.add_grant(id="g-1", email="user1@example.com", grant_status="valid")
+    nylas_fake.delay(r"/v3/grants/g-1", 4)  # Nylas takes longer than Slack's 3 s
+    app = await start(clock=clock, **nylas_settings(nylas_fake, "v3"))
+    body = urlencode(
+        {
+            "command": ids.COMMAND,
+            "text": f"retry {case_id}",
+            "user_id": "U0ANA",
+            "team_id": "T0TEST",
+            "response_url": slack.response_url("slow"),
+        }
+    )
+
+    response = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
+
+    # Slack has its acknowledgement while the Nylas call is still held by the fake.
+    assert response.status == 200 and nylas_fake.calls_to("GET", r"/v3/grants/g-1") == []
+    assert slack.responses_to("slow") == []
+
+    async def answered() -> bool:
+        return bool(slack.responses_to("slow"))
+
+    await eventually(answered, within=10)
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=case_id)
+    assert case is not None and case.status == CaseStatus.RESOLVED

@@ -21,6 +21,7 @@ from tests.bot.slack.support import (
     click,
     click_body,
     expire,
+    nylas_settings,
     signed,
     wait_posts,
 )
@@ -365,18 +366,8 @@ async def test_storm_is_delivered_once_at_slacks_pace(
 
 # --- actions that call Nylas --------------------------------------------------------------------
 
-from tests.conftest import NYLAS_API_KEY, NYLAS_CLIENT_ID, NYLAS_CLIENT_SECRET  # noqa: E402
+from tests.conftest import NYLAS_CLIENT_SECRET  # noqa: E402
 from tests.fakes.nylas import FakeNylas  # noqa: E402
-
-
-def nylas_settings(fake: FakeNylas, version: str) -> dict[str, Any]:
-    return {
-        "nylas_api_version": version,
-        "nylas_api_url": fake.url,
-        "nylas_api_key": NYLAS_API_KEY,
-        "nylas_client_id": NYLAS_CLIENT_ID,
-        "nylas_client_secret": NYLAS_CLIENT_SECRET,
-    }
 
 
 async def stop_v2(app: TestClient, account_id: str = "a-1") -> None:
