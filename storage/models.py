@@ -7,12 +7,15 @@
   it is acknowledged and processed afterwards.
 - ``OutboxMessage``: every message to post or update, written in the same transaction as the
   state change that caused it and drained by the notifier.
+- ``Incident``: a storm: many cases of one email domain (or one v3 integration) opened within a
+  short window, shown as one message instead of one per case.
 
 All timestamps are aware UTC datetimes. The uniqueness rules that make deduplication hold under
 concurrency live here as constraints, not in application code:
 
 - one inbox row per ``dedupe_key``;
 - at most one open case per account (a partial unique index);
+- at most one open incident per domain or integration (a partial unique index);
 - at most one outbox row per ``dedupe_key`` (used for "post the parent message once").
 """
 
@@ -115,6 +118,16 @@ class OutboxKind(StrEnum):
 PAGER_CHANNEL = "pagerduty"
 
 
+class IncidentStatus(StrEnum):
+    OPEN = "open"
+    ENDED = "ended"  # every case of it resolved
+
+
+class IncidentScope(StrEnum):
+    DOMAIN = "domain"  # accounts of one email domain
+    INTEGRATION = "integration"  # v3 grants of one provider integration (google, microsoft…)
+
+
 class Account(SQLModel, table=True):
     __tablename__ = "accounts"
 
@@ -126,6 +139,9 @@ class Account(SQLModel, table=True):
     billing_state: str | None = Field(default=None, max_length=32)
     # Event time of the state held here; an event older than this is recorded, not applied.
     state_at: datetime | None = _ts()
+    # Since when the account has been in ``sync_state`` (unchanged by repeats of the same
+    # state): how long a transient state has lasted.
+    state_since: datetime | None = _ts()
     first_seen_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
     updated_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
     details: dict[str, Any] = _json()
@@ -180,6 +196,40 @@ class Case(SQLModel, table=True):
     # The PagerDuty alert of the case, as last told to PagerDuty: triggered, acknowledged,
     # resolved (NULL: never paged).
     pager_state: str | None = Field(default=None, max_length=16)
+    # The storm this case is part of; its alert is then the incident's message.
+    incident_id: int | None = Field(default=None, foreign_key="incidents.id", index=True)
+    # The likely causes found when the case opened or changed (workflows.diagnosis).
+    diagnosis: list[dict[str, Any]] = Field(default_factory=list, sa_type=sa.JSON())
+    # A duplicate case: the other, newer account id of the same mailbox.
+    related_account_id: str | None = Field(default=None, max_length=255)
+
+
+class Incident(SQLModel, table=True):
+    __tablename__ = "incidents"
+    __table_args__ = (
+        # One open storm per domain or integration, whoever detects it first.
+        sa.Index(
+            "uq_incidents_one_open_per_key",
+            "scope",
+            "key",
+            unique=True,
+            sqlite_where=sa.text("status = 'open'"),
+            postgresql_where=sa.text("status = 'open'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(max_length=16)  # IncidentScope
+    key: str = Field(max_length=320)  # the domain or the integration
+    status: str = Field(default=IncidentStatus.OPEN, max_length=16)
+    opened_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    updated_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    # When the first of its cases opened: "37 accounts lost access in 4 minutes".
+    first_case_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    last_case_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    ended_at: datetime | None = _ts()
+    slack_channel: str | None = Field(default=None, max_length=64)
+    slack_ts: str | None = Field(default=None, max_length=32)
 
 
 class CaseEvent(SQLModel, table=True):
@@ -220,6 +270,8 @@ class OutboxMessage(SQLModel, table=True):
     # Set for messages that must exist at most once, e.g. "case:42:post".
     dedupe_key: str | None = Field(default=None, max_length=255, unique=True)
     case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
+    # Set instead of ``case_id`` for the messages of an incident.
+    incident_id: int | None = Field(default=None, foreign_key="incidents.id", index=True)
     channel: str = Field(max_length=64)
     kind: str = Field(max_length=16)
     payload: dict[str, Any] = _json()

@@ -90,6 +90,8 @@ async def apply_event(
         )
         return Outcome("recorded", case_id)
 
+    if account.sync_state != event.state or account.state_since is None:
+        account.state_since = event.occurred_at
     account.sync_state = event.state
     account.state_at = event.occurred_at
     session.add(account)
