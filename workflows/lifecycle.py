@@ -101,8 +101,16 @@ async def apply_event(
     if rule.health is Health.BROKEN:
         assert rule.kind is not None
         if open_case is None:
-            return await _open(
-                session, account, event, rule.kind, now=now, route=route, audit=audit
+            return await open_case_for(
+                session,
+                account,
+                kind=rule.kind,
+                state=event.state,
+                broken_since=event.occurred_at,
+                actor=actor_of(event),
+                now=now,
+                route=route,
+                audit=audit,
             )
         if open_case.state == event.state and open_case.kind == rule.kind:
             return Outcome("unchanged", open_case.id)
@@ -112,33 +120,36 @@ async def apply_event(
     return Outcome("unchanged")
 
 
-async def _open(
+async def open_case_for(
     session: AsyncSession,
     account: Account,
-    event: AccountEvent,
-    kind: str,
     *,
+    kind: str,
+    state: str | None,
+    broken_since: datetime,
+    actor: str,
     now: datetime,
     route: Router,
     audit: dict[str, object],
 ) -> Outcome:
+    """Open a case for the account and queue its alert (the caller checked none is open)."""
     # The case records where its alert goes; the message ts is added once it is posted.
     channel = route(account.email)
     case = await cases.open_case(
         session,
         account_id=account.id,
         kind=kind,
-        state=event.state,
+        state=state,
         now=now,
         channel=channel,
-        broken_since=min(event.occurred_at, now),
+        broken_since=min(broken_since, now),
     )
     if case is None:  # another worker opened it between our read and insert
         raise RuntimeError(f"case for account {account.id} opened concurrently; retry")
     assert case.id is not None
     await cases.record_event(
         session,
-        actor=actor_of(event),
+        actor=actor,
         action="opened",
         at=now,
         case_id=case.id,
