@@ -27,6 +27,7 @@ from bot.slack.groups import GroupDirectory
 from storage import cases, reports
 from storage.models import Account, Case, CaseStatus
 from workflows import actions
+from workflows.diagnosis import diagnose, gather
 from workflows.policy import parse_duration
 from workflows.stats import case_stats
 
@@ -88,8 +89,12 @@ async def on_show(
     assert case.id is not None
     async with runtime.reader()() as session:
         history = await reports.case_history(session, case_id=case.id)
+        # Fresh, and only shown: a reader does not store it on the case.
+        facts = await gather(session, case=case, account=account, now=runtime.clock())
     revoke = runtime.settings.policy.permissions.revoke is not None
-    card = replies.case_card(case, account, history, revoke_enabled=revoke)
+    card = replies.case_card(
+        case, account, history, revoke_enabled=revoke, findings=diagnose(facts)
+    )
     await _say(respond, f"Case #{case.id}", card)
 
 

@@ -23,6 +23,7 @@ from bot.slack.blocks import (
 from storage.models import Account, Case, CaseEvent, CaseStatus
 from storage.reports import Tally
 from workflows.clock import how_long
+from workflows.diagnosis import Finding
 from workflows.escalation import plan
 from workflows.policy import Escalation
 from workflows.states import classify
@@ -109,10 +110,15 @@ def _event_line(event: CaseEvent) -> str:
 
 
 def case_card(
-    case: Case, account: Account, history: Sequence[CaseEvent], *, revoke_enabled: bool
+    case: Case,
+    account: Account,
+    history: Sequence[CaseEvent],
+    *,
+    revoke_enabled: bool,
+    findings: Sequence[Finding] | None = None,
 ) -> list[dict[str, Any]]:
     """The alert as it is now, with its buttons, and the case's history below."""
-    blocks = alert_blocks(case, account, revoke_enabled=revoke_enabled)
+    blocks = alert_blocks(case, account, revoke_enabled=revoke_enabled, findings=findings)
     shown = list(history)[-MAX_HISTORY:]
     lines = [_event_line(e) for e in shown] or ["No history yet."]
     blocks.append({"type": "divider"})
