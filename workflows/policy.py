@@ -1,7 +1,8 @@
 """The operator policy read from the TOML file named by REAUTHBOT_CONFIG.
 
 Sections: ``[escalation]`` (who is told when nobody acknowledges), ``[permissions]`` (who may
-press which button), ``[storms]`` (when many cases become one incident) and ``[routing]``.
+press which button), ``[storms]`` (when many cases become one incident), ``[routing]`` and
+``[stuck]`` (how long a v2 account may stay in a transient sync state).
 Every error names the key and says what is expected.
 """
 
@@ -113,11 +114,40 @@ class Routing(_Section):
         return {domain.lower(): channel for domain, channel in domains.items()}
 
 
+class Stuck(_Section):
+    """How long a v2 account may stay in each transient sync state before a case opens.
+
+    The defaults follow Nylas: an account partial for more than 24 hours is a matter for
+    Nylas Support, a historical sync (downloading) may take up to a week, and connecting to
+    the folders (initializing) takes minutes unless the account lacks scopes.
+    """
+
+    partial: Duration = timedelta(hours=24)
+    downloading: Duration = timedelta(days=7)
+    initializing: Duration = timedelta(hours=1)
+
+    @field_validator("partial", "downloading", "initializing")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+    def limit_for(self, state: str | None) -> timedelta | None:
+        """How long ``state`` may last; None for a state that is never stuck."""
+        return {
+            "partial": self.partial,
+            "downloading": self.downloading,
+            "initializing": self.initializing,
+        }.get(state or "")
+
+
 class Policy(_Section):
     escalation: Escalation = Escalation()
     permissions: Permissions = Permissions()
     storms: Storms = Storms()
     routing: Routing = Routing()
+    stuck: Stuck = Stuck()
 
 
 def _location(loc: tuple[Any, ...]) -> str:

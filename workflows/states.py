@@ -94,6 +94,26 @@ V2_TRIGGER_STATES: dict[str, str] = {
 
 V3_TRIGGERS = ("grant.created", "grant.updated", "grant.expired", "grant.deleted")
 
+# A stuck case (a transient state that lasted too long) needs other advice than the state's
+# own row, which says it usually recovers by itself.
+STUCK_SUPPORT_STEP = (
+    "Contact Nylas Support. In the ticket, include the account id, any message ids and "
+    "timestamps, the errors you and the end user see, any custom code involved, and the "
+    "troubleshooting steps already taken."
+)
+STUCK_STEPS: dict[str, str] = {
+    "partial": (
+        "A newly authenticated account may stay partial for up to a week during its first "
+        f"sync; otherwise: {STUCK_SUPPORT_STEP}"
+    ),
+    "downloading": STUCK_SUPPORT_STEP,
+    "initializing": (
+        "Check the scopes the account was authenticated with: an account with only the "
+        "email.send scope always stays initializing. Re-authenticate it with the scopes "
+        "your application needs."
+    ),
+}
+
 
 def classify(api_version: str, state: str) -> StateRule:
     """Return the rule for a state; an unknown state is broken, never ignored."""
@@ -107,3 +127,18 @@ def classify(api_version: str, state: str) -> StateRule:
         CaseKind.UNKNOWN,
         "Check the account in the Nylas Dashboard.",
     )
+
+
+DUPLICATE_STEP = (
+    "Delete the old account id so the mailbox is billed once, and re-sync the end user's data "
+    "under the new id (every object id changed)."
+)
+
+
+def next_step(kind: str, api_version: str, state: str | None) -> str:
+    """Return what an operator should do next about a case of ``kind`` in ``state``."""
+    if kind == CaseKind.STUCK:
+        return STUCK_STEPS.get(state or "", STUCK_SUPPORT_STEP)
+    if kind == CaseKind.DUPLICATE:
+        return DUPLICATE_STEP
+    return classify(api_version, state or "unknown").next_step

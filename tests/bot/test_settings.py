@@ -115,6 +115,9 @@ window = "10m"
 
 [routing.domains]
 "Example.com" = "C0EXAMPLE"
+
+[stuck]
+partial = "36h"
 """
 
 
@@ -132,6 +135,17 @@ def test_policy_file_is_loaded(tmp_path: Path) -> None:
     assert policy.permissions.ack is None
     assert policy.storms.window == timedelta(minutes=10)
     assert policy.routing.domains == {"example.com": "C0EXAMPLE"}
+    assert policy.stuck.partial == timedelta(hours=36)
+    assert policy.stuck.downloading == timedelta(days=7)  # not given: the default
+
+
+def test_stuck_limits_default_to_what_nylas_documents() -> None:
+    stuck = load_settings(**CLEAN).policy.stuck
+    assert (stuck.partial, stuck.downloading, stuck.initializing) == (
+        timedelta(hours=24),
+        timedelta(days=7),
+        timedelta(hours=1),
+    )
 
 
 def test_a_policy_that_pages_needs_the_routing_key(tmp_path: Path) -> None:
@@ -167,6 +181,9 @@ def test_digest_time_must_be_a_time_of_day(value: str) -> None:
         ("[escalation\nrepeat = 1", "is not valid TOML"),
         ("[storms]\nwindow = '10 minutes'", "storms.window: '10 minutes' is not a duration"),
         ("[storms]\nthreshold = 1", "storms.threshold"),
+        ("[stuck]\npartial = '1 day'", "stuck.partial: '1 day' is not a duration like 30s"),
+        ("[stuck]\ninitializing = '0m'", "stuck.initializing: must be longer than 0s"),
+        ("[stuck]\nstopped = '1h'", "stuck.stopped: is not a known setting"),
         ("[permissions]\nrevoke = ['alice']", "permissions.revoke: 'alice' is not a Slack user"),
         ("[permissions]\nnuke = ['U1']", "permissions.nuke: is not a known setting"),
         ("[paging]\nx = 1", "paging: is not a known setting"),
