@@ -226,13 +226,20 @@ async def count_open_cases(session: AsyncSession, *, by: Breakdown) -> list[Tall
     return _ranked(Tally(k, n) for k, n in (await session.exec(stmt)).all())
 
 
-async def count_open_billed(session: AsyncSession, *, billing_state: str) -> int:
-    """Count unresolved cases whose account is in ``billing_state``."""
+async def count_open_billed(session: AsyncSession, *, not_billed: Collection[str]) -> int:
+    """Count unresolved cases whose account Nylas bills.
+
+    v2: a known billing state not in ``not_billed``; v3: any grant not deleted.
+    """
+    v2 = (col(Account.api_version) == "v2") & col(Account.billing_state).not_in(list(not_billed))
+    v3 = (col(Account.api_version) == "v3") & (
+        sa.func.coalesce(col(Account.sync_state), "") != "deleted"
+    )
     stmt = (
         select(sa.func.count())
         .select_from(Case)
         .join(Account, _joined_account())
-        .where(_unresolved(), col(Account.billing_state) == billing_state)
+        .where(_unresolved(), v2 | v3)
     )
     return int((await session.exec(stmt)).one())
 

@@ -19,7 +19,7 @@ from storage import outbox, reports
 from storage.models import OutboxKind
 from storage.reports import Tally
 from workflows.clock import how_long
-from workflows.stats import BILLED, case_stats
+from workflows.stats import case_stats
 
 DAY = timedelta(days=1)
 # How the kinds of case read in the digest (the alert's titles, in lower case).
@@ -49,7 +49,7 @@ class Digest:
     oldest: OldestCase | None  # the unresolved case opened first; None when none is open
     resolved: int  # cases resolved within the 24 h before ``now``, however
     recovered: int  # of those, fixed without an operator (see workflows.stats)
-    billed: int  # open cases whose account Nylas still bills (billing state "paid")
+    billed: int  # open cases whose account Nylas still bills (workflows.billing)
 
 
 async def build_digest(session: AsyncSession, *, now: datetime) -> Digest:
@@ -123,10 +123,7 @@ def digest_lines(digest: Digest) -> list[str]:
         "recovered without an operator."
     )
     if digest.billed:
-        lines.append(
-            f"Still billed by Nylas: {_count(digest.billed, 'open case')} "
-            f'(billing state "{BILLED}").'
-        )
+        lines.append(f"Still billed by Nylas: {_count(digest.billed, 'open case')}.")
     return lines
 
 

@@ -30,11 +30,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import reports
 from storage.reports import ChronicAccount, ChronicDomain, Tally
+from workflows.billing import NOT_BILLED
 from workflows.states import V2_STATES, V3_STATES, Health
 
 TOP = 5
 CHRONIC_CASES = 3  # cases opened within the window that make an account or a domain chronic
-BILLED = "paid"  # the Nylas billing state of an account the customer pays for
 
 # Who resolves a case on their own when the account recovers (lifecycle.actor_of).
 AUTOMATIC_RESOLVERS = ("nylas", "poll")
@@ -103,7 +103,7 @@ async def case_stats(
         open_by_kind=tuple(by_kind),
         open_by_provider=tuple(by_provider[:top]),
         open_by_domain=tuple(by_domain[:top]),
-        open_billed=await reports.count_open_billed(session, billing_state=BILLED),
+        open_billed=await reports.count_open_billed(session, not_billed=NOT_BILLED),
         acknowledged=acked.count,
         mean_time_to_acknowledge=acked.mean,
         resolved=resolved.count,

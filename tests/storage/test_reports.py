@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases, reports
 from storage.models import Account, Case, CaseStatus
 from storage.reports import ChronicAccount, ChronicDomain, Durations, Tally
+from workflows.billing import NOT_BILLED
 
 Sessions = async_sessionmaker[AsyncSession]
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -79,7 +80,7 @@ async def test_an_empty_database_answers_with_nothing(sessions: Sessions) -> Non
         assert await reports.find_case(session, ref="ana@acme.com") is None
         assert await reports.case_history(session, case_id=1) == []
         assert await reports.count_open_cases(session, by="domain") == []
-        assert await reports.count_open_billed(session, billing_state="paid") == 0
+        assert await reports.count_open_billed(session, not_billed=NOT_BILLED) == 0
         assert await reports.time_to_resolve(session, since=NOW, until=NOW) == Durations(0, None)
         assert await reports.chronic_accounts(session, since=NOW, until=NOW, min_cases=1) == []
 
@@ -324,7 +325,7 @@ async def test_open_counts_group_case_insensitively(sessions: Sessions) -> None:
             Tally(None, 2),  # no email, and an email without '@'
             Tally("globex.com", 1),
         ]
-        assert await reports.count_open_billed(session, billing_state="paid") == 3
+        assert await reports.count_open_billed(session, not_billed=NOT_BILLED) == 3
 
 
 async def test_windows_include_both_ends(sessions: Sessions) -> None:

@@ -105,6 +105,7 @@ async def test_the_digest_reaches_the_alert_channel_once_a_day(
         "• Oldest open: case #1, ana+&lt;!channel&gt;&amp;&lt;@U0BOSS&gt;|&lt;https://evil"
         ".example|click&gt;@example.com (account g-1), open for 2 h 10 min.",
         "• Resolved in the last 24 h: 0, of which 0 recovered without an operator.",
+        "• Still billed by Nylas: 2 open cases.",  # expired v3 grants are billed until deleted
     ]
     metrics = await (await app.get("/metrics")).text()
     assert 'reauthbot_job_runs_total{job="digest",outcome="ok"} 2.0' in metrics
