@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -12,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage.engine import create_engine, session_factory
 from tests import databases
 from tests.fakes.nylas import FakeNylas
+from workflows.nylas import NylasClient
 
 NYLAS_CLIENT_ID = "app-client-id"
 NYLAS_CLIENT_SECRET = "app-client-secret-0f3c"
@@ -94,3 +98,27 @@ async def nylas_fake() -> AsyncIterator[FakeNylas]:
         client_id=NYLAS_CLIENT_ID, client_secret=NYLAS_CLIENT_SECRET, api_key=NYLAS_API_KEY
     ) as fake:
         yield fake
+
+
+@dataclass
+class Nylas:
+    """The fake Nylas and a v2 and a v3 client pointed at it (no retries)."""
+
+    fake: FakeNylas
+    v2: NylasClient
+    v3: NylasClient
+
+
+@pytest.fixture
+async def nylas(nylas_fake: FakeNylas) -> AsyncIterator[Nylas]:
+    async with httpx.AsyncClient(timeout=5) as http:
+        common: dict[str, Any] = {"base_url": nylas_fake.url, "max_retries": 0}
+        v2 = NylasClient(
+            http,
+            api_version="v2",
+            client_id=NYLAS_CLIENT_ID,
+            client_secret=NYLAS_CLIENT_SECRET,
+            **common,
+        )
+        v3 = NylasClient(http, api_version="v3", api_key=NYLAS_API_KEY, **common)
+        yield Nylas(nylas_fake, v2, v3)
