@@ -45,6 +45,7 @@ from workflows.maintenance import purge_old_rows
 from workflows.nylas import NylasClient
 from workflows.paging import PagerDuty
 from workflows.reconcile import reconcile
+from workflows.stuck import open_stuck_cases
 
 log = logging.getLogger("reauthbot.app")
 
@@ -241,6 +242,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
                 route=runtime.route,
                 readers=runtime.reader(),
                 step_aside=inbox_writer.waiting,
+                storms=settings.policy.storms,
             )
             if done:
                 runtime.wake_senders()
@@ -271,6 +273,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         scheduler = AsyncIOScheduler(timezone="UTC")
         every(scheduler, runtime, "retention", _retention, hours=6)
         every(scheduler, runtime, "snoozes", _end_snoozes, minutes=1)
+        every(scheduler, runtime, "stuck", _open_stuck, minutes=5)
         if settings.policy.escalation.levels:
             every(scheduler, runtime, "escalation", _escalate, seconds=30)
         if settings.digest_at is not None:
@@ -320,6 +323,13 @@ def paced(
     return run
 
 
+async def _open_stuck(runtime: Runtime) -> None:
+    limits = runtime.settings.policy.stuck
+    now = runtime.clock()
+    if await open_stuck_cases(runtime.db(), limits=limits, now=now, route=runtime.route):
+        runtime.wake_senders()
+
+
 async def _end_snoozes(runtime: Runtime) -> None:
     if await end_snoozes(runtime.db(), now=runtime.clock()):
         runtime.wake_senders()
@@ -333,7 +343,13 @@ async def _escalate(runtime: Runtime) -> None:
 
 async def _reconcile(runtime: Runtime) -> None:
     assert runtime.nylas is not None
-    report = await reconcile(runtime.db(), runtime.nylas, clock=runtime.clock, route=runtime.route)
+    report = await reconcile(
+        runtime.db(),
+        runtime.nylas,
+        clock=runtime.clock,
+        route=runtime.route,
+        storms=runtime.settings.policy.storms,
+    )
     for outcome in ("seen", "new", "changed", "missing"):
         runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
     runtime.wake_senders()

@@ -183,7 +183,12 @@ async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
         async with migrated_sessions(settings) as sessions, nylas_http() as http:
             nylas = build_nylas(settings, http)
             report = await reconcile(
-                sessions, nylas, clock=system_clock, route=route, progress=progress
+                sessions,
+                nylas,
+                clock=system_clock,
+                route=route,
+                progress=progress,
+                storms=settings.policy.storms,
             )
     except NylasError as exc:
         raise CommandError(f"reconciliation stopped: {exc}") from None

@@ -18,7 +18,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import render
 from bot.metrics import Metrics
-from storage import cases, outbox
+from storage import cases, incidents, outbox
+from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxKind, OutboxMessage
 from workflows.clock import Clock
 
@@ -52,9 +53,16 @@ class Sink(Protocol):
     name: str
 
     async def deliver(
-        self, message: OutboxMessage, case: Case | None, account: Account | None
+        self,
+        message: OutboxMessage,
+        case: Case | None,
+        account: Account | None,
+        incident: IncidentView | None = None,
     ) -> Posted | None:
-        """Send one message; return the coordinates of a newly posted parent message."""
+        """Send one message; return the coordinates of a newly posted parent message.
+
+        A message of an incident comes with ``incident`` (and no case).
+        """
 
 
 class LogSink:
@@ -66,10 +74,17 @@ class LogSink:
         self._log = logger or logging.getLogger("reauthbot.alerts")
 
     async def deliver(
-        self, message: OutboxMessage, case: Case | None, account: Account | None
+        self,
+        message: OutboxMessage,
+        case: Case | None,
+        account: Account | None,
+        incident: IncidentView | None = None,
     ) -> Posted | None:
         fields = {"case": message.case_id, "kind": message.kind}
-        if message.kind == OutboxKind.THREAD:
+        if incident is not None and message.kind in (OutboxKind.POST, OutboxKind.UPDATE):
+            verb = "storm" if message.kind == OutboxKind.POST else "storm updated"
+            self._log.warning("%s: %s", verb, render.incident_text(incident), extra=fields)
+        elif message.kind == OutboxKind.THREAD:
             quote = message.payload.get("quote")
             line = str(message.payload.get("text", "")) + (f" {quote}" if quote else "")
             self._log.info("alert thread: %s", line, extra=fields)
@@ -84,6 +99,11 @@ class LogSink:
             verb = "alert" if message.kind == OutboxKind.POST else "alert updated"
             self._log.warning("%s: %s", verb, render.alert_text(case, account), extra=fields)
         return None
+
+
+def _subject(message: OutboxMessage) -> tuple[int | None, int | None]:
+    """What a message is about: updates of one subject coalesce."""
+    return (message.case_id, message.incident_id)
 
 
 def backoff(attempts: int, retry_after: float | None = None) -> timedelta:
@@ -136,15 +156,13 @@ class Notifier:
                     not_channel=self._not_channel,
                 )
             )
-            last_update = {
-                m.case_id: m.id for m in claimed if m.kind == OutboxKind.UPDATE and m.case_id
-            }
+            last_update = {_subject(m): m.id for m in claimed if m.kind == OutboxKind.UPDATE}
             redundant = [
                 m.id
                 for m in claimed
                 if m.kind == OutboxKind.UPDATE
                 and m.id is not None
-                and last_update.get(m.case_id or 0) != m.id
+                and last_update.get(_subject(m)) != m.id
             ]
             await outbox.mark_superseded(
                 session, message_ids=redundant, owner=self._owner, now=self._clock()
@@ -160,15 +178,19 @@ class Notifier:
 
     async def _deliver(self, message: OutboxMessage) -> None:
         assert message.id is not None
-        case = account = None
+        case = account = incident = None
         async with self._readers() as session:
             if message.case_id is not None:
                 case = await cases.get_case(session, case_id=message.case_id)
                 if case is not None:
                     account = await cases.get_account(session, account_id=case.account_id)
+            if message.incident_id is not None:
+                incident = await incidents.view(session, incident_id=message.incident_id)
         sink = self._sink.name
         try:
-            posted = await self._sink.deliver(message, case, account)
+            if message.incident_id is not None and incident is None:
+                raise SinkError("incident_missing", permanent=True)
+            posted = await self._sink.deliver(message, case, account, incident)
         except SinkError as exc:
             self._metrics.notifier_errors.labels(sink=sink, error=exc.code).inc()
             await self._failed(message, exc)
@@ -189,6 +211,12 @@ class Notifier:
                 if stored is not None:
                     stored.slack_channel, stored.slack_ts = posted.channel, posted.ts
                     session.add(stored)
+            if posted is not None and incident is not None:
+                incident_id = incident.incident.id or 0
+                found = await incidents.lock_incident(session, incident_id=incident_id)
+                if found is not None:
+                    found.slack_channel, found.slack_ts = posted.channel, posted.ts
+                    session.add(found)
         self._metrics.notifier_messages.labels(sink=sink, kind=message.kind, outcome="sent").inc()
 
     async def _failed(self, message: OutboxMessage, error: SinkError) -> None:

@@ -1,19 +1,22 @@
 """The PagerDuty sink: sends the outbox's page events through the Events API v2 client.
 
-Every event of one case shares the dedup key ``reauthbot-case-<n>``, so PagerDuty keeps one
-alert per case and a repeated event (a retry after a lost answer) changes nothing.
+Every event of one case shares the dedup key ``reauthbot-case-<n>`` (of a storm,
+``reauthbot-incident-<n>``), so PagerDuty keeps one alert per case and a repeated event (a retry after a lost answer) changes nothing.
 """
 
 from __future__ import annotations
 
 from bot.notifier import Posted, SinkError
+from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxMessage
 from workflows.paging import PagerDuty, PagingRejected, PagingUnavailable
 
 SOURCE = "reauthbot"
 
 
-def dedup_key(case_id: int | None) -> str:
+def dedup_key(case_id: int | None, incident_id: int | None = None) -> str:
+    if incident_id is not None:
+        return f"reauthbot-incident-{incident_id}"
     return f"reauthbot-case-{case_id}"
 
 
@@ -24,9 +27,13 @@ class PagerSink:
         self._pager = pager
 
     async def deliver(
-        self, message: OutboxMessage, case: Case | None, account: Account | None
+        self,
+        message: OutboxMessage,
+        case: Case | None,
+        account: Account | None,
+        incident: IncidentView | None = None,
     ) -> Posted | None:
-        key = dedup_key(message.case_id)
+        key = dedup_key(message.case_id, message.incident_id)
         action = message.payload.get("action")
         try:
             if action == "trigger":

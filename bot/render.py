@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from storage.models import Account, Case
+from storage.incidents import IncidentView
+from storage.models import Account, Case, IncidentStatus
+from workflows.incidents import headline
 
 KIND_WORDS = {
     "reauth": "needs re-authentication",
@@ -32,4 +34,19 @@ def alert_text(case: Case, account: Account) -> str:
     ]
     if case.resolution:
         lines.append(f"resolution: {case.resolution}")
+    return "\n".join(lines)
+
+
+def incident_text(view: IncidentView) -> str:
+    """Describe an incident in one paragraph: the storm, and where its cases are now."""
+    incident = view.incident
+    lines = [
+        f"Incident #{incident.id}: {headline(incident, view.total)}",
+        f"{view.unresolved} of {view.total} unresolved; "
+        + ", ".join(f"{n} {status}" for status, n in sorted(view.by_status.items())),
+    ]
+    if view.sample:
+        lines.append("accounts: " + ", ".join(view.sample))
+    if incident.status == IncidentStatus.ENDED:
+        lines.append(f"ended {when(incident.ended_at)}")
     return "\n".join(lines)

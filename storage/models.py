@@ -202,6 +202,9 @@ class Case(SQLModel, table=True):
     diagnosis: list[dict[str, Any]] = Field(default_factory=list, sa_type=sa.JSON())
     # A duplicate case: the other, newer account id of the same mailbox.
     related_account_id: str | None = Field(default=None, max_length=255)
+    # False when the case never got a message of its own: its incident's message stands
+    # for it (its post was withdrawn before it was sent).
+    own_alert: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
 
 
 class Incident(SQLModel, table=True):
@@ -230,6 +233,12 @@ class Incident(SQLModel, table=True):
     ended_at: datetime | None = _ts()
     slack_channel: str | None = Field(default=None, max_length=64)
     slack_ts: str | None = Field(default=None, max_length=32)
+    acknowledged_at: datetime | None = _ts()
+    acknowledged_by: str | None = Field(default=None, max_length=64)
+    # Escalation of the incident as a whole (its cases do not escalate one by one).
+    escalation_step: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    escalation_due_at: datetime | None = _ts()
+    pager_state: str | None = Field(default=None, max_length=16)  # as on Case
 
 
 class CaseEvent(SQLModel, table=True):

@@ -27,20 +27,26 @@ async def enqueue(
     kind: str,
     now: datetime,
     case_id: int | None = None,
+    incident_id: int | None = None,
     payload: dict[str, Any] | None = None,
     dedupe_key: str | None = None,
+    available_at: datetime | None = None,
 ) -> int | None:
-    """Queue a message; return its id, or None if one with the same dedupe key exists."""
+    """Queue a message; return its id, or None if one with the same dedupe key exists.
+
+    ``available_at`` holds it back until then (default: due now).
+    """
     values = {
         "channel": channel,
         "kind": kind,
         "case_id": case_id,
+        "incident_id": incident_id,
         "payload": payload or {},
         "dedupe_key": dedupe_key,
         "status": OutboxStatus.PENDING,
         "attempts": 0,
         "created_at": now,
-        "available_at": now,
+        "available_at": available_at or now,
     }
     return await insert_ignoring_conflict(session, OutboxMessage, values, unique="dedupe_key")
 
@@ -164,3 +170,41 @@ async def mark_superseded(
         .values(status=OutboxStatus.SUPERSEDED, sent_at=now, lease_until=None)
     )
     return result.rowcount
+
+
+async def withdraw(session: AsyncSession, *, dedupe_key: str, now: datetime) -> bool:
+    """Cancel a message nobody has tried to send yet; False when it is sent or on its way.
+
+    A message tried once may have reached Slack even though the answer was lost, so only a
+    message never attempted is withdrawn.
+    """
+    result = await session.exec(
+        update(OutboxMessage)
+        .where(
+            col(OutboxMessage.dedupe_key) == dedupe_key,
+            col(OutboxMessage.status) == OutboxStatus.PENDING,
+            col(OutboxMessage.attempts) == 0,
+            col(OutboxMessage.lease_until).is_(None) | (col(OutboxMessage.lease_until) <= now),
+        )
+        .values(status=OutboxStatus.SUPERSEDED, sent_at=now, last_error="withdrawn")
+    )
+    return result.rowcount == 1
+
+
+async def update_waiting(session: AsyncSession, *, incident_id: int, after: datetime) -> bool:
+    """Whether an update of the incident's message is queued and not due before ``after``.
+
+    Such an update renders the incident as it will be then, so another one is not needed.
+    """
+    stmt = (
+        select(OutboxMessage.id)
+        .where(
+            col(OutboxMessage.incident_id) == incident_id,
+            col(OutboxMessage.kind) == "update",
+            col(OutboxMessage.status) == OutboxStatus.PENDING,
+            col(OutboxMessage.attempts) == 0,
+            col(OutboxMessage.available_at) > after,
+        )
+        .limit(1)
+    )
+    return (await session.exec(stmt)).first() is not None

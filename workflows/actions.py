@@ -16,11 +16,11 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases
-from storage.models import Account, Case, CaseStatus
+from storage.models import Account, Case, CaseKind, CaseStatus
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
 from workflows.notify import record_change
-from workflows.nylas import NylasClient, NylasError, RemoteAccount
+from workflows.nylas import NylasClient, NylasError, NylasNotFound, RemoteAccount
 from workflows.states import classify
 
 SNOOZE_CHOICES = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "24h": timedelta(hours=24)}
@@ -411,3 +411,62 @@ async def _release(sessions: Sessions, *, case_id: int) -> None:
         if case is not None:
             case.busy_with, case.busy_until = None, None
             session.add(case)
+
+
+async def delete_duplicate(
+    sessions: Sessions, *, case_id: int, actor: str, now: datetime, nylas: NylasClient | None
+) -> ActionResult:
+    """Delete the old account id of a duplicate case: v2 account or v3 grant, in Nylas."""
+    if nylas is None:
+        return ActionResult("unavailable", "Deleting needs the Nylas API credentials to be set.")
+    held = await _hold(sessions, case_id=case_id, now=now, what="A delete")
+    if isinstance(held, ActionResult):
+        return held
+    case, account = held
+    refusal = None
+    if case.kind != CaseKind.DUPLICATE:
+        refusal = f"Case #{case_id} is not a duplicate account; nothing was deleted."
+    elif account.api_version != nylas.api_version:
+        refusal = (
+            f"Account {account.id} is a {account.api_version} account and reauthbot talks to "
+            f"the {nylas.api_version} API; delete it in the Nylas Dashboard."
+        )
+    if refusal is not None:
+        await _release(sessions, case_id=case_id)
+        return ActionResult("refused", refusal, case)
+    kept = case.related_account_id or "the newer account"
+    try:
+        await nylas.delete_account(account.id)
+    except NylasNotFound:
+        pass  # already gone (deleted elsewhere, or a replay of a delete that happened)
+    except NylasError as exc:
+        await _finish(
+            sessions,
+            case_id=case_id,
+            actor=actor,
+            now=now,
+            action="delete_failed",
+            details={"error": str(exc)},
+            line=f"Deleting the old account by {who(actor)} failed: {exc}",
+        )
+        return ActionResult("done", f"Deleting account {account.id} failed: {exc}", case)
+    gone = AccountEvent(
+        account_id=account.id,
+        api_version=account.api_version,
+        event_type="delete",
+        state="deleted",
+        occurred_at=now,
+        source="delete",
+    )
+    line = f"Old account {account.id} deleted by {who(actor)}; {kept} is kept."
+    await _finish(
+        sessions,
+        case_id=case_id,
+        actor=actor,
+        now=now,
+        action="deleted_duplicate",
+        details={"deleted": account.id, "kept": kept},
+        line=line,
+        event=gone,
+    )
+    return ActionResult("done", f"Done: {line}", case)

@@ -28,8 +28,17 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
-from storage.models import PAGER_CHANNEL, Account, Case, CaseStatus, OutboxKind
+from storage.models import (
+    PAGER_CHANNEL,
+    Account,
+    Case,
+    CaseStatus,
+    Incident,
+    IncidentStatus,
+    OutboxKind,
+)
 from workflows.clock import how_long
+from workflows.incidents import scope_words
 from workflows.policy import Escalation, EscalationLevel
 from workflows.states import classify
 
@@ -122,6 +131,7 @@ async def escalate_due(
                 select(Case)
                 .where(
                     col(Case.status) == CaseStatus.OPEN,
+                    col(Case.incident_id).is_(None),  # the incident escalates for it
                     col(Case.escalation_due_at).is_(None) & (col(Case.escalation_step) == 0)
                     | (col(Case.escalation_due_at) <= now),
                 )
@@ -133,6 +143,12 @@ async def escalate_due(
             for case in batch:
                 ran += await _advance(session, case, steps, policy.levels, now)
         if len(batch) < limit:
+            break
+    while True:
+        async with sessions() as session, session.begin():
+            seen, done = await _escalate_incidents(session, steps, policy.levels, now, limit)
+            ran += done
+        if seen < limit:
             return ran
 
 
@@ -158,6 +174,59 @@ async def _advance(
     return 0 if index is None else 1
 
 
+async def _tell(
+    session: AsyncSession,
+    level: EscalationLevel,
+    *,
+    subject: dict[str, int | None],
+    channel: str,
+    dm_text: str,
+    page: dict[str, object],
+    line: str,
+    now: datetime,
+) -> list[str]:
+    """Queue what one level says (thread line, DMs, PagerDuty trigger); return what was done.
+
+    ``subject`` names what escalates: ``{"case_id": n}`` or ``{"incident_id": n}``.
+    """
+    done: list[str] = []
+    if level.mention:
+        done.append(f"mentioned {_mentions(level.mention)}")
+    if level.dm:
+        done.append(f"sent to {_mentions(level.dm)}")
+        for user in level.dm:
+            await outbox.enqueue(
+                session,
+                channel=user,
+                kind=OutboxKind.DM,
+                now=now,
+                payload={"text": dm_text},
+                **subject,  # type: ignore[arg-type]
+            )
+    if level.pagerduty:
+        done.append("paged on-call in PagerDuty")
+        await outbox.enqueue(
+            session,
+            channel=PAGER_CHANNEL,
+            kind=OutboxKind.PAGE,
+            now=now,
+            payload={"action": "trigger", **page},
+            **subject,  # type: ignore[arg-type]
+        )
+    text = f"{line}; " + ", ".join(done or ["nobody to tell"]) + "."
+    if level.mention:
+        text = f"{_mentions(level.mention)} {text}"
+    await outbox.enqueue(
+        session,
+        channel=channel,
+        kind=OutboxKind.THREAD,
+        now=now,
+        payload={"text": text, "broadcast": bool(level.mention), "at": now.isoformat()},
+        **subject,  # type: ignore[arg-type]
+    )
+    return done
+
+
 async def _run(
     session: AsyncSession,
     case: Case,
@@ -174,55 +243,30 @@ async def _run(
         why = "less than 12 h remain of the 72 h in which Nylas resends missed notifications"
     else:
         why = f"no one has acknowledged it for {waited}"
-    done: list[str] = []
-    if level.mention:
-        done.append(f"mentioned {_mentions(level.mention)}")
-    if level.dm:
-        done.append(f"sent to {_mentions(level.dm)}")
-        for user in level.dm:
-            await outbox.enqueue(
-                session,
-                channel=user,
-                kind=OutboxKind.DM,
-                now=now,
-                case_id=case.id,
-                payload={"text": f"Case #{case.id} ({email}) needs you: {why}."},
-            )
-    if level.pagerduty:
-        done.append("paged on-call in PagerDuty")
-        version = account.api_version if account is not None else "v3"
-        state = classify(version, case.state).words if case.state else case.kind
-        await outbox.enqueue(
-            session,
-            channel=PAGER_CHANNEL,
-            kind=OutboxKind.PAGE,
-            now=now,
-            case_id=case.id,
-            payload={
-                "action": "trigger",
-                "summary": f"reauthbot case #{case.id}: {email} — {state}; {why}",
-                "details": {
-                    "case": case.id,
-                    "account": case.account_id,
-                    "email": email,
-                    "state": case.state,
-                    "kind": case.kind,
-                    "opened_at": case.opened_at.isoformat(),
-                },
-            },
-        )
-        case.pager_state = "triggered"
-    line = f"Escalated ({step.name}): {why}; " + ", ".join(done or ["nobody to tell"]) + "."
-    if level.mention:
-        line = f"{_mentions(level.mention)} {line}"
-    await outbox.enqueue(
+    version = account.api_version if account is not None else "v3"
+    state = classify(version, case.state).words if case.state else case.kind
+    await _tell(
         session,
+        level,
+        subject={"case_id": case.id},
         channel=case.slack_channel,
-        kind=OutboxKind.THREAD,
+        dm_text=f"Case #{case.id} ({email}) needs you: {why}.",
+        page={
+            "summary": f"reauthbot case #{case.id}: {email} — {state}; {why}",
+            "details": {
+                "case": case.id,
+                "account": case.account_id,
+                "email": email,
+                "state": case.state,
+                "kind": case.kind,
+                "opened_at": case.opened_at.isoformat(),
+            },
+        },
+        line=f"Escalated ({step.name}): {why}",
         now=now,
-        case_id=case.id,
-        payload={"text": line, "broadcast": bool(level.mention), "at": now.isoformat()},
     )
+    if level.pagerduty:
+        case.pager_state = "triggered"
     await cases.record_event(
         session,
         actor="system",
@@ -244,6 +288,69 @@ async def _run(
         "case escalated",
         extra={"case": case.id, "level": step.level + 1, "round": step.round, "reason": reason},
     )
+
+
+async def _escalate_incidents(
+    session: AsyncSession,
+    steps: list[Step],
+    levels: list[EscalationLevel],
+    now: datetime,
+    limit: int,
+) -> tuple[int, int]:
+    """Run the due steps of unacknowledged storms; return (looked at, steps run)."""
+    stmt = (
+        select(Incident)
+        .where(
+            col(Incident.status) == IncidentStatus.OPEN,
+            col(Incident.acknowledged_at).is_(None),
+            col(Incident.escalation_due_at).is_(None) & (col(Incident.escalation_step) == 0)
+            | (col(Incident.escalation_due_at) <= now),
+        )
+        .order_by(col(Incident.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    batch = list((await session.exec(stmt)).all())
+    ran = 0
+    for incident in batch:
+        assert incident.id is not None
+        done = incident.escalation_step
+        index, _ = choose(steps, done=done, opened_at=incident.opened_at, deadline=None, now=now)
+        if index is not None:
+            step = steps[index]
+            level = levels[step.level]
+            waited = how_long(now - incident.opened_at)
+            why = f"no one has acknowledged it for {waited}"
+            what = f"storm {scope_words(incident)}"
+            await _tell(
+                session,
+                level,
+                subject={"incident_id": incident.id},
+                channel=incident.slack_channel or "",
+                dm_text=f"Incident #{incident.id} ({what}) needs you: {why}.",
+                page={
+                    "summary": f"reauthbot incident #{incident.id}: {what}; {why}",
+                    "details": {
+                        "incident": incident.id,
+                        "scope": incident.scope,
+                        "key": incident.key,
+                        "opened_at": incident.opened_at.isoformat(),
+                    },
+                },
+                line=f"Escalated ({step.name}): {why}",
+                now=now,
+            )
+            if level.pagerduty:
+                incident.pager_state = "triggered"
+            log.info("incident escalated", extra={"incident": incident.id, "level": step.level + 1})
+            done = index + 1
+            ran += 1
+        incident.escalation_step = done
+        incident.escalation_due_at = next_due(
+            steps, done=done, opened_at=incident.opened_at, deadline=None
+        )
+        session.add(incident)
+    return len(batch), ran
 
 
 def pager_follow_up(case: Case) -> str | None:

@@ -24,6 +24,7 @@ from workflows.events import AccountEvent
 from workflows.lifecycle import Router, apply_event
 from workflows.nylas import NylasClient, NylasError, NylasNotFound
 from workflows.nylas.webhooks import parse_entry
+from workflows.policy import Storms
 
 log = logging.getLogger("reauthbot.ingest")
 
@@ -109,6 +110,7 @@ async def drain_inbox(
     readers: async_sessionmaker[AsyncSession] | None = None,
     limit: int = 50,
     step_aside: Callable[[], bool] = lambda: False,
+    storms: Storms | None = None,
 ) -> int:
     """Process the deliveries due now, oldest first; return how many were looked at.
 
@@ -140,7 +142,7 @@ async def drain_inbox(
                 async with session.begin_nested():
                     if not await inbox.claim_delivery(session, delivery_id=delivery.id, now=now):
                         continue  # another worker took it
-                    await apply_event(session, event, now=now, route=route)
+                    await apply_event(session, event, now=now, route=route, storms=storms)
                     applied += 1
             except Exception as exc:
                 log.exception("cannot apply delivery", extra={"delivery": delivery.id})

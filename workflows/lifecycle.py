@@ -8,28 +8,23 @@ An event older than the state the snapshot holds is recorded in the audit log, n
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases, outbox
-from storage.models import Account, Case, CaseStatus, OutboxKind
+from storage import cases
+from storage.models import Account, Case, CaseKind, CaseStatus
+from workflows import duplicates
+from workflows.diagnosis import refresh
 from workflows.events import AccountEvent
 from workflows.notify import record_change
+from workflows.opening import Outcome, Router, open_case_for
+from workflows.policy import Storms
 from workflows.states import Health, classify
 
+__all__ = ["Outcome", "Router", "actor_of", "apply_event", "open_case_for"]
+
 log = logging.getLogger("reauthbot.lifecycle")
-
-# Chooses the channel of a case's alert from the account's email (routing by domain).
-Router = Callable[[str | None], str]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    action: str  # "opened", "updated", "resolved", "stale", "recorded", "unchanged"
-    case_id: int | None = None
 
 
 def actor_of(event: AccountEvent) -> str:
@@ -38,7 +33,12 @@ def actor_of(event: AccountEvent) -> str:
 
 
 async def apply_event(
-    session: AsyncSession, event: AccountEvent, *, now: datetime, route: Router
+    session: AsyncSession,
+    event: AccountEvent,
+    *,
+    now: datetime,
+    route: Router,
+    storms: Storms | None = None,
 ) -> Outcome:
     """Apply one event to the account and its case; see the module docstring."""
     account = await session.get(Account, event.account_id, with_for_update=True)
@@ -73,11 +73,26 @@ async def apply_event(
         )
         return Outcome("stale", case_id)
 
+    email_before = account.email
     for name in ("email", "provider", "billing_state"):
         value = getattr(event, name)
         if value is not None:
             setattr(account, name, value)
     account.updated_at = now
+    if account.email and account.email != email_before:
+        session.add(account)
+        await session.flush()
+        flagged = await duplicates.flag(
+            session,
+            email=account.email,
+            api_version=account.api_version,
+            now=now,
+            route=route,
+            keep=account.id,
+        )
+        if flagged:  # flagging may have opened or changed cases: read this account's again
+            open_case = await cases.get_open_case(session, account_id=account.id)
+            case_id = open_case.id if open_case else None
     if event.state is None:
         await cases.record_event(
             session,
@@ -111,61 +126,24 @@ async def apply_event(
                 now=now,
                 route=route,
                 audit=audit,
+                storms=storms,
             )
-        if open_case.state == event.state and open_case.kind == rule.kind:
+        # A duplicate stays a duplicate whatever its state: it is billed either way.
+        kind = CaseKind.DUPLICATE if open_case.kind == CaseKind.DUPLICATE else rule.kind
+        if open_case.state == event.state and open_case.kind == kind:
             return Outcome("unchanged", open_case.id)
-        return await _update(session, open_case, event, rule.kind, now=now, audit=audit)
+        return await _update(session, open_case, event, kind, now=now, audit=audit)
+    duplicate = open_case is not None and open_case.kind == CaseKind.DUPLICATE
+    if open_case is not None and duplicate and rule.health is not Health.GONE:
+        if open_case.state == event.state:
+            return Outcome("unchanged", open_case.id)
+        return await _update(session, open_case, event, open_case.kind, now=now, audit=audit)
     if open_case is not None:
+        # A stuck case is about this very state lasting too long: a repeat of it is no news.
+        if open_case.kind == CaseKind.STUCK and open_case.state == event.state:
+            return Outcome("unchanged", open_case.id)
         return await _resolve(session, open_case, event, rule.words, now=now, audit=audit)
     return Outcome("unchanged")
-
-
-async def open_case_for(
-    session: AsyncSession,
-    account: Account,
-    *,
-    kind: str,
-    state: str | None,
-    broken_since: datetime,
-    actor: str,
-    now: datetime,
-    route: Router,
-    audit: dict[str, object],
-) -> Outcome:
-    """Open a case for the account and queue its alert (the caller checked none is open)."""
-    # The case records where its alert goes; the message ts is added once it is posted.
-    channel = route(account.email)
-    case = await cases.open_case(
-        session,
-        account_id=account.id,
-        kind=kind,
-        state=state,
-        now=now,
-        channel=channel,
-        broken_since=min(broken_since, now),
-    )
-    if case is None:  # another worker opened it between our read and insert
-        raise RuntimeError(f"case for account {account.id} opened concurrently; retry")
-    assert case.id is not None
-    await cases.record_event(
-        session,
-        actor=actor,
-        action="opened",
-        at=now,
-        case_id=case.id,
-        account_id=account.id,
-        details=audit,
-    )
-    await outbox.enqueue(
-        session,
-        channel=channel,
-        kind=OutboxKind.POST,
-        now=now,
-        case_id=case.id,
-        dedupe_key=f"case:{case.id}:post",
-    )
-    log.info("case opened", extra={"case": case.id, "account": account.id, "kind": kind})
-    return Outcome("opened", case.id)
 
 
 async def _update(
@@ -180,6 +158,9 @@ async def _update(
     assert case.id is not None
     before = case.state
     case.state, case.kind = event.state, kind
+    account = await session.get(Account, case.account_id)
+    if account is not None:
+        await refresh(session, case=case, account=account, now=now)
     await record_change(
         session,
         case,

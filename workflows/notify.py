@@ -9,6 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases, outbox
 from storage.models import Case, OutboxKind
 from workflows.escalation import queue_pager_follow_up
+from workflows.incidents import member_changed
 
 
 async def queue_case_change(
@@ -22,6 +23,10 @@ async def queue_case_change(
     assert case.slack_channel is not None, "a case gets its channel when it opens"
     channel = case.slack_channel
     await queue_pager_follow_up(session, case, now)
+    if case.incident_id is not None:
+        await member_changed(session, case, now)
+    if not case.own_alert:
+        return  # its incident's message stands for it
     await outbox.enqueue(session, channel=channel, kind=OutboxKind.UPDATE, now=now, case_id=case.id)
     await outbox.enqueue(
         session,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -18,10 +19,12 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.models import Account
+from workflows import duplicates
 from workflows.clock import Clock
 from workflows.events import AccountEvent
 from workflows.lifecycle import Router, apply_event
 from workflows.nylas import NylasClient, RemoteAccount
+from workflows.policy import Storms
 from workflows.states import Health, classify
 
 log = logging.getLogger("reauthbot.reconcile")
@@ -63,6 +66,7 @@ async def reconcile(
     route: Router,
     progress: Progress | None = None,
     page_size: int = PAGE,
+    storms: Storms | None = None,
 ) -> ReconcileReport:
     """Run one reconciliation pass; raises NylasError if the listing cannot be completed."""
     report = ReconcileReport()
@@ -71,18 +75,33 @@ async def reconcile(
     async for remote in nylas.iter_accounts():
         page.append(remote)
         if len(page) >= page_size:
-            await _apply_page(sessions, page, report, seen, clock=clock, route=route)
+            await _apply_page(sessions, page, report, seen, clock=clock, route=route, storms=storms)
             page = []
             if progress:
                 progress(report)
     if page:
-        await _apply_page(sessions, page, report, seen, clock=clock, route=route)
+        await _apply_page(sessions, page, report, seen, clock=clock, route=route, storms=storms)
     report.complete = True
     await _apply_missing(sessions, nylas.api_version, seen, report, clock=clock, route=route)
     if progress:
         progress(report)
     log.info("reconciliation done: %s", report.summary())
     return report
+
+
+async def _flag_duplicates(
+    session: AsyncSession, snapshots: list[dict[str, object]], *, now: datetime, route: Router
+) -> None:
+    """New accounts stored without the lifecycle may be a second id of a known mailbox."""
+    by_version: dict[str, list[str]] = {}
+    for row in snapshots:
+        if row["email"]:
+            by_version.setdefault(str(row["api_version"]), []).append(str(row["email"]))
+    for version, emails in by_version.items():
+        for email in await duplicates.emails_with_duplicates(
+            session, emails=emails, api_version=version
+        ):
+            await duplicates.flag(session, email=email, api_version=version, now=now, route=route)
 
 
 def _count(report: ReconcileReport, action: str) -> None:
@@ -100,6 +119,7 @@ async def _apply_page(
     *,
     clock: Clock,
     route: Router,
+    storms: Storms | None,
 ) -> None:
     now = clock()
     async with sessions() as session, session.begin():
@@ -126,6 +146,7 @@ async def _apply_page(
                             "sync_state": state,
                             "billing_state": remote.billing_state,
                             "state_at": now,
+                            "state_since": now,
                             "first_seen_at": now,
                             "updated_at": now,
                             "details": {},
@@ -150,10 +171,12 @@ async def _apply_page(
                 provider=remote.provider,
                 billing_state=remote.billing_state,
             )
-            _count(report, (await apply_event(session, event, now=now, route=route)).action)
+            outcome = await apply_event(session, event, now=now, route=route, storms=storms)
+            _count(report, outcome.action)
         if snapshots:
             # One multi-row insert: building ORM objects for thousands of rows costs seconds.
             await session.exec(insert(Account), params=snapshots)
+            await _flag_duplicates(session, snapshots, now=now, route=route)
 
 
 async def _apply_missing(

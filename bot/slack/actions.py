@@ -25,10 +25,13 @@ from storage.models import Account
 from workflows import actions
 from workflows.actions import ActionResult
 from workflows.permissions import is_allowed
+from workflows.ticket import hand_out
 
 log = logging.getLogger("reauthbot.slack.actions")
 
 Workflow = Callable[..., Awaitable[ActionResult]]
+
+MAX_TEXT = 40_000  # Slack cuts a message's text beyond this
 
 REVOKE_OFF = (
     "Revoking tokens is turned off. To allow it, name who may revoke under "
@@ -99,6 +102,11 @@ async def run_action(
     if not result.changed or tell_on_success:
         await respond(text=result.message, response_type="ephemeral", replace_original=False)
     return result
+
+
+def ticket_message(text: str) -> str:
+    """The ticket as a code block to copy, escaped and clipped to Slack's limit."""
+    return f"```\n{blocks.clip(blocks.escape(text), MAX_TEXT - 8)}\n```"
 
 
 def link_builder(runtime: Runtime) -> actions.LinkBuilder | None:
@@ -214,6 +222,42 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             workflow=workflow,
             tell_on_success=True,
         )
+
+    @bolt.action(ids.DELETE_OLD)
+    async def on_delete_old(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        if runtime.settings.policy.permissions.revoke is None:
+            await respond(text=REVOKE_OFF, response_type="ephemeral", replace_original=False)
+            return
+        workflow = partial(actions.delete_duplicate, nylas=runtime.nylas)
+        await run_action(
+            runtime,
+            groups,
+            body,
+            respond,
+            permission="revoke",
+            workflow=workflow,
+            tell_on_success=True,
+        )
+
+    @bolt.action(ids.SUPPORT_TICKET)
+    async def on_support_ticket(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        user_id, case_id = str(body.get("user", {}).get("id", "")), case_id_of(body)
+        if not user_id or case_id is None:
+            await respond(
+                text="This button does not name a case.",
+                response_type="ephemeral",
+                replace_original=False,
+            )
+            return
+        # Reading only: anyone who sees the alert may take the ticket text.
+        text = await hand_out(
+            runtime.db(), case_id=case_id, actor=actions.slack_actor(user_id), now=runtime.clock()
+        )
+        log.info("support ticket", extra={"case": case_id, "user": user_id, "found": bool(text)})
+        answer = f"Case #{case_id} does not exist." if text is None else ticket_message(text)
+        await respond(text=answer, response_type="ephemeral", replace_original=False)
 
     @bolt.view(ids.REVOKE_MODAL)
     async def on_revoke_submitted(

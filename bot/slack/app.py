@@ -16,7 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.runtime import Runtime
 from bot.settings import Settings
-from bot.slack import actions, commands, home, ids
+from bot.slack import actions, commands, home, ids, incident_actions
 from bot.slack.groups import GroupDirectory
 
 log = logging.getLogger("reauthbot.slack")
@@ -48,6 +48,7 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
     )
     groups = GroupDirectory(client)
     actions.register(bolt, runtime, groups)
+    incident_actions.register(bolt, runtime, groups)
     home.register(bolt, runtime)
     commands.register(bolt, runtime, groups)
 

@@ -6,11 +6,15 @@ All text that comes from outside (emails, ids, provider names, notes) goes throu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from bot.slack import ids
 from storage.models import Account, Case, CaseStatus
+from workflows import states
+from workflows.billing import billing_words
+from workflows.diagnosis import MENTION, Finding
 from workflows.escalation import RESEND_WINDOW
 from workflows.states import classify
 
@@ -87,9 +91,8 @@ def mention(user_id: str) -> str:
 def why_it_matters(case: Case, account: Account) -> str:
     if case.kind == "duplicate":
         return "Nylas bills both account ids for one mailbox until the old one is removed."
-    billed = account.billing_state in (None, "paid") if account.api_version == "v2" else True
-    lost = "No mail syncs and no notifications arrive until this is fixed"
-    return f"{lost}; Nylas still bills this account." if billed else f"{lost}."
+    lost = "No mail syncs and no notifications arrive until this is fixed."
+    return f"{lost} {billing_words(account)}"
 
 
 def title(case: Case) -> str:
@@ -104,9 +107,16 @@ def fallback_text(case: Case, account: Account) -> str:
 
 
 def alert_blocks(
-    case: Case, account: Account, *, revoke_enabled: bool = False
+    case: Case,
+    account: Account,
+    *,
+    revoke_enabled: bool = False,
+    findings: Sequence[Finding] | None = None,
 ) -> list[dict[str, Any]]:
-    """The alert for a case: who, what, since when, why it matters, what to do, and buttons."""
+    """The alert for a case: who, what, since when, why it matters, what to do, and buttons.
+
+    ``findings`` default to the diagnosis stored on the case.
+    """
     resolved = case.status == CaseStatus.RESOLVED
     rule = classify(account.api_version, case.state or "unknown")
     who = escape(account.email or "email not known yet")
@@ -156,15 +166,48 @@ def alert_blocks(
             ],
         }
     )
-    if rule.next_step:
+    if case.kind == "duplicate" and case.related_account_id:
+        blocks.append(
+            section(
+                f"*Duplicate:* this mailbox is also connected as "
+                f"`{escape(case.related_account_id)}` (the new id); "
+                f"`{escape(account.id)}` is the old one."
+            )
+        )
+    if step := states.next_step(case.kind, account.api_version, case.state):
         blocks.append(
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": f"*Next step:* {escape(rule.next_step)}"},
+                "text": {"type": "mrkdwn", "text": f"*Next step:* {escape(step)}"},
             }
         )
-    elements = _buttons(case, account, revoke_enabled=revoke_enabled)
+    if findings is None:
+        findings = [Finding.from_json(f) for f in case.diagnosis or []]
+    blocks += diagnosis_blocks(findings)
+    ticket = case.kind == "support" or any(f.rule == "support" for f in findings)
+    elements = _buttons(case, account, revoke_enabled=revoke_enabled, ticket=ticket)
     blocks.append({"type": "actions", "block_id": f"case-{case.id}", "elements": elements})
+    return blocks
+
+
+def finding_text(text: str) -> str:
+    """Escape a finding's text but keep the mentions diagnosis wrote into it."""
+    parts, start = [], 0
+    for match in MENTION.finditer(text):
+        parts += [escape(text[start : match.start()]), match.group(0)]
+        start = match.end()
+    return "".join([*parts, escape(text[start:])])
+
+
+def diagnosis_blocks(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    """The likely causes of a case: one section of advice and one line of evidence."""
+    if not findings:
+        return []
+    causes = [f"*{finding_text(f.title)}:* {finding_text(f.advice)}" for f in findings]
+    evidence = [finding_text(e) for f in findings for e in f.evidence]
+    blocks = [section("*Likely cause*\n" + "\n".join(causes))]
+    if evidence:
+        blocks.append(context("\n".join(evidence)))
     return blocks
 
 
@@ -180,7 +223,9 @@ def _button(action_id: str, text: str, case: Case, style: str | None = None) -> 
     return button
 
 
-def _buttons(case: Case, account: Account, *, revoke_enabled: bool) -> list[dict[str, Any]]:
+def _buttons(
+    case: Case, account: Account, *, revoke_enabled: bool, ticket: bool = False
+) -> list[dict[str, Any]]:
     """The actions that fit the case as it is now."""
     elements = []
     if case.acknowledged_at is None:
@@ -203,9 +248,39 @@ def _buttons(case: Case, account: Account, *, revoke_enabled: bool) -> list[dict
         elements.append(_button(ids.RETRY, "Retry sync", case))
     elif account.api_version == "v3":
         elements.append(_button(ids.RETRY, "Check again", case))
+    if ticket:
+        elements.append(_button(ids.SUPPORT_TICKET, "Support ticket", case))
     elements.append(_button(ids.RESOLVE, "Resolve", case))
-    elements.append(revoke_button(case, account, revoke_enabled=revoke_enabled))
+    if case.kind == "duplicate":
+        elements.append(delete_old_button(case, account, revoke_enabled=revoke_enabled))
+    else:
+        elements.append(revoke_button(case, account, revoke_enabled=revoke_enabled))
     return elements
+
+
+def delete_old_button(case: Case, account: Account, *, revoke_enabled: bool) -> dict[str, Any]:
+    """Delete the old id of a duplicate: under the revoke permission, confirmed in a dialog."""
+    if not revoke_enabled:
+        return _button(ids.DELETE_OLD, "Delete old account (off)", case)
+    button = _button(ids.DELETE_OLD, "Delete old account", case, "danger")
+    kept = case.related_account_id or "the newer account"
+    noun = "grant" if account.api_version == "v3" else "account"
+    button["confirm"] = {
+        "title": {"type": "plain_text", "text": f"Delete the old {noun}?"},
+        "text": {
+            "type": "mrkdwn",
+            "text": clip(
+                f"Nylas deletes {noun} `{escape(account.id)}` of "
+                f"*{escape(account.email or account.id)}*; `{escape(kept)}` stays connected. "
+                "This cannot be undone.",
+                300,
+            ),
+        },
+        "confirm": {"type": "plain_text", "text": "Delete"},
+        "deny": {"type": "plain_text", "text": "Cancel"},
+        "style": "danger",
+    }
+    return button
 
 
 def revoke_button(case: Case, account: Account, *, revoke_enabled: bool) -> dict[str, Any]:

@@ -11,11 +11,31 @@ SNOOZE = "case_snooze"  # a menu; each option's value is "<case>:<duration>"
 RESOLVE = "case_resolve"  # opens the resolve modal
 RETRY = "case_retry"
 REVOKE = "case_revoke"  # v2: confirm dialog; v3: opens the revoke modal
+DELETE_OLD = "case_delete_old"  # a duplicate's old account id; confirm dialog
+SUPPORT_TICKET = "case_support_ticket"  # answers privately with the ticket text
 
 # The next page of `/reauth list`; the value carries the filters and the offset.
 LIST_MORE = "cases_more"
 
-ACTIONS = (ACK, LINK, SNOOZE, RESOLVE, RETRY, REVOKE, LIST_MORE)
+# Bulk actions on an incident's message (a storm). The button's value carries the incident.
+INCIDENT_ACK = "incident_ack_all"
+INCIDENT_LINKS = "incident_links"
+INCIDENT_RETRY = "incident_retry_all"
+
+ACTIONS = (
+    ACK,
+    LINK,
+    SNOOZE,
+    RESOLVE,
+    RETRY,
+    REVOKE,
+    DELETE_OLD,
+    SUPPORT_TICKET,
+    LIST_MORE,
+    INCIDENT_ACK,
+    INCIDENT_LINKS,
+    INCIDENT_RETRY,
+)
 
 COMMAND = "/reauth"
 COMMANDS = (COMMAND,)

@@ -24,7 +24,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.notifier import Posted, SinkError
-from bot.slack import blocks, notices
+from bot.slack import blocks, incidents, notices
+from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxKind, OutboxMessage
 
 log = logging.getLogger("reauthbot.slack.sink")
@@ -32,6 +33,7 @@ log = logging.getLogger("reauthbot.slack.sink")
 # Slack allows about one post per second per channel; a margin absorbs jitter in latency.
 POST_INTERVAL = 1.1
 CASE_EVENT = "reauthbot_case"  # metadata event_type of a case's parent message
+INCIDENT_EVENT = "reauthbot_incident"  # and of an incident's message
 # How far back, before the message was queued, a retried post looks for an earlier copy
 # (room for clock skew between this host and Slack), and how much history it reads at most.
 LOOKBACK_MARGIN = timedelta(minutes=5)
@@ -76,14 +78,24 @@ class SlackSink:
         self._next_post: dict[str, float] = {}
 
     async def deliver(
-        self, message: OutboxMessage, case: Case | None, account: Account | None
+        self,
+        message: OutboxMessage,
+        case: Case | None,
+        account: Account | None,
+        incident: IncidentView | None = None,
     ) -> Posted | None:
-        if message.kind != OutboxKind.NOTICE and (case is None or account is None):
+        if (
+            message.kind != OutboxKind.NOTICE
+            and incident is None
+            and (case is None or account is None)
+        ):
             raise SinkError("case_missing", permanent=True)
         try:
             if message.kind == OutboxKind.NOTICE:
                 await self._notice(message)
                 return None
+            if incident is not None:
+                return await self._incident(message, incident)
             assert case is not None and account is not None
             return await self._send(message, case, account)
         except SlackApiError as exc:
@@ -96,7 +108,9 @@ class SlackSink:
         if message.kind == OutboxKind.POST:
             channel = case.slack_channel or message.channel
             if message.attempts > 1:
-                earlier = await self._find_post(channel, case, since=message.created_at)
+                earlier = await self._find_post(
+                    channel, case_metadata(case), since=message.created_at
+                )
                 if earlier is not None:
                     return earlier
             await self._pace(channel)
@@ -143,6 +157,58 @@ class SlackSink:
         )
         return None
 
+    async def _incident(self, message: OutboxMessage, view: IncidentView) -> Posted | None:
+        """Post an incident's message once, update it in place, or add a line to its thread."""
+        incident = view.incident
+        text = incidents.incident_fallback(view)
+        if message.kind == OutboxKind.POST:
+            channel = incident.slack_channel or message.channel
+            if message.attempts > 1:
+                earlier = await self._find_post(
+                    channel, incident_metadata(view), since=message.created_at
+                )
+                if earlier is not None:
+                    return earlier
+            await self._pace(channel)
+            response = await self._client.chat_postMessage(
+                channel=channel,
+                text=text,
+                blocks=incidents.incident_blocks(view),
+                metadata=incident_metadata(view),
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+            return Posted(channel=str(response["channel"]), ts=str(response["ts"]))
+        if message.kind == OutboxKind.DM:
+            await self._pace(message.channel)
+            note = str(message.payload.get("text", ""))
+            await self._client.chat_postMessage(
+                channel=message.channel,
+                text=f"{note} {text}",
+                blocks=[blocks.section(note), *incidents.incident_blocks(view)],
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+            return None
+        if incident.slack_ts is None or incident.slack_channel is None:
+            raise SinkError("parent_not_posted", retry_after=2.0)
+        if message.kind == OutboxKind.UPDATE:
+            await self._client.chat_update(
+                channel=incident.slack_channel,
+                ts=incident.slack_ts,
+                text=text,
+                blocks=incidents.incident_blocks(view),
+            )
+            return None
+        await self._pace(incident.slack_channel)
+        await self._client.chat_postMessage(
+            channel=incident.slack_channel,
+            thread_ts=incident.slack_ts,
+            text=thread_text(message),
+            reply_broadcast=bool(message.payload.get("broadcast")),
+        )
+        return None
+
     async def _notice(self, message: OutboxMessage) -> None:
         """Post a message about no one case (the daily digest) to its channel."""
         await self._pace(message.channel)
@@ -154,8 +220,10 @@ class SlackSink:
             unfurl_media=False,
         )
 
-    async def _find_post(self, channel: str, case: Case, *, since: datetime) -> Posted | None:
-        """The case's parent message if an earlier attempt did post it, else None."""
+    async def _find_post(
+        self, channel: str, metadata: dict[str, Any], *, since: datetime
+    ) -> Posted | None:
+        """The message carrying ``metadata`` if an earlier attempt did post it, else None."""
         oldest = f"{(since - LOOKBACK_MARGIN).timestamp():.6f}"
         cursor: str | None = None
         for _ in range(LOOKBACK_PAGES):
@@ -176,14 +244,14 @@ class SlackSink:
                 log.warning(
                     "cannot read the channel to check for an earlier post: %s",
                     error.code,
-                    extra={"case": case.id, "channel": channel},
+                    extra={**metadata["event_payload"], "channel": channel},
                 )
                 return None
             for found in page.get("messages") or []:
-                if _is_post_of(found, case):
+                if _carries(found, metadata):
                     log.info(
                         "adopted the parent message an earlier attempt posted",
-                        extra={"case": case.id, "ts": found["ts"]},
+                        extra={**metadata["event_payload"], "ts": found["ts"]},
                     )
                     return Posted(channel=channel, ts=str(found["ts"]))
             cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
@@ -204,10 +272,18 @@ def case_metadata(case: Case) -> dict[str, Any]:
     return {"event_type": CASE_EVENT, "event_payload": {"case_id": case.id}}
 
 
-def _is_post_of(message: dict[str, Any], case: Case) -> bool:
+def incident_metadata(view: IncidentView) -> dict[str, Any]:
+    """Message metadata that names the incident a message belongs to."""
+    return {"event_type": INCIDENT_EVENT, "event_payload": {"incident_id": view.incident.id}}
+
+
+def _carries(message: dict[str, Any], wanted: dict[str, Any]) -> bool:
     metadata = message.get("metadata") or {}
     payload = metadata.get("event_payload") or {}
-    return bool(metadata.get("event_type") == CASE_EVENT and payload.get("case_id") == case.id)
+    return bool(
+        metadata.get("event_type") == wanted["event_type"]
+        and all(payload.get(k) == v for k, v in wanted["event_payload"].items())
+    )
 
 
 def thread_text(message: OutboxMessage) -> str:

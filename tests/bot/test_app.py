@@ -144,7 +144,11 @@ class ScriptedSink:
         self.calls = 0
 
     async def deliver(
-        self, message: OutboxMessage, case: Case | None, account: Account | None
+        self,
+        message: OutboxMessage,
+        case: Case | None,
+        account: Account | None,
+        incident: object = None,
     ) -> Posted | None:
         self.calls += 1
         if self.errors:

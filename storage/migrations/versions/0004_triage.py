@@ -29,6 +29,11 @@ def upgrade() -> None:
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("slack_channel", sa.String(length=64), nullable=True),
         sa.Column("slack_ts", sa.String(length=32), nullable=True),
+        sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("acknowledged_by", sa.String(length=64), nullable=True),
+        sa.Column("escalation_step", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("escalation_due_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("pager_state", sa.String(length=16), nullable=True),
     )
     op.create_index(
         "uq_incidents_one_open_per_key",
@@ -42,6 +47,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("incident_id", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("diagnosis", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("related_account_id", sa.String(length=255), nullable=True))
+        batch.add_column(
+            sa.Column("own_alert", sa.Boolean(), nullable=False, server_default=sa.true())
+        )
         batch.create_foreign_key("fk_cases_incident_id", "incidents", ["incident_id"], ["id"])
         batch.create_index("ix_cases_incident_id", ["incident_id"])
     op.execute("UPDATE cases SET diagnosis = '[]'")
@@ -66,6 +74,7 @@ def downgrade() -> None:
     with op.batch_alter_table("cases") as batch:
         batch.drop_index("ix_cases_incident_id")
         batch.drop_constraint("fk_cases_incident_id", type_="foreignkey")
+        batch.drop_column("own_alert")
         batch.drop_column("related_account_id")
         batch.drop_column("diagnosis")
         batch.drop_column("incident_id")

@@ -94,9 +94,12 @@ def test_every_kind_and_status_renders_valid_blocks(kind: str, status: str) -> N
     if kind in ("reauth", "stopped", "unknown") and status != "waiting_on_user":
         expected.append(ids.LINK)
     retry = [ids.RETRY] if kind == "stopped" else []  # a v2 account: retry only when stopped
-    assert actions == [*expected, ids.SNOOZE, *retry, ids.RESOLVE, ids.REVOKE]
+    ticket = [ids.SUPPORT_TICKET] if kind == "support" else []  # Nylas Support must look
+    # A duplicate's destructive action deletes the old id instead of revoking its tokens.
+    last = ids.DELETE_OLD if kind == "duplicate" else ids.REVOKE
+    assert actions == [*expected, ids.SNOOZE, *retry, *ticket, ids.RESOLVE, last]
     revoke = elements[-1]
-    assert revoke["text"]["text"] == "Revoke tokens (off)" and "style" not in revoke
+    assert revoke["text"]["text"].endswith("(off)") and "style" not in revoke
     for element in elements:
         values = (
             [element["value"]] if "value" in element else [o["value"] for o in element["options"]]
@@ -131,7 +134,14 @@ def test_alert_says_who_what_since_why_and_next() -> None:
 
 def test_cancelled_v2_account_is_not_said_to_be_billed() -> None:
     case, account = make(billing_state="cancelled")
-    assert "bills" not in json.dumps(alert_blocks(case, account))
+    text = json.dumps(alert_blocks(case, account))
+    assert "still bills" not in text and "no longer bills it (billing state cancelled)" in text
+
+
+def test_unknown_v2_billing_state_is_said_to_be_unknown() -> None:
+    case, account = make(billing_state=None)
+    text = json.dumps(alert_blocks(case, account))
+    assert "bills" not in text and "billing state is not known yet" in text
 
 
 def test_user_text_cannot_ping_or_link() -> None:

@@ -337,7 +337,7 @@ async def test_storm_is_delivered_once_at_slacks_pace(
 ) -> None:
     """The fake enforces one post per second per channel; the notifier must pace, not collide."""
     slack.rate_limit_per_channel(1.0)
-    app = await start()
+    app = await start("[storms]\nthreshold = 100\n")  # alerts one by one, not an incident
     count = 6
     await asyncio.gather(
         *(expire(app, grant_id=f"g-{i}", email=f"user{i}@example.com") for i in range(count))

@@ -161,9 +161,14 @@ def serve_env(database_url: str, slack: FakeSlack) -> dict[str, str]:
 
 
 def expiry(n: int) -> tuple[bytes, dict[str, str]]:
+    # Each of its own domain and a few providers: no storm groups them into one message.
     raw = json.dumps(
         samples.v3_notification(
-            "grant.expired", grant_id=f"g-{n}", email=f"user{n}@example.com", at=datetime.now(UTC)
+            "grant.expired",
+            grant_id=f"g-{n}",
+            email=f"user{n}@example{n}.com",
+            provider=("google", "microsoft", "imap", "yahoo")[n % 4],
+            at=datetime.now(UTC),
         )
     ).encode()
     return raw, {"X-Nylas-Signature": sign(WEBHOOK_SECRET, raw)}

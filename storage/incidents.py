@@ -1,0 +1,160 @@
+"""Queries on incidents: the storms that group many cases of one domain or integration."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import Account, Case, CaseStatus, Incident, IncidentScope, IncidentStatus
+from storage.reports import email_domain
+
+SAMPLE = 10  # member emails shown on an incident's message
+
+
+def _matches(session: AsyncSession, scope: str, key: str) -> Any:
+    """The accounts an incident of ``scope`` and ``key`` is about."""
+    if scope == IncidentScope.DOMAIN:
+        return email_domain(session, col(Account.email)) == key
+    return (col(Account.api_version) == "v3") & (sa.func.lower(col(Account.provider)) == key)
+
+
+async def open_incident(session: AsyncSession, *, scope: str, key: str) -> Incident | None:
+    """The open incident of a domain or integration, locked for this transaction."""
+    stmt = (
+        select(Incident)
+        .where(
+            col(Incident.scope) == scope,
+            col(Incident.key) == key,
+            col(Incident.status) == IncidentStatus.OPEN,
+        )
+        .with_for_update()
+    )
+    return (await session.exec(stmt)).first()
+
+
+async def lock_incident(session: AsyncSession, *, incident_id: int) -> Incident | None:
+    return await session.get(Incident, incident_id, with_for_update=True)
+
+
+async def recent_loose_cases(
+    session: AsyncSession, *, scope: str, key: str, since: datetime
+) -> Sequence[tuple[Case, Account]]:
+    """Unresolved cases of the domain or integration opened since ``since``, in no incident."""
+    stmt = (
+        select(Case, Account)
+        .join(Account, col(Account.id) == col(Case.account_id))
+        .where(
+            col(Case.opened_at) >= since,
+            col(Case.status) != CaseStatus.RESOLVED,
+            col(Case.incident_id).is_(None),
+            _matches(session, scope, key),
+        )
+        .order_by(col(Case.id))
+    )
+    return (await session.exec(stmt)).all()
+
+
+async def create_incident(
+    session: AsyncSession, *, scope: str, key: str, now: datetime, first_case_at: datetime
+) -> Incident | None:
+    """Open an incident; None when another writer opened one for the same key first."""
+    incident = Incident(
+        scope=scope,
+        key=key,
+        status=IncidentStatus.OPEN,
+        opened_at=now,
+        updated_at=now,
+        first_case_at=first_case_at,
+        last_case_at=now,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(incident)
+            await session.flush()
+    except IntegrityError:
+        return None
+    return incident
+
+
+async def members(session: AsyncSession, *, incident_id: int) -> Sequence[tuple[Case, Account]]:
+    """Every case of an incident with its account, oldest first."""
+    stmt = (
+        select(Case, Account)
+        .join(Account, col(Account.id) == col(Case.account_id))
+        .where(col(Case.incident_id) == incident_id)
+        .order_by(col(Case.opened_at), col(Case.id))
+    )
+    return (await session.exec(stmt)).all()
+
+
+async def count_unresolved(session: AsyncSession, *, incident_id: int) -> int:
+    stmt = (
+        select(sa.func.count())
+        .select_from(Case)
+        .where(col(Case.incident_id) == incident_id, col(Case.status) != CaseStatus.RESOLVED)
+    )
+    return int((await session.exec(stmt)).one())
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentView:
+    """What an incident's message shows: the incident and a tally of its cases."""
+
+    incident: Incident
+    total: int
+    by_status: dict[str, int]
+    by_kind: dict[str, int]  # unresolved cases only
+    retryable: int  # unresolved v2 cases that stopped (Retry all applies to them)
+    linkable: int  # unresolved cases with an email that a re-auth link can fix
+    sample: tuple[str, ...]  # emails (or ids) of unresolved cases, oldest first
+    resolved_by: dict[str, int]  # how the resolved ones were resolved: "nylas", "slack", …
+
+    @property
+    def unresolved(self) -> int:
+        return self.total - self.by_status.get(CaseStatus.RESOLVED, 0)
+
+
+LINKABLE_KINDS = frozenset({"reauth", "stopped", "unknown"})
+
+
+async def view(session: AsyncSession, *, incident_id: int) -> IncidentView | None:
+    """Tally an incident's cases for its message; None when it does not exist."""
+    incident = await session.get(Incident, incident_id)
+    if incident is None:
+        return None
+    rows = await members(session, incident_id=incident_id)
+    by_status: Counter[str] = Counter()
+    by_kind: Counter[str] = Counter()
+    resolved_by: Counter[str] = Counter()
+    retryable = linkable = 0
+    sample: list[str] = []
+    for case, account in rows:
+        by_status[case.status] += 1
+        if case.status == CaseStatus.RESOLVED:
+            resolved_by[(case.resolved_by or "system").split(":", 1)[0]] += 1
+            continue
+        by_kind[case.kind] += 1
+        if account.api_version == "v2" and case.kind == "stopped":
+            retryable += 1
+        if account.email and case.kind in LINKABLE_KINDS:
+            linkable += 1
+        if len(sample) < SAMPLE:
+            sample.append(account.email or account.id)
+    return IncidentView(
+        incident=incident,
+        total=len(rows),
+        by_status=dict(by_status),
+        by_kind=dict(by_kind),
+        retryable=retryable,
+        linkable=linkable,
+        sample=tuple(sample),
+        resolved_by=dict(resolved_by),
+    )

@@ -1,0 +1,206 @@
+"""Storm grouping through the real lifecycle, and the escalation of an incident as a whole."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import (
+    PAGER_CHANNEL,
+    Case,
+    Incident,
+    IncidentStatus,
+    OutboxKind,
+    OutboxMessage,
+    OutboxStatus,
+)
+from workflows import bulk
+from workflows.escalation import escalate_due
+from workflows.events import AccountEvent
+from workflows.lifecycle import apply_event
+from workflows.policy import Escalation, EscalationLevel, Storms, parse_duration
+
+Sessions = async_sessionmaker[AsyncSession]
+T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+STORMS = Storms(threshold=3, window=parse_duration("10m"))
+POLICY = Escalation(
+    levels=[
+        EscalationLevel(after=parse_duration("15m"), mention=["S0ONCALL"]),
+        EscalationLevel(after=parse_duration("1h"), dm=["U0LEAD"], pagerduty=True),
+    ]
+)
+
+
+def route(email: str | None) -> str:
+    return "C0ALERTS"
+
+
+async def expire(
+    sessions: Sessions,
+    n: int,
+    at: datetime,
+    *,
+    domain: str = "acme.com",
+    provider: str = "google",
+    state: str = "invalid",
+) -> None:
+    event = AccountEvent(
+        account_id=f"g-{domain}-{n}",
+        api_version="v3",
+        event_type="grant.expired",
+        state=state,
+        occurred_at=at,
+        source="webhook",
+        email=f"user{n}@{domain}",
+        provider=provider,
+    )
+    async with sessions() as session, session.begin():
+        await apply_event(session, event, now=at, route=route, storms=STORMS)
+
+
+async def outbox(sessions: Sessions, **where: object) -> list[OutboxMessage]:
+    async with sessions() as session:
+        stmt = select(OutboxMessage).order_by(col(OutboxMessage.id))
+        for name, value in where.items():
+            stmt = stmt.where(getattr(OutboxMessage, name) == value)
+        return list((await session.exec(stmt)).all())
+
+
+async def incidents(sessions: Sessions) -> list[Incident]:
+    async with sessions() as session:
+        return list((await session.exec(select(Incident).order_by(col(Incident.id)))).all())
+
+
+async def test_below_the_threshold_each_case_is_posted_alone(sessions: Sessions) -> None:
+    await expire(sessions, 1, T0)
+    await expire(sessions, 2, T0 + timedelta(minutes=1))
+    # Outside the window: does not count with the first two.
+    await expire(sessions, 3, T0 + timedelta(minutes=12))
+
+    assert await incidents(sessions) == []
+    posts = await outbox(sessions, kind=OutboxKind.POST)
+    assert len(posts) == 3 and all(m.case_id for m in posts)
+
+
+async def test_the_threshold_opens_an_incident_and_withdraws_unsent_alerts(
+    sessions: Sessions,
+) -> None:
+    await expire(sessions, 1, T0)
+    # The first alert went out before the storm was recognized.
+    async with sessions() as session, session.begin():
+        (first,) = (await session.exec(select(OutboxMessage))).all()
+        first.status, first.attempts = OutboxStatus.SENT, 1
+        session.add(first)
+    await expire(sessions, 2, T0 + timedelta(minutes=1))
+    await expire(sessions, 3, T0 + timedelta(minutes=2))
+    await expire(sessions, 4, T0 + timedelta(minutes=3))
+    await expire(sessions, 1, T0 + timedelta(minutes=3), domain="other.org")
+
+    (incident,) = await incidents(sessions)
+    assert (incident.scope, incident.key, incident.status) == ("domain", "acme.com", "open")
+    async with sessions() as session:
+        members = (await session.exec(select(Case).where(Case.incident_id == incident.id))).all()
+    assert sorted(c.account_id for c in members) == [f"g-acme.com-{n}" for n in (1, 2, 3, 4)]
+    assert [c.own_alert for c in sorted(members, key=lambda c: c.id or 0)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert [m.kind for m in await outbox(sessions, incident_id=incident.id)] == ["post", "update"]
+    statuses = [(m.case_id, m.status) for m in await outbox(sessions, kind=OutboxKind.POST)]
+    assert statuses == [
+        (1, "sent"),
+        (2, "superseded"),
+        (3, "superseded"),
+        (None, "pending"),  # the incident's message
+        (4, "superseded"),  # joined the open incident
+        (5, "pending"),  # another domain: its own alert
+    ]
+    # The case already posted is told in its thread.
+    threads = await outbox(sessions, kind=OutboxKind.THREAD, case_id=1)
+    assert "Part of incident #1" in threads[0].payload["text"]
+
+
+async def test_an_integration_storm_needs_several_domains(sessions: Sessions) -> None:
+    for n, domain in enumerate(("a.com", "b.com", "a.com")):
+        await expire(sessions, n, T0, domain=domain)
+    assert await incidents(sessions) == []  # two domains: not the provider's storm
+    await expire(sessions, 9, T0, domain="c.com")
+    (incident,) = await incidents(sessions)
+    assert (incident.scope, incident.key) == ("integration", "google")
+
+
+async def test_an_incident_escalates_as_one_and_stands_down(sessions: Sessions) -> None:
+    for n in range(3):
+        await expire(sessions, n, T0)
+    (incident,) = await incidents(sessions)
+
+    # Its cases do not escalate one by one; the incident does, level by level.
+    assert await escalate_due(sessions, policy=POLICY, now=T0 + timedelta(minutes=14)) == 0
+    assert await escalate_due(sessions, policy=POLICY, now=T0 + timedelta(minutes=15)) == 1
+    lines = await outbox(sessions, kind=OutboxKind.THREAD, incident_id=incident.id)
+    assert lines[-1].payload["broadcast"] is True
+    assert lines[-1].payload["text"].startswith("<!subteam^S0ONCALL> Escalated (level 1)")
+    assert await escalate_due(sessions, policy=POLICY, now=T0 + timedelta(hours=1)) == 1
+    (dm,) = await outbox(sessions, kind=OutboxKind.DM)
+    assert (dm.channel, dm.incident_id, dm.case_id) == ("U0LEAD", incident.id, None)
+    (page,) = await outbox(sessions, channel=PAGER_CHANNEL)
+    assert page.payload["action"] == "trigger" and "storm at acme.com" in page.payload["summary"]
+    assert all(m.case_id is None for m in await outbox(sessions, kind=OutboxKind.DM))
+
+    result = await bulk.acknowledge_all(
+        sessions, incident_id=incident.id or 0, actor="slack:U0SUE", now=T0 + timedelta(hours=2)
+    )
+    assert result.outcome == "done"
+    pages = [m.payload["action"] for m in await outbox(sessions, channel=PAGER_CHANNEL)]
+    assert pages == ["trigger", "acknowledge"]
+    assert await escalate_due(sessions, policy=POLICY, now=T0 + timedelta(hours=9)) == 0
+
+    for n in range(3):
+        await expire(sessions, n, T0 + timedelta(hours=3), state="valid")
+    (ended,) = await incidents(sessions)
+    assert ended.status == IncidentStatus.ENDED
+    pages = [m.payload["action"] for m in await outbox(sessions, channel=PAGER_CHANNEL)]
+    assert pages == ["trigger", "acknowledge", "resolve"]
+    summary = (await outbox(sessions, kind=OutboxKind.THREAD, incident_id=incident.id))[-1]
+    assert summary.payload["broadcast"] is True
+    assert "all 3 accounts at acme.com are resolved" in summary.payload["text"]
+
+
+async def test_bulk_actions_refuse_a_missing_or_ended_incident(sessions: Sessions) -> None:
+    missing = await bulk.acknowledge_all(sessions, incident_id=99, actor="slack:U0SUE", now=T0)
+    assert missing.outcome == "missing"
+    for n in range(3):
+        await expire(sessions, n, T0)
+    for n in range(3):
+        await expire(sessions, n, T0 + timedelta(hours=1), state="valid")
+    before = len(await outbox(sessions))
+    ended = await bulk.reauth_links(
+        sessions, incident_id=1, actor="slack:U0SUE", now=T0, build=lambda a: "https://x"
+    )
+    assert ended.outcome == "stale"
+    assert len(await outbox(sessions)) == before
+
+
+async def test_links_for_all_are_one_per_end_user(sessions: Sessions) -> None:
+    for n in range(3):
+        await expire(sessions, n, T0)
+    result = await bulk.reauth_links(
+        sessions,
+        incident_id=1,
+        actor="slack:U0SUE",
+        now=T0,
+        build=lambda a: f"https://auth.example/{a.id}",
+    )
+    assert result.outcome == "done"
+    assert result.links_csv().splitlines() == [
+        "email,link",
+        *(f"user{n}@acme.com,https://auth.example/g-acme.com-{n}" for n in range(3)),
+    ]
+    async with sessions() as session:
+        waiting = (await session.exec(select(Case.status))).all()
+    assert set(waiting) == {"waiting_on_user"}

@@ -1,0 +1,224 @@
+"""Bulk actions on an incident: acknowledge all, re-auth links for all, retry all.
+
+Each applies the same change as the single-case action to every unresolved case of the
+incident it fits, audits each case, and tells the incident's thread once. Acknowledging and
+making links run in one transaction with the incident locked, so two clicks at once make one
+change. Retrying calls Nylas per case through ``workflows.actions.retry_sync``, which holds
+each case while its call is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage import cases
+from storage import incidents as store
+from storage.incidents import LINKABLE_KINDS
+from storage.models import Account, Case, CaseStatus, Incident, IncidentStatus
+from workflows import actions
+from workflows.actions import LinkBuilder, who
+from workflows.incidents import queue_line, queue_pager, queue_update
+from workflows.notify import record_change
+from workflows.nylas import NylasClient
+
+Sessions = async_sessionmaker[AsyncSession]
+
+RETRY_CONCURRENCY = 4  # Nylas calls in flight for "Retry all"
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    outcome: str  # "done", "already", "stale", "missing", "refused", "unavailable"
+    message: str  # for the operator who acted, shown privately
+    links: tuple[tuple[str, str], ...] = field(default=())  # (email, link) for "links"
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome == "done"
+
+    def links_csv(self) -> str:
+        """The links as CSV (email, link), ready to copy into a mail merge or a file."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["email", "link"])
+        writer.writerows(self.links)
+        return out.getvalue()
+
+
+async def _lock(session: AsyncSession, incident_id: int) -> Incident | BulkResult:
+    incident = await store.lock_incident(session, incident_id=incident_id)
+    if incident is None:
+        return BulkResult("missing", f"Incident #{incident_id} does not exist.")
+    if incident.status != IncidentStatus.OPEN:
+        return BulkResult("stale", f"Incident #{incident_id} has ended.")
+    return incident
+
+
+async def _unresolved(session: AsyncSession, incident_id: int) -> list[tuple[Case, Account]]:
+    rows = await store.members(session, incident_id=incident_id)
+    return [(c, a) for c, a in rows if c.status != CaseStatus.RESOLVED]
+
+
+async def refuse(
+    sessions: Sessions, *, incident_id: int, action: str, actor: str, now: datetime
+) -> BulkResult:
+    """Record a refused bulk action; nothing else changes."""
+    async with sessions() as session, session.begin():
+        await cases.record_event(
+            session,
+            actor=actor,
+            action="refused",
+            at=now,
+            details={"action": f"{action} all", "incident": incident_id},
+        )
+    return BulkResult("refused", f"You are not allowed to {action} cases.")
+
+
+async def acknowledge_all(
+    sessions: Sessions, *, incident_id: int, actor: str, now: datetime
+) -> BulkResult:
+    """Acknowledge the incident and every case of it not acknowledged yet."""
+    async with sessions() as session, session.begin():
+        incident = await _lock(session, incident_id)
+        if isinstance(incident, BulkResult):
+            return incident
+        if incident.acknowledged_at is not None:
+            by = who(incident.acknowledged_by or "someone")
+            return BulkResult("already", f"Incident #{incident_id} was acknowledged by {by}.")
+        incident.acknowledged_at, incident.acknowledged_by = now, actor
+        incident.escalation_due_at = None
+        session.add(incident)
+        await queue_pager(session, incident, "acknowledge", now)
+        count = 0
+        for case, _ in await _unresolved(session, incident_id):
+            if case.acknowledged_at is not None:
+                continue
+            if case.status == CaseStatus.OPEN:
+                case.status = CaseStatus.ACKNOWLEDGED
+            case.acknowledged_at, case.acknowledged_by = now, actor
+            await record_change(
+                session,
+                case,
+                actor=actor,
+                action="acknowledged",
+                now=now,
+                line=f"Acknowledged by {who(actor)} with all of incident #{incident_id}.",
+                details={"incident": incident_id},
+            )
+            count += 1
+        await queue_line(session, incident, f"{count} cases acknowledged by {who(actor)}.", now)
+        await queue_update(session, incident, now)
+    return BulkResult("done", f"You acknowledged incident #{incident_id} and {count} cases.")
+
+
+async def reauth_links(
+    sessions: Sessions,
+    *,
+    incident_id: int,
+    actor: str,
+    now: datetime,
+    build: LinkBuilder | None,
+) -> BulkResult:
+    """Make a re-authentication link for every case of the incident a link can fix."""
+    if build is None:
+        return BulkResult(
+            "unavailable",
+            "Re-authentication links need NYLAS_CLIENT_ID and NYLAS_REDIRECT_URI to be set.",
+        )
+    links: list[tuple[str, str]] = []
+    async with sessions() as session, session.begin():
+        incident = await _lock(session, incident_id)
+        if isinstance(incident, BulkResult):
+            return incident
+        for case, account in await _unresolved(session, incident_id):
+            if case.kind not in LINKABLE_KINDS or not account.email:
+                continue
+            links.append((account.email, build(account)))
+            case.status = CaseStatus.WAITING_ON_USER
+            await record_change(
+                session,
+                case,
+                actor=actor,
+                action="reauth_link",
+                now=now,
+                line=(
+                    f"Re-authentication link made by {who(actor)} with all of incident "
+                    f"#{incident_id}; waiting on the end user."
+                ),
+                details={"email": account.email, "incident": incident_id},
+            )
+        if not links:
+            return BulkResult(
+                "already", f"No case of incident #{incident_id} needs a re-authentication link."
+            )
+        await queue_line(
+            session,
+            incident,
+            f"{len(links)} re-authentication links made by {who(actor)}; waiting on the end users.",
+            now,
+        )
+        await queue_update(session, incident, now)
+    return BulkResult(
+        "done",
+        f"{len(links)} re-authentication links for incident #{incident_id}: send each end user "
+        "their own link.",
+        links=tuple(links),
+    )
+
+
+async def retry_all(
+    sessions: Sessions,
+    *,
+    incident_id: int,
+    actor: str,
+    now: datetime,
+    nylas: NylasClient | None,
+) -> BulkResult:
+    """Retry sync (downgrade, upgrade, re-read) of every stopped v2 case of the incident."""
+    if nylas is None:
+        return BulkResult("unavailable", "Retry needs the Nylas API credentials to be set.")
+    async with sessions() as session:
+        incident = await store.lock_incident(session, incident_id=incident_id)
+        if incident is None:
+            return BulkResult("missing", f"Incident #{incident_id} does not exist.")
+        if incident.status != IncidentStatus.OPEN:
+            return BulkResult("stale", f"Incident #{incident_id} has ended.")
+        targets = [
+            case.id
+            for case, account in await _unresolved(session, incident_id)
+            if account.api_version == "v2" and case.kind == "stopped" and case.id is not None
+        ]
+    if not targets:
+        return BulkResult("already", f"Incident #{incident_id} has no stopped v2 account to retry.")
+    limit = asyncio.Semaphore(RETRY_CONCURRENCY)
+
+    async def one(case_id: int) -> actions.ActionResult:
+        async with limit:
+            return await actions.retry_sync(
+                sessions, case_id=case_id, actor=actor, now=now, nylas=nylas
+            )
+
+    results = await asyncio.gather(*(one(case_id) for case_id in targets))
+    tally: Counter[str] = Counter()
+    async with sessions() as session, session.begin():
+        for case_id, result in zip(targets, results, strict=True):
+            case = await cases.get_case(session, case_id=case_id)
+            if result.outcome != "done":
+                tally["not retried (busy or closed meanwhile)"] += 1
+            elif case is not None and case.status == CaseStatus.RESOLVED:
+                tally["recovered"] += 1
+            else:
+                tally["still not syncing"] += 1
+        summary = ", ".join(f"{n} {what}" for what, n in sorted(tally.items()))
+        incident = await store.lock_incident(session, incident_id=incident_id)
+        if incident is not None:
+            await queue_line(session, incident, f"Retry all by {who(actor)}: {summary}.", now)
+    return BulkResult("done", f"Retry all for incident #{incident_id}: {summary}.")

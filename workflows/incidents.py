@@ -1,0 +1,275 @@
+"""Storms: when many cases of one email domain (or one v3 integration) open at once.
+
+When at least ``threshold`` unresolved cases of one domain opened within ``window`` (the
+``[storms]`` policy), they become one incident with one message, updated in place as cases
+join and recover, instead of one alert each. The cases are still tracked one by one; a case
+whose own alert was not sent yet never gets one (its post is withdrawn), and a case already
+posted keeps its message and is told in its thread. Cases of an incident do not escalate one
+by one: the incident does. When the last of its cases is resolved the incident ends and a
+summary is posted in its thread and to the channel.
+
+v3 grants are also grouped by their provider integration (``google``, ``microsoft``…), which
+catches an outage of one provider across many domains (at least ``INTEGRATION_DOMAINS``); a
+case joins at most one incident, its domain's first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import datetime, timedelta
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage import cases, outbox
+from storage import incidents as store
+from storage.models import (
+    PAGER_CHANNEL,
+    Account,
+    Case,
+    CaseStatus,
+    Incident,
+    IncidentScope,
+    IncidentStatus,
+    OutboxKind,
+)
+from workflows.clock import how_long
+from workflows.diagnosis import domain_of
+from workflows.policy import Storms
+
+log = logging.getLogger("reauthbot.incidents")
+
+# An incident's message is updated at most this often; a queued update not due within the
+# margin is certainly not being sent yet, so it will show a change made now.
+SETTLE = timedelta(seconds=3)
+SETTLE_MARGIN = timedelta(seconds=1)
+# An integration storm spans at least this many domains; fewer are domain storms.
+INTEGRATION_DOMAINS = 3
+
+
+def storm_keys(account: Account) -> list[tuple[str, str]]:
+    """The groups an account's case may storm with: its domain, then its v3 integration."""
+    keys: list[tuple[str, str]] = []
+    domain = domain_of(account.email)
+    if domain:
+        keys.append((IncidentScope.DOMAIN, domain))
+    if account.api_version == "v3" and account.provider:
+        keys.append((IncidentScope.INTEGRATION, account.provider.strip().lower()))
+    return keys
+
+
+def scope_words(incident: Incident) -> str:
+    """ "at example.com" or "of the google integration"."""
+    if incident.scope == IncidentScope.DOMAIN:
+        return f"at {incident.key}"
+    return f"of the {incident.key} integration"
+
+
+def headline(incident: Incident, total: int) -> str:
+    """ "37 accounts at example.com lost access in 4 minutes"."""
+    span = how_long(max(incident.last_case_at - incident.first_case_at, timedelta(seconds=1)))
+    noun = "account" if total == 1 else "accounts"
+    return f"{total} {noun} {scope_words(incident)} lost access in {span}"
+
+
+async def place(
+    session: AsyncSession, case: Case, account: Account, *, storms: Storms | None, now: datetime
+) -> Incident | None:
+    """Put a just-opened case into a storm if it is part of one; None: it stands alone."""
+    if storms is None:
+        return None
+    keys = storm_keys(account)
+    for scope, key in keys:
+        incident = await store.open_incident(session, scope=scope, key=key)
+        if incident is not None:
+            await _join(session, incident, [case], now=now)
+            return incident
+    for scope, key in keys:
+        rows = await store.recent_loose_cases(
+            session, scope=scope, key=key, since=now - storms.window
+        )
+        if len(rows) < storms.threshold:
+            continue
+        if scope == IncidentScope.INTEGRATION:
+            domains = {domain_of(account.email) for _, account in rows}
+            if len(domains) < INTEGRATION_DOMAINS:
+                continue  # a storm of one or two domains is theirs, not the provider's
+        loose = [case for case, _ in rows]
+        first = min(c.opened_at for c in loose)
+        incident = await store.create_incident(
+            session, scope=scope, key=key, now=now, first_case_at=first
+        )
+        if incident is None:  # another process opened it first: join theirs
+            incident = await store.open_incident(session, scope=scope, key=key)
+            if incident is None:
+                raise RuntimeError(f"incident for {scope} {key} vanished; retry")
+            await _join(session, incident, [case], now=now)
+            return incident
+        await _join(session, incident, loose, now=now, new=True)
+        log.warning(
+            "storm: incident opened",
+            extra={"incident": incident.id, "scope": scope, "key": key, "cases": len(loose)},
+        )
+        return incident
+    return None
+
+
+async def _join(
+    session: AsyncSession,
+    incident: Incident,
+    joining: list[Case],
+    *,
+    now: datetime,
+    new: bool = False,
+) -> None:
+    assert incident.id is not None
+    if incident.slack_channel is None:
+        incident.slack_channel = joining[0].slack_channel
+    for case in joining:
+        assert case.id is not None
+        case.incident_id = incident.id
+        # The incident escalates for all of its cases.
+        case.escalation_due_at = None
+        withdrawn = await outbox.withdraw(session, dedupe_key=f"case:{case.id}:post", now=now)
+        if withdrawn:
+            case.own_alert = False
+        elif case.slack_channel is not None:
+            await outbox.enqueue(
+                session,
+                channel=case.slack_channel,
+                kind=OutboxKind.THREAD,
+                now=now,
+                case_id=case.id,
+                payload={
+                    "text": f"Part of incident #{incident.id}: a storm {scope_words(incident)}."
+                },
+            )
+        session.add(case)
+        await cases.record_event(
+            session,
+            actor="system",
+            action="joined_incident",
+            at=now,
+            case_id=case.id,
+            account_id=case.account_id,
+            details={"incident": incident.id, "alert_withdrawn": withdrawn},
+        )
+        incident.first_case_at = min(incident.first_case_at, case.opened_at)
+        incident.last_case_at = max(incident.last_case_at, case.opened_at)
+    incident.updated_at = now
+    session.add(incident)
+    await session.flush()
+    channel = incident.slack_channel or ""
+    if new:
+        await outbox.enqueue(
+            session,
+            channel=channel,
+            kind=OutboxKind.POST,
+            now=now,
+            incident_id=incident.id,
+            dedupe_key=f"incident:{incident.id}:post",
+        )
+    else:
+        await queue_update(session, incident, now)
+
+
+async def queue_update(session: AsyncSession, incident: Incident, now: datetime) -> None:
+    """Queue the re-rendering of the incident's message, at most one per ``SETTLE``.
+
+    During a storm cases join many times a second; the message is rendered once they settle,
+    from the incident as it is then, instead of once per case.
+    """
+    assert incident.id is not None
+    if await outbox.update_waiting(session, incident_id=incident.id, after=now + SETTLE_MARGIN):
+        return
+    await outbox.enqueue(
+        session,
+        channel=incident.slack_channel or "",
+        kind=OutboxKind.UPDATE,
+        now=now,
+        incident_id=incident.id,
+        available_at=now + SETTLE,
+    )
+
+
+async def queue_line(
+    session: AsyncSession, incident: Incident, text: str, now: datetime, *, broadcast: bool = False
+) -> None:
+    """Queue one line in the incident's thread."""
+    await outbox.enqueue(
+        session,
+        channel=incident.slack_channel or "",
+        kind=OutboxKind.THREAD,
+        now=now,
+        incident_id=incident.id,
+        payload={"text": text, "broadcast": broadcast, "at": now.isoformat()},
+    )
+
+
+async def member_changed(session: AsyncSession, case: Case, now: datetime) -> None:
+    """A case of an incident changed: refresh the incident, and end it after its last case."""
+    assert case.incident_id is not None
+    incident = await store.lock_incident(session, incident_id=case.incident_id)
+    if incident is None or incident.status != IncidentStatus.OPEN:
+        return
+    incident.updated_at = now
+    session.add(incident)
+    await session.flush()
+    if case.status == CaseStatus.RESOLVED and not await store.count_unresolved(
+        session, incident_id=incident.id or 0
+    ):
+        incident.status, incident.ended_at = IncidentStatus.ENDED, now
+        incident.escalation_due_at = None
+        await queue_pager(session, incident, "resolve", now)
+        await queue_line(session, incident, await summary(session, incident), now, broadcast=True)
+        log.info("storm: incident ended", extra={"incident": incident.id})
+    await queue_update(session, incident, now)
+
+
+async def queue_pager(
+    session: AsyncSession, incident: Incident, action: str, now: datetime
+) -> None:
+    """Acknowledge or resolve the incident's PagerDuty alert, if it was paged and still needs it."""
+    wanted = {"acknowledge": ("triggered",), "resolve": ("triggered", "acknowledged")}[action]
+    if incident.pager_state not in wanted:
+        return
+    await outbox.enqueue(
+        session,
+        channel=PAGER_CHANNEL,
+        kind=OutboxKind.PAGE,
+        now=now,
+        incident_id=incident.id,
+        payload={"action": action},
+    )
+    incident.pager_state = "resolved" if action == "resolve" else "acknowledged"
+    session.add(incident)
+
+
+RESOLVER_WORDS = {
+    "nylas": "recovered on their own",
+    "poll": "recovered on their own (seen by polling)",
+    "slack": "resolved by an operator",
+    "retry": "recovered after a retry",
+    "revoke": "deleted",
+    "delete": "deleted",
+    "system": "closed by reauthbot",
+}
+
+
+async def summary(session: AsyncSession, incident: Incident) -> str:
+    """The closing line of an incident: how many, how long, and how they were resolved."""
+    rows = await store.members(session, incident_id=incident.id or 0)
+    ended = incident.ended_at or incident.updated_at
+    how: Counter[str] = Counter()
+    for case, _ in rows:
+        if case.resolution and "re-authenticated" in case.resolution:
+            how["re-authenticated"] += 1
+        else:
+            by = (case.resolved_by or "system").split(":", 1)[0]
+            how[RESOLVER_WORDS.get(by, by)] += 1
+    parts = ", ".join(f"{n} {words}" for words, n in how.most_common())
+    return (
+        f"Incident #{incident.id} ended: all {len(rows)} accounts {scope_words(incident)} are "
+        f"resolved, {how_long(ended - incident.first_case_at)} after the first lost access"
+        f" ({parts})."
+    )

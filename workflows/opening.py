@@ -1,0 +1,82 @@
+"""Opening a case: the case row, its audit line, its alert (or its place in a storm)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage import cases, outbox
+from storage.models import Account, OutboxKind
+from workflows.diagnosis import refresh
+from workflows.incidents import place
+from workflows.policy import Storms
+
+log = logging.getLogger("reauthbot.lifecycle")
+
+# Chooses the channel of a case's alert from the account's email (routing by domain).
+Router = Callable[[str | None], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: str  # "opened", "updated", "resolved", "stale", "recorded", "unchanged"
+    case_id: int | None = None
+
+
+async def open_case_for(
+    session: AsyncSession,
+    account: Account,
+    *,
+    kind: str,
+    state: str | None,
+    broken_since: datetime,
+    actor: str,
+    now: datetime,
+    route: Router,
+    audit: dict[str, object],
+    storms: Storms | None = None,
+) -> Outcome:
+    """Open a case for the account and queue its alert (the caller checked none is open).
+
+    With ``storms``, a case that is part of a storm joins its incident instead of being
+    posted on its own.
+    """
+    # The case records where its alert goes; the message ts is added once it is posted.
+    channel = route(account.email)
+    case = await cases.open_case(
+        session,
+        account_id=account.id,
+        kind=kind,
+        state=state,
+        now=now,
+        channel=channel,
+        broken_since=min(broken_since, now),
+    )
+    if case is None:  # another worker opened it between our read and insert
+        raise RuntimeError(f"case for account {account.id} opened concurrently; retry")
+    assert case.id is not None
+    await cases.record_event(
+        session,
+        actor=actor,
+        action="opened",
+        at=now,
+        case_id=case.id,
+        account_id=account.id,
+        details=audit,
+    )
+    await outbox.enqueue(
+        session,
+        channel=channel,
+        kind=OutboxKind.POST,
+        now=now,
+        case_id=case.id,
+        dedupe_key=f"case:{case.id}:post",
+    )
+    await refresh(session, case=case, account=account, now=now)
+    await place(session, case, account, storms=storms, now=now)
+    log.info("case opened", extra={"case": case.id, "account": account.id, "kind": kind})
+    return Outcome("opened", case.id)
