@@ -17,6 +17,7 @@ from storage.models import (
     OutboxMessage,
     OutboxStatus,
 )
+from tests.conftest import Nylas
 from workflows import bulk
 from workflows.escalation import escalate_due
 from workflows.events import AccountEvent
@@ -204,3 +205,50 @@ async def test_links_for_all_are_one_per_end_user(sessions: Sessions) -> None:
     async with sessions() as session:
         waiting = (await session.exec(select(Case.status))).all()
     assert set(waiting) == {"waiting_on_user"}
+
+
+async def test_retry_all_retries_the_stopped_v2_accounts(sessions: Sessions, nylas: Nylas) -> None:
+    for n in range(3):
+        account_id = f"a-{n}"
+        nylas.fake.add_v2_account(
+            id=account_id,
+            email=f"user{n}@acme.com",
+            sync_state="stopped",
+            upgrade_result="running" if n else "stopped",
+        )
+        event = AccountEvent(
+            account_id=account_id,
+            api_version="v2",
+            event_type="account.stopped",
+            state="stopped",
+            occurred_at=T0,
+            source="webhook",
+            email=f"user{n}@acme.com",
+            provider="imap",
+        )
+        async with sessions() as session, session.begin():
+            await apply_event(session, event, now=T0, route=route, storms=STORMS)
+    (incident,) = await incidents(sessions)
+
+    result = await bulk.retry_all(
+        sessions, incident_id=incident.id or 0, actor="slack:U0SUE", now=T0, nylas=nylas.v2
+    )
+
+    assert result.outcome == "done"
+    assert result.message == "Retry all for incident #1: 2 recovered, 1 still not syncing."
+    for n in range(3):
+        assert len(nylas.fake.calls_to("POST", rf"/a/[^/]+/accounts/a-{n}/downgrade")) == 1
+        assert len(nylas.fake.calls_to("POST", rf"/a/[^/]+/accounts/a-{n}/upgrade")) == 1
+    async with sessions() as session:
+        states = dict((await session.exec(select(Case.account_id, Case.status))).all())
+    assert states == {"a-0": "open", "a-1": "resolved", "a-2": "resolved"}
+    line = (await outbox(sessions, kind=OutboxKind.THREAD, incident_id=incident.id))[-1]
+    assert line.payload["text"] == "Retry all by <@U0SUE>: 2 recovered, 1 still not syncing."
+
+    # Again: only the account still stopped is retried.
+    again = await bulk.retry_all(
+        sessions, incident_id=incident.id or 0, actor="slack:U0SUE", now=T0, nylas=nylas.v2
+    )
+    assert again.message == "Retry all for incident #1: 1 still not syncing."
+    assert len(nylas.fake.calls_to("POST", r"/a/[^/]+/accounts/a-0/downgrade")) == 2
+    assert len(nylas.fake.calls_to("POST", r"/a/[^/]+/accounts/a-1/downgrade")) == 1

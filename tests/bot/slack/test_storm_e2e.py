@@ -14,8 +14,9 @@ from sqlmodel import col, select
 from bot.runtime import RUNTIME
 from bot.slack import ids
 from storage.models import Case, CaseEvent, CaseStatus, Incident, IncidentStatus
-from tests.bot.slack.support import CHANNEL, NOW, Sessions, click, click_payload
+from tests.bot.slack.support import CHANNEL, NOW, Sessions, click, click_payload, nylas_settings
 from tests.conftest import WEBHOOK_SECRET, FrozenClock
+from tests.fakes.nylas import FakeNylas
 from tests.fakes.slack import FakeSlack
 from tests.waiting import eventually
 from workflows.nylas import samples
@@ -198,3 +199,44 @@ async def test_a_storm_is_one_message_per_domain_with_bulk_actions_and_a_summary
     # Still only the posts of the storm: recovery added no new top-level messages but the
     # summaries, which are thread replies also sent to the channel.
     assert len(channel_posts(slack)) == len(posts)
+
+
+async def test_re_auth_links_for_a_whole_storm_come_as_csv(
+    start: Any, slack: FakeSlack, sessions: Sessions, nylas_fake: FakeNylas
+) -> None:
+    clock = FrozenClock(NOW)
+    app = await start(
+        clock=clock,
+        nylas_redirect_uri="https://app.example/nylas/callback",
+        **nylas_settings(nylas_fake, "v3"),
+    )
+    await asyncio.gather(
+        *(deliver(app, "grant.expired", n, "west.example", at=NOW) for n in range(6))
+    )
+
+    async def posted() -> bool:
+        await settle(app, clock)
+        found = await incidents(sessions)
+        return len(found) == 1 and bool(found[0].slack_ts)
+
+    await eventually(posted, within=20)
+    payload = click_payload(slack, ids.INCIDENT_LINKS, "1", "U0SUE", n="links")
+    assert await click(app, urlencode({"payload": json.dumps(payload)})) == 200
+
+    async def answered() -> bool:
+        return bool(slack.responses_to("links"))
+
+    await eventually(answered)
+    (answer,) = slack.responses_to("links")
+    assert answer["response_type"] == "ephemeral"
+    assert answer["text"].startswith("6 re-authentication links for incident #1")
+    csv_text = "".join(
+        b["text"]["text"].strip("`") for b in answer["blocks"][1:] if b["type"] == "section"
+    )
+    rows = csv_text.strip().splitlines()
+    assert rows[0] == "email,link"
+    assert sorted(r.split(",", 1)[0] for r in rows[1:]) == [
+        f"user{n}@west.example" for n in range(6)
+    ]
+    assert all("/v3/connect/auth?" in r and "login_hint=" in r for r in rows[1:])
+    assert {c.status for c in await all_cases(sessions)} == {CaseStatus.WAITING_ON_USER}
