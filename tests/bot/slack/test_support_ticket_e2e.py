@@ -15,6 +15,7 @@ from tests.bot.slack.support import (
     case_events,
     click,
     click_body,
+    expire,
     nylas_settings,
     wait_posts,
 )
@@ -122,3 +123,12 @@ async def test_show_lists_the_likely_causes(
     async with sessions() as session:
         case = await cases.get_case(session, case_id=case_id)
     assert case is not None and case.diagnosis == []
+
+
+async def test_an_alert_carries_its_likely_cause_when_posted(start: Any, slack: FakeSlack) -> None:
+    app = await start()
+    await expire(app)  # a Google grant expired
+    await wait_posts(slack, 1)
+    text = json.dumps(slack.calls_to("chat.postMessage")[0].params["blocks"])
+    assert "*Likely cause*" in text
+    assert "Google" in text  # the OAuth finding, with its Google-specific hint
