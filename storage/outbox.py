@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -59,6 +60,32 @@ def _claimable(now: datetime) -> Any:
     )
 
 
+# Messages whose order matters within their subject: the lines of one thread, and the
+# trigger, acknowledge and resolve of one PagerDuty alert.
+ORDERED_KINDS = ("thread", "page")
+
+
+def _next_in_line() -> Any:
+    """No earlier message of the same subject and kind is still waiting to be sent.
+
+    Without this, a line retried after an outage could be overtaken by the line after it.
+    """
+    older = aliased(OutboxMessage)
+    earlier = (
+        select(col(older.id))
+        .where(
+            col(older.status) == OutboxStatus.PENDING,
+            col(older.id) < col(OutboxMessage.id),
+            col(older.kind) == col(OutboxMessage.kind),
+            col(older.channel) == col(OutboxMessage.channel),
+            col(older.case_id).is_not_distinct_from(OutboxMessage.case_id),
+            col(older.incident_id).is_not_distinct_from(OutboxMessage.incident_id),
+        )
+        .exists()
+    )
+    return col(OutboxMessage.kind).not_in(ORDERED_KINDS) | ~earlier
+
+
 async def claim(
     session: AsyncSession,
     *,
@@ -72,8 +99,9 @@ async def claim(
     """Lease up to ``limit`` due messages to ``owner``, oldest first; commit before sending.
 
     ``channel`` / ``not_channel`` split the outbox between drains (Slack and PagerDuty).
+    Lines of one thread and events of one PagerDuty alert go out one at a time, in order.
     """
-    where = _claimable(now)
+    where = _claimable(now) & _next_in_line()
     if channel is not None:
         where &= col(OutboxMessage.channel) == channel
     if not_channel is not None:

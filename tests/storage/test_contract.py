@@ -367,3 +367,41 @@ async def test_open_cases_by_kind(sessions: Sessions) -> None:
             await cases.open_case(session, account_id=f"acc-{i}", kind=kind, state="x", now=NOW)
     async with sessions() as session:
         assert await maintenance.open_cases_by_kind(session) == {"reauth": 2, "support": 1}
+
+
+async def test_lines_of_one_thread_go_out_in_order_even_after_a_retry(sessions: Sessions) -> None:
+    lease = timedelta(seconds=60)
+    async with sessions() as session, session.begin():
+        # Thread lines of two subjects (cases are not needed for the outbox itself).
+        first, second, _third = [
+            await outbox.enqueue(session, channel="C1", kind="thread", now=NOW) for _ in "abc"
+        ]
+        other = await outbox.enqueue(session, channel="C2", kind="thread", now=NOW)
+        update = await outbox.enqueue(session, channel="C1", kind="update", now=NOW)
+        pages = [
+            await outbox.enqueue(session, channel="pagerduty", kind="page", now=NOW) for _ in "ab"
+        ]
+
+    async def claim(owner: str, at: datetime) -> list[int | None]:
+        async with sessions() as session, session.begin():
+            return [m.id for m in await outbox.claim(session, owner=owner, now=at, lease=lease)]
+
+    # One line per thread (and per PagerDuty alert) at a time; other kinds are not held back.
+    assert await claim("a", NOW) == [first, other, update, pages[0]]
+    # The first line fails and is retried later: the second must not overtake it.
+    async with sessions() as session, session.begin():
+        for sent in (other, update, pages[0]):
+            assert sent is not None
+            await outbox.mark_sent(session, message_id=sent, owner="a", now=NOW)
+        assert first is not None
+        await outbox.retry_later(
+            session, message_id=first, owner="a", available_at=NOW + timedelta(minutes=5), error="x"
+        )
+    assert await claim("b", NOW + timedelta(minutes=1)) == [pages[1]]
+    async with sessions() as session, session.begin():
+        assert pages[1] is not None
+        await outbox.mark_sent(session, message_id=pages[1], owner="b", now=NOW)
+    assert await claim("c", NOW + timedelta(minutes=5)) == [first]
+    async with sessions() as session, session.begin():
+        await outbox.mark_sent(session, message_id=first, owner="c", now=NOW)
+    assert await claim("d", NOW + timedelta(minutes=5)) == [second]
