@@ -1,7 +1,8 @@
 """The PagerDuty sink: sends the outbox's page events through the Events API v2 client.
 
 Every event of one case shares the dedup key ``reauthbot-case-<n>`` (of a storm,
-``reauthbot-incident-<n>``), so PagerDuty keeps one alert per case and a repeated event (a retry after a lost answer) changes nothing.
+``reauthbot-incident-<n>``), so PagerDuty keeps one alert per case and a repeated event (a
+retry after a lost answer) changes nothing.
 """
 
 from __future__ import annotations
