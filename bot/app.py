@@ -33,6 +33,7 @@ from bot.runtime import RUNTIME, Runtime
 from bot.settings import Settings
 from bot.slack import app as slack_app
 from bot.slack.sink import SlackSink
+from storage import leases
 from storage.engine import create_engine, readonly_session_factory, session_factory
 from storage.migrate import upgrade
 from storage.models import PAGER_CHANNEL
@@ -341,8 +342,22 @@ async def _escalate(runtime: Runtime) -> None:
         runtime.wake_senders()
 
 
+# The share of the poll interval a replica holds the reconciliation lease: whichever replica
+# asks first in each interval runs the pass, the others skip it.
+RECONCILE_LEASE_SHARE = 0.9
+
+
 async def _reconcile(runtime: Runtime) -> None:
     assert runtime.nylas is not None
+    period = runtime.settings.poll_interval * RECONCILE_LEASE_SHARE
+    async with runtime.db()() as session, session.begin():
+        mine = await leases.acquire(
+            session, name="reconcile", owner=runtime.instance, now=runtime.clock(), period=period
+        )
+    if not mine:
+        log.info("reconciliation skipped: another replica runs it this interval")
+        runtime.metrics.job_runs.labels(job="reconcile", outcome="skipped").inc()
+        return
     report = await reconcile(
         runtime.db(),
         runtime.nylas,

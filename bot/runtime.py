@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -35,6 +38,10 @@ class Runtime:
     scheduler: AsyncIOScheduler | None = None  # the periodic jobs, started or not
     migrated: bool = False
     notes: list[str] = field(default_factory=list)
+    # Names this process among replicas (leases, logs): host, pid and a random suffix.
+    instance: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
 
     def wake_senders(self) -> None:
         """Tell the Slack and PagerDuty drains that the outbox has new rows."""

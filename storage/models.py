@@ -292,3 +292,13 @@ class OutboxMessage(SQLModel, table=True):
     lease_until: datetime | None = _ts()
     sent_at: datetime | None = _ts()
     last_error: str | None = Field(default=None, sa_type=sa.Text())
+
+
+class Lease(SQLModel, table=True):
+    """Who runs a one-at-a-time job (the reconciliation pass) until when (storage.leases)."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    owner: str = Field(max_length=128)
+    until: datetime = Field(sa_type=UTCDateTime(), nullable=False)

@@ -19,7 +19,7 @@ from storage.engine import create_engine, normalize_url
 from storage.migrate import upgrade
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
-TABLES = ["outbox", "case_events", "cases", "incidents", "inbox", "accounts"]
+TABLES = ["outbox", "case_events", "cases", "incidents", "inbox", "accounts", "leases"]
 
 
 def pg_admin_url() -> URL:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases, inbox, maintenance, outbox
+from storage import cases, inbox, leases, maintenance, outbox
 from storage.engine import create_engine
 from storage.migrate import current_revision, head_revision, is_up_to_date, upgrade
 from storage.models import Account, CaseStatus, InboxStatus, OutboxStatus
@@ -405,3 +405,29 @@ async def test_lines_of_one_thread_go_out_in_order_even_after_a_retry(sessions: 
     async with sessions() as session, session.begin():
         await outbox.mark_sent(session, message_id=first, owner="c", now=NOW)
     assert await claim("d", NOW + timedelta(minutes=5)) == [second]
+
+
+async def test_a_lease_has_one_holder_until_it_runs_out(sessions: Sessions) -> None:
+    period = timedelta(minutes=10)
+
+    async def take(owner: str, at: datetime) -> bool:
+        async with sessions() as session, session.begin():
+            return await leases.acquire(session, name="job", owner=owner, now=at, period=period)
+
+    # Two processes asking at once: exactly one gets it.
+    taken = await race(
+        sessions,
+        lambda session: leases.acquire(
+            session, name="race", owner=str(id(session)), now=NOW, period=period
+        ),
+    )
+    assert sorted(taken) == [False, True]
+
+    assert await take("a", NOW)
+    assert not await take("b", NOW + timedelta(minutes=9))
+    assert await take("a", NOW + timedelta(minutes=9))  # the holder renews
+    assert not await take("b", NOW + timedelta(minutes=18))
+    assert await take("b", NOW + timedelta(minutes=19))  # ran out: the next one takes it
+    async with sessions() as session:
+        lease = await leases.holder(session, name="job")
+    assert lease is not None and (lease.owner, lease.until) == ("b", NOW + timedelta(minutes=29))
