@@ -22,6 +22,7 @@ from bot.slack import blocks, ids
 from bot.slack.groups import GroupDirectory
 from storage import cases
 from storage.models import Account
+from storage.reports import MAX_CASE_NUMBER
 from workflows import actions
 from workflows.actions import ActionResult
 from workflows.permissions import is_allowed
@@ -37,6 +38,19 @@ REVOKE_OFF = (
     "Revoking tokens is turned off. To allow it, name who may revoke under "
     "[permissions] revoke in the policy file (REAUTHBOT_CONFIG)."
 )
+
+
+def in_range(number: int) -> bool:
+    """Whether a case (or incident) number can exist; the database refuses to look up others."""
+    return 0 < number <= MAX_CASE_NUMBER
+
+
+def case_number(raw: object) -> int:
+    """The case number a modal carries; ValueError if it names none."""
+    number = int(str(raw))
+    if not in_range(number):
+        raise ValueError(f"{number} is not a case number")
+    return number
 
 
 def case_id_of(body: dict[str, Any]) -> int | None:
@@ -83,6 +97,10 @@ async def run_action(
             response_type="ephemeral",
             replace_original=False,
         )
+        return None
+    if not in_range(case_id):  # forged
+        text = f"Case #{case_id} does not exist."
+        await respond(text=text, response_type="ephemeral", replace_original=False)
         return None
     sessions: async_sessionmaker[AsyncSession] = runtime.db()
     now: datetime = runtime.clock()
@@ -157,7 +175,11 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
     ) -> None:
         await ack()
         user_id, case_id = str(body.get("user", {}).get("id", "")), case_id_of(body)
-        if case_id is None or not await permitted(runtime, groups, "resolve", user_id):
+        if (
+            case_id is None
+            or not in_range(case_id)
+            or not await permitted(runtime, groups, "resolve", user_id)
+        ):
             await run_action(
                 runtime, groups, body, respond, permission="resolve", workflow=actions.resolve
             )
@@ -199,7 +221,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             await respond(text=REVOKE_OFF, response_type="ephemeral", replace_original=False)
             return
         case = account = None
-        if case_id is not None:
+        if case_id is not None and in_range(case_id):
             async with runtime.reader()() as session:
                 case = await cases.get_case(session, case_id=case_id)
                 if case is not None:
@@ -265,7 +287,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
     ) -> None:
         user_id = str(body.get("user", {}).get("id", ""))
         try:
-            case_id = int(view["private_metadata"])
+            case_id = case_number(view["private_metadata"])
             typed = view["state"]["values"][ids.CONFIRM_BLOCK][ids.CONFIRM_INPUT].get("value") or ""
         except (KeyError, ValueError, TypeError):
             await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: "This form is broken."})
@@ -298,7 +320,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
     ) -> None:
         user_id = str(body.get("user", {}).get("id", ""))
         try:
-            case_id = int(view["private_metadata"])
+            case_id = case_number(view["private_metadata"])
             note = view["state"]["values"][ids.NOTE_BLOCK][ids.NOTE_INPUT].get("value") or ""
         except (KeyError, ValueError, TypeError):
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: "This form is broken."})

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncServerErrorRetryHandler,
@@ -22,6 +22,9 @@ from bot.slack.groups import GroupDirectory
 log = logging.getLogger("reauthbot.slack")
 
 BOLT = web.AppKey("bolt", AsyncApp)
+
+# What Bolt raises when it reads a missing or mistyped field of a payload while routing it.
+MALFORMED = (LookupError, TypeError, ValueError, AttributeError)
 
 
 def build_client(settings: Settings) -> AsyncWebClient:
@@ -53,8 +56,14 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
     commands.register(bolt, runtime, groups)
 
     @bolt.error
-    async def on_error(error: Exception, body: dict[str, Any], logger: logging.Logger) -> None:
+    async def on_error(error: Exception, response: BoltResponse | None) -> BoltResponse | None:
+        if response is not None and isinstance(error, MALFORMED):
+            # Nothing acknowledged yet, and every listener acknowledges first: Bolt failed
+            # while matching the payload to a listener. Bolt would answer 500.
+            log.warning("malformed Slack payload: %s: %s", type(error).__name__, error)
+            return BoltResponse(status=400, body={"error": "malformed payload"})
         log.error("Slack listener failed: %s", error, exc_info=error)
+        return None
 
     return bolt
 
@@ -64,7 +73,7 @@ async def slack_events(request: web.Request) -> web.Response:
     bolt = request.app[BOLT]
     try:
         response = await bolt.async_dispatch(await to_bolt_request(request))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except MALFORMED as exc:
         # Bolt reads payload fields while routing; a request with a missing or mistyped
         # field must get a clear 400, not a 500 (and changes nothing).
         log.warning("malformed Slack payload: %s: %s", type(exc).__name__, exc)

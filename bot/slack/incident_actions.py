@@ -15,7 +15,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.actions import case_id_of, link_builder, permitted
+from bot.slack.actions import case_id_of, in_range, link_builder, permitted
 from bot.slack.blocks import MAX_SECTION, section
 from bot.slack.groups import GroupDirectory
 from workflows import bulk
@@ -71,6 +71,10 @@ async def run_bulk(
             response_type="ephemeral",
             replace_original=False,
         )
+        return None
+    if not in_range(incident_id):  # forged
+        text = f"Incident #{incident_id} does not exist."
+        await respond(text=text, response_type="ephemeral", replace_original=False)
         return None
     sessions = runtime.db()
     now = runtime.clock()

@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import hmac
 import json
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from workflows.states import V2_TRIGGER_STATES, V3_TRIGGERS
 
 MAX_BODY_BYTES = 1024 * 1024
 REAUTH_CODE = 25027
+# Ids end up in 255-character columns and deduplication keys (with a prefix and a date).
+MAX_ID_CHARS = 200
 
 
 class WebhookError(Exception):
@@ -65,10 +68,12 @@ def verify(raw: bytes, signature: str | None, secrets: Mapping[str, str]) -> str
         raise BadSignature("missing X-Nylas-Signature header")
     if not secrets:
         raise BadSignature("no webhook secret is configured (NYLAS_WEBHOOK_SECRET for v3)")
-    given = signature.strip().lower().encode()
+    given = signature.strip().lower()
+    if not given.isascii():  # a hex digest is ASCII; the header may carry any byte
+        raise BadSignature("X-Nylas-Signature does not match the body")
     matched = None
     for version, secret in sorted(secrets.items()):
-        if hmac.compare_digest(_digest(secret, raw).encode(), given) and matched is None:
+        if hmac.compare_digest(_digest(secret, raw), given) and matched is None:
             matched = version
     if matched is None:
         raise BadSignature("X-Nylas-Signature does not match the body")
@@ -96,26 +101,60 @@ def compress(body: bytes) -> bytes:
     return gzip.compress(body)
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(number: str) -> float:
+    value = float(number)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{number} is out of range")
+    return value
+
+
 def _load(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        payload = json.loads(body, parse_constant=_not_json, parse_float=_finite)
+    except (ValueError, RecursionError):  # also bad UTF-8, NaN, 5000-digit ints, deep nesting
         raise MalformedDelivery("body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise MalformedDelivery("body must be a JSON object")
     return payload
 
 
-def _text(value: Any, where: str) -> str:
+def _text(value: Any, where: str, limit: int = MAX_ID_CHARS) -> str:
     if not isinstance(value, str) or not value:
         raise MalformedDelivery(f"{where} must be a non-empty string")
+    _optional_text(value, where, limit)
     return value
+
+
+def _optional_text(value: Any, where: str, limit: int) -> None:
+    # Printable: no NUL (PostgreSQL refuses it in text) and no lone surrogates (not UTF-8).
+    if value is not None and (
+        not isinstance(value, str) or len(value) > limit or not value.isprintable()
+    ):
+        raise MalformedDelivery(f"{where} must be a string of at most {limit} printable characters")
 
 
 def _timestamp(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedDelivery(f"{where} must be a unix timestamp")
+    try:
+        _at(value)  # as parse_entry will read it
+    except (OverflowError, OSError, ValueError):
+        raise MalformedDelivery(f"{where} must be a unix timestamp") from None
     return int(value)
+
+
+def _serialize(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): no database stores it
+            raise MalformedDelivery("body holds text that is not valid Unicode") from None
+    return text
 
 
 def split(version: str, body: bytes) -> list[InboxEntry]:
@@ -149,7 +188,7 @@ def _split_v2(payload: dict[str, Any]) -> list[InboxEntry]:
             InboxEntry(
                 dedupe_key=f"v2:{account_id}:{trigger}:{date}",
                 source="nylas-v2",
-                body=json.dumps(delta, separators=(",", ":"), ensure_ascii=False),
+                body=_serialize(delta),
             )
         )
     return entries
@@ -164,12 +203,16 @@ def _split_v3(payload: dict[str, Any]) -> list[InboxEntry]:
         raise MalformedDelivery("a v3 delivery needs 'data.object'")
     if trigger not in V3_TRIGGERS:
         return []
-    _text(data["object"].get("grant_id"), "data.object.grant_id")
+    obj = data["object"]
+    _text(obj.get("grant_id"), "data.object.grant_id")
+    # Column sizes of accounts.email and accounts.provider.
+    _optional_text(obj.get("email"), "data.object.email", 320)
+    _optional_text(obj.get("provider"), "data.object.provider", 64)
     return [
         InboxEntry(
             dedupe_key=f"v3:{notification_id}",
             source="nylas-v3",
-            body=json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+            body=_serialize(payload),
         )
     ]
 
