@@ -27,6 +27,10 @@ log = logging.getLogger("reauthbot.notifier")
 
 MAX_ATTEMPTS = 12
 MAX_BACKOFF = timedelta(minutes=5)
+# Temporary errors are retried past MAX_ATTEMPTS until a message is this old: twelve
+# attempts last 18 minutes against 5xx, 12 s against 429s with Retry-After 1, and 24 s for a
+# line waiting on its parent, and an outage must delay messages, not drop them.
+RETRY_FOR = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +114,8 @@ def backoff(attempts: int, retry_after: float | None = None) -> timedelta:
     """Delay before the next attempt: Slack's Retry-After when given, else doubling from 1 s."""
     if retry_after is not None:
         return timedelta(seconds=max(retry_after, 0.0))
-    return min(timedelta(seconds=2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+    # The exponent is capped too: attempts go on past MAX_ATTEMPTS while an outage lasts.
+    return min(timedelta(seconds=2 ** min(max(attempts - 1, 0), 20)), MAX_BACKOFF)
 
 
 class Notifier:
@@ -222,7 +227,9 @@ class Notifier:
     async def _failed(self, message: OutboxMessage, error: SinkError) -> None:
         assert message.id is not None
         now = self._clock()
-        give_up = error.permanent or message.attempts >= MAX_ATTEMPTS
+        give_up = error.permanent or (
+            message.attempts >= MAX_ATTEMPTS and now - message.created_at >= RETRY_FOR
+        )
         async with self._sessions() as session, session.begin():
             if not give_up:
                 await outbox.retry_later(

@@ -99,10 +99,16 @@ async def claim_delivery(session: AsyncSession, *, delivery_id: int, now: dateti
 
 
 async def defer_delivery(
-    session: AsyncSession, *, delivery_id: int, error: str, retry_at: datetime
+    session: AsyncSession,
+    *,
+    delivery_id: int,
+    error: str,
+    retry_at: datetime,
+    give_up: bool = True,
 ) -> str:
     """Record a failed attempt; retry at ``retry_at``, or give up after MAX_ATTEMPTS.
 
+    ``give_up=False`` retries past MAX_ATTEMPTS (the failure is someone else's outage).
     Returns the delivery's new status.
     """
     delivery = await session.get(InboxDelivery, delivery_id, with_for_update=True)
@@ -110,7 +116,7 @@ async def defer_delivery(
         return delivery.status if delivery else InboxStatus.DONE
     delivery.attempts += 1
     delivery.last_error = error[:2000]
-    if delivery.attempts >= MAX_ATTEMPTS:
+    if give_up and delivery.attempts >= MAX_ATTEMPTS:
         delivery.status = InboxStatus.FAILED
     else:
         delivery.lease_until = retry_at

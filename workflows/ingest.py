@@ -3,7 +3,8 @@
 For each pending delivery: parse it, ask Nylas for a v2 account's current details (outside any
 transaction, so a slow API never holds a database lock), then claim the delivery and apply the
 event in the same transaction. A crash before the commit leaves the delivery pending; a second
-worker racing for it finds it claimed. A failure is retried with backoff, then given up on.
+worker racing for it finds it claimed. A failure is retried with backoff, then given up on;
+Nylas being unavailable is waited out for a day first.
 """
 
 from __future__ import annotations
@@ -22,20 +23,30 @@ from storage.models import InboxDelivery
 from workflows.clock import Clock
 from workflows.events import AccountEvent
 from workflows.lifecycle import Router, apply_event
-from workflows.nylas import NylasClient, NylasError, NylasNotFound
+from workflows.nylas import (
+    NylasClient,
+    NylasError,
+    NylasNotFound,
+    NylasRateLimited,
+    NylasUnavailable,
+)
 from workflows.nylas.webhooks import parse_entry
 from workflows.policy import Storms
 
 log = logging.getLogger("reauthbot.ingest")
 
 MAX_RETRY_DELAY = timedelta(minutes=10)
+# Nylas being away (5xx, timeouts, rate limits) is waited out past inbox.MAX_ATTEMPTS, which
+# would otherwise drop a v2 delivery after two minutes of outage, until it is this old.
+WAIT_FOR_NYLAS = timedelta(hours=24)
+NYLAS_AWAY = (NylasUnavailable, NylasRateLimited)
 # v2 account lookups in flight at once (Nylas allows 500 requests/s per application).
 ENRICH_CONCURRENCY = 8
 
 
 def retry_delay(attempts: int) -> timedelta:
     """5 s, 10 s, 20 s, … capped at 10 minutes."""
-    return min(timedelta(seconds=5 * 2**attempts), MAX_RETRY_DELAY)
+    return min(timedelta(seconds=5 * 2 ** min(attempts, 10)), MAX_RETRY_DELAY)
 
 
 async def enrich(event: AccountEvent, nylas: NylasClient | None) -> AccountEvent:
@@ -66,15 +77,22 @@ async def enrich(event: AccountEvent, nylas: NylasClient | None) -> AccountEvent
 
 
 async def _defer(
-    sessions: async_sessionmaker[AsyncSession], delivery: InboxDelivery, error: str, clock: Clock
+    sessions: async_sessionmaker[AsyncSession],
+    delivery: InboxDelivery,
+    failure: Exception,
+    clock: Clock,
 ) -> str:
     assert delivery.id is not None
+    now = clock()
+    error = f"{type(failure).__name__}: {failure}"
+    waiting = isinstance(failure, NYLAS_AWAY) and now - delivery.received_at < WAIT_FOR_NYLAS
     async with sessions() as session, session.begin():
         status = await inbox.defer_delivery(
             session,
             delivery_id=delivery.id,
             error=error,
-            retry_at=clock() + retry_delay(delivery.attempts),
+            retry_at=now + retry_delay(delivery.attempts),
+            give_up=not waiting,
         )
     level = logging.ERROR if status == "failed" else logging.WARNING
     log.log(
@@ -95,7 +113,7 @@ async def _prepare(
         async with limit:
             return await enrich(event, nylas)
     except NylasError as exc:
-        return NylasError(f"Nylas: {exc}")
+        return exc  # its class says whether Nylas is away or refused
     except Exception as exc:
         log.exception("cannot read delivery", extra={"delivery": delivery.id})
         return exc
@@ -148,6 +166,6 @@ async def drain_inbox(
                 log.exception("cannot apply delivery", extra={"delivery": delivery.id})
                 failed.append((delivery, exc))
     for delivery, error in failed:
-        await _defer(sessions, delivery, f"{type(error).__name__}: {error}", clock)
+        await _defer(sessions, delivery, error, clock)
     log.debug("inbox batch", extra={"looked_at": len(pending), "applied": applied})
     return len(pending)
