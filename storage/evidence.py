@@ -17,8 +17,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.models import Account, Case, CaseEvent
 
-_ESCAPE = "\\"
-
 
 @dataclass(frozen=True, slots=True)
 class Peers:
@@ -37,14 +35,9 @@ class Tally:
     accounts: int
 
 
-def like_domain(domain: str) -> str:
-    """The LIKE pattern of every email of ``domain``, its wildcards escaped."""
-    plain = domain.lower().replace(_ESCAPE, _ESCAPE * 2).replace("%", "\\%").replace("_", "\\_")
-    return f"%@{plain}"
-
-
 def _of_domain(domain: str) -> Any:
-    return sa.func.lower(col(Account.email)).like(like_domain(domain), escape=_ESCAPE)
+    # The indexed column: a storm diagnoses every one of its cases against its domain.
+    return col(Account.email_domain) == domain.lower()
 
 
 def _went_bad() -> Any:

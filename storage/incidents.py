@@ -14,7 +14,6 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.models import Account, Case, CaseStatus, Incident, IncidentScope, IncidentStatus
-from storage.reports import email_domain
 
 SAMPLE = 10  # member emails shown on an incident's message
 
@@ -22,7 +21,7 @@ SAMPLE = 10  # member emails shown on an incident's message
 def _matches(session: AsyncSession, scope: str, key: str) -> Any:
     """The accounts an incident of ``scope`` and ``key`` is about."""
     if scope == IncidentScope.DOMAIN:
-        return email_domain(session, col(Account.email)) == key
+        return col(Account.email_domain) == key
     return (col(Account.api_version) == "v3") & (sa.func.lower(col(Account.provider)) == key)
 
 

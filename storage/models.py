@@ -56,6 +56,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def domain_of(email: str | None) -> str | None:
+    """The lower-cased part of ``email`` after its last '@', or None."""
+    if not email or "@" not in email:
+        return None
+    return email.rsplit("@", 1)[1].strip().lower() or None
+
+
 def utcnow() -> datetime:
     """Return the current time as an aware UTC datetime."""
     return datetime.now(UTC)
@@ -134,6 +141,9 @@ class Account(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=255)
     api_version: str = Field(max_length=8)
     email: str | None = Field(default=None, max_length=320, index=True)
+    # The lower-cased part of the email after its last '@' (storms, diagnosis, reports by
+    # domain look accounts up by it).
+    email_domain: str | None = Field(default=None, max_length=320, index=True)
     provider: str | None = Field(default=None, max_length=64)
     sync_state: str | None = Field(default=None, max_length=64)
     billing_state: str | None = Field(default=None, max_length=32)
@@ -145,6 +155,13 @@ class Account(SQLModel, table=True):
     first_seen_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
     updated_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
     details: dict[str, Any] = _json()
+
+
+@sa.event.listens_for(Account, "before_insert")
+@sa.event.listens_for(Account, "before_update")
+def _derive_domain(mapper: Any, connection: Any, account: Account) -> None:
+    """Keep ``email_domain`` in step with ``email`` on every ORM write."""
+    account.email_domain = domain_of(account.email)
 
 
 class Case(SQLModel, table=True):

@@ -20,7 +20,7 @@ from typing import Any
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import evidence
-from storage.models import Account, Case, CaseEvent, CaseKind
+from storage.models import Account, Case, CaseEvent, CaseKind, domain_of
 from workflows.clock import how_long
 
 REVOKE_LOOKBACK = timedelta(hours=24)
@@ -136,13 +136,6 @@ class Finding:
             advice=str(data.get("advice", "")),
             evidence=tuple(str(e) for e in data.get("evidence") or ()),
         )
-
-
-def domain_of(email: str | None) -> str | None:
-    """Return the lower-cased part of ``email`` after its last '@', or None."""
-    if not email or "@" not in email:
-        return None
-    return email.rsplit("@", 1)[1].strip().lower() or None
 
 
 def family_of(provider: str | None) -> str | None:

@@ -32,9 +32,9 @@ from storage.models import (
     IncidentScope,
     IncidentStatus,
     OutboxKind,
+    domain_of,
 )
 from workflows.clock import how_long
-from workflows.diagnosis import domain_of
 from workflows.policy import Storms
 
 log = logging.getLogger("reauthbot.incidents")
@@ -133,6 +133,9 @@ async def _join(
         withdrawn = await outbox.withdraw(session, dedupe_key=f"case:{case.id}:post", now=now)
         if withdrawn:
             case.own_alert = False
+            # What was queued for its alert (an operator acted before the storm was seen)
+            # has no message to go to: the incident's message stands for the case now.
+            await outbox.withdraw_followups(session, case_id=case.id, now=now)
         elif case.slack_channel is not None:
             await outbox.enqueue(
                 session,

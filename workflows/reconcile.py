@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import Account
+from storage.models import Account, domain_of
 from workflows import duplicates
 from workflows.clock import Clock
 from workflows.events import AccountEvent
@@ -142,6 +142,7 @@ async def _apply_page(
                             "id": remote.id,
                             "api_version": remote.api_version,
                             "email": remote.email,
+                            "email_domain": domain_of(remote.email),
                             "provider": remote.provider,
                             "sync_state": state,
                             "billing_state": remote.billing_state,
