@@ -26,6 +26,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # (or a .env it points at) can change the mode the service runs in.
 _BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TMPDIR")
 _START = time.monotonic()
+_progress: IO[str] | None = None  # where say() writes; None: standard output
+
+
+def progress_to(stream: IO[str]) -> None:
+    """Send the progress lines of say() to ``stream`` (e.g. stderr, to keep stdout for the
+    results block)."""
+    global _progress
+    _progress = stream
 
 
 def cancel_on_sigterm() -> None:
@@ -38,7 +46,7 @@ def cancel_on_sigterm() -> None:
 
 def say(message: str) -> None:
     """Print one progress line, stamped with the seconds since the benchmark started."""
-    print(f"[{time.monotonic() - _START:7.1f}s] {message}", flush=True)
+    print(f"[{time.monotonic() - _START:7.1f}s] {message}", file=_progress, flush=True)
 
 
 def clean_env(home: Path, **values: str) -> dict[str, str]:

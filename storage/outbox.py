@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage._sql import insert_ignoring_conflict
-from storage.models import OutboxMessage, OutboxStatus
+from storage.models import OutboxKind, OutboxMessage, OutboxStatus
 
 
 async def enqueue(
@@ -217,6 +217,24 @@ async def withdraw(session: AsyncSession, *, dedupe_key: str, now: datetime) -> 
         .values(status=OutboxStatus.SUPERSEDED, sent_at=now, last_error="withdrawn")
     )
     return result.rowcount == 1
+
+
+async def withdraw_followups(session: AsyncSession, *, case_id: int, now: datetime) -> int:
+    """Cancel a case's pending updates, thread lines and DMs once its alert is withdrawn.
+
+    Each needs the alert's message, which will now never be posted, so none of them can have
+    reached Slack; left pending they would wait for it forever.
+    """
+    result = await session.exec(
+        update(OutboxMessage)
+        .where(
+            col(OutboxMessage.case_id) == case_id,
+            col(OutboxMessage.status) == OutboxStatus.PENDING,
+            col(OutboxMessage.kind).in_((OutboxKind.UPDATE, OutboxKind.THREAD, OutboxKind.DM)),
+        )
+        .values(status=OutboxStatus.SUPERSEDED, sent_at=now, last_error="withdrawn")
+    )
+    return result.rowcount
 
 
 async def update_waiting(session: AsyncSession, *, incident_id: int, after: datetime) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases
@@ -53,6 +54,23 @@ class BulkResult:
         return out.getvalue()
 
 
+async def _lock_members(session: AsyncSession, incident_id: int) -> set[int]:
+    """Lock the incident's unresolved cases, before the incident itself; return their ids.
+
+    A single-case action holds its case while ``record_change`` locks the incident; taking
+    the incident first and then its cases deadlocked with it on PostgreSQL (found by
+    bench/storm.py). A case that joins after this is left alone: it was not there when the
+    operator clicked.
+    """
+    stmt = (
+        select(Case.id)
+        .where(col(Case.incident_id) == incident_id, col(Case.status) != CaseStatus.RESOLVED)
+        .order_by(col(Case.id))
+        .with_for_update()
+    )
+    return {case_id for case_id in (await session.exec(stmt)).all() if case_id is not None}
+
+
 async def _lock(session: AsyncSession, incident_id: int) -> Incident | BulkResult:
     incident = await store.lock_incident(session, incident_id=incident_id)
     if incident is None:
@@ -87,6 +105,7 @@ async def acknowledge_all(
 ) -> BulkResult:
     """Acknowledge the incident and every case of it not acknowledged yet."""
     async with sessions() as session, session.begin():
+        locked = await _lock_members(session, incident_id)
         incident = await _lock(session, incident_id)
         if isinstance(incident, BulkResult):
             return incident
@@ -99,7 +118,7 @@ async def acknowledge_all(
         await queue_pager(session, incident, "acknowledge", now)
         count = 0
         for case, _ in await _unresolved(session, incident_id):
-            if case.acknowledged_at is not None:
+            if case.acknowledged_at is not None or case.id not in locked:
                 continue
             if case.status == CaseStatus.OPEN:
                 case.status = CaseStatus.ACKNOWLEDGED
@@ -135,11 +154,12 @@ async def reauth_links(
         )
     links: list[tuple[str, str]] = []
     async with sessions() as session, session.begin():
+        locked = await _lock_members(session, incident_id)
         incident = await _lock(session, incident_id)
         if isinstance(incident, BulkResult):
             return incident
         for case, account in await _unresolved(session, incident_id):
-            if case.kind not in LINKABLE_KINDS or not account.email:
+            if case.kind not in LINKABLE_KINDS or not account.email or case.id not in locked:
                 continue
             links.append((account.email, build(account)))
             case.status = CaseStatus.WAITING_ON_USER
