@@ -106,23 +106,13 @@ class SlackSink:
     async def _send(self, message: OutboxMessage, case: Case, account: Account) -> Posted | None:
         text = blocks.fallback_text(case, account)
         if message.kind == OutboxKind.POST:
-            channel = case.slack_channel or message.channel
-            if message.attempts > 1:
-                earlier = await self._find_post(
-                    channel, case_metadata(case), since=message.created_at
-                )
-                if earlier is not None:
-                    return earlier
-            await self._pace(channel)
-            response = await self._client.chat_postMessage(
-                channel=channel,
-                text=text,
-                blocks=blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
-                metadata=case_metadata(case),
-                unfurl_links=False,
-                unfurl_media=False,
+            return await self._post_once(
+                message,
+                case.slack_channel or message.channel,
+                text,
+                blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
+                case_metadata(case),
             )
-            return Posted(channel=str(response["channel"]), ts=str(response["ts"]))
         if case.slack_ts is None or case.slack_channel is None:
             # The parent message is not posted yet (its post is being retried): wait for it.
             raise SinkError("parent_not_posted", retry_after=2.0)
@@ -157,28 +147,42 @@ class SlackSink:
         )
         return None
 
+    async def _post_once(
+        self,
+        message: OutboxMessage,
+        channel: str,
+        text: str,
+        body: list[dict[str, Any]],
+        metadata: dict[str, Any],
+    ) -> Posted:
+        """Post a parent message carrying ``metadata``, or adopt the copy a retry finds."""
+        if message.attempts > 1:
+            earlier = await self._find_post(channel, metadata, since=message.created_at)
+            if earlier is not None:
+                return earlier
+        await self._pace(channel)
+        response = await self._client.chat_postMessage(
+            channel=channel,
+            text=text,
+            blocks=body,
+            metadata=metadata,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        return Posted(channel=str(response["channel"]), ts=str(response["ts"]))
+
     async def _incident(self, message: OutboxMessage, view: IncidentView) -> Posted | None:
         """Post an incident's message once, update it in place, or add a line to its thread."""
         incident = view.incident
         text = incidents.incident_fallback(view)
         if message.kind == OutboxKind.POST:
-            channel = incident.slack_channel or message.channel
-            if message.attempts > 1:
-                earlier = await self._find_post(
-                    channel, incident_metadata(view), since=message.created_at
-                )
-                if earlier is not None:
-                    return earlier
-            await self._pace(channel)
-            response = await self._client.chat_postMessage(
-                channel=channel,
-                text=text,
-                blocks=incidents.incident_blocks(view),
-                metadata=incident_metadata(view),
-                unfurl_links=False,
-                unfurl_media=False,
+            return await self._post_once(
+                message,
+                incident.slack_channel or message.channel,
+                text,
+                incidents.incident_blocks(view),
+                incident_metadata(view),
             )
-            return Posted(channel=str(response["channel"]), ts=str(response["ts"]))
         if message.kind == OutboxKind.DM:
             await self._pace(message.channel)
             note = str(message.payload.get("text", ""))
