@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage._sql import insert_ignoring_conflict
-from storage.models import OutboxKind, OutboxMessage, OutboxStatus
+from storage.models import PAGER_CHANNEL, OutboxKind, OutboxMessage, OutboxStatus
 
 
 async def enqueue(
@@ -50,6 +50,26 @@ async def enqueue(
         "available_at": available_at or now,
     }
     return await insert_ignoring_conflict(session, OutboxMessage, values, unique="dedupe_key")
+
+
+async def enqueue_page(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    payload: dict[str, Any],
+    case_id: int | None = None,
+    incident_id: int | None = None,
+) -> int | None:
+    """Queue a PagerDuty event (trigger, acknowledge or resolve) of a case or an incident."""
+    return await enqueue(
+        session,
+        channel=PAGER_CHANNEL,
+        kind=OutboxKind.PAGE,
+        now=now,
+        payload=payload,
+        case_id=case_id,
+        incident_id=incident_id,
+    )
 
 
 def _claimable(now: datetime) -> Any:

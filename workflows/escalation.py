@@ -29,7 +29,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
 from storage.models import (
-    PAGER_CHANNEL,
     Account,
     Case,
     CaseStatus,
@@ -205,13 +204,11 @@ async def _tell(
             )
     if level.pagerduty:
         done.append("paged on-call in PagerDuty")
-        await outbox.enqueue(
+        await outbox.enqueue_page(
             session,
-            channel=PAGER_CHANNEL,
-            kind=OutboxKind.PAGE,
             now=now,
             payload={"action": "trigger", **page},
-            **subject,  # type: ignore[arg-type]
+            **subject,
         )
     text = f"{line}; " + ", ".join(done or ["nobody to tell"]) + "."
     if level.mention:
@@ -369,12 +366,5 @@ async def queue_pager_follow_up(session: AsyncSession, case: Case, now: datetime
     action = pager_follow_up(case)
     if action is None:
         return
-    await outbox.enqueue(
-        session,
-        channel=PAGER_CHANNEL,
-        kind=OutboxKind.PAGE,
-        now=now,
-        case_id=case.id,
-        payload={"action": action},
-    )
+    await outbox.enqueue_page(session, now=now, payload={"action": action}, case_id=case.id)
     case.pager_state = "resolved" if action == "resolve" else "acknowledged"

@@ -24,7 +24,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases, outbox
 from storage import incidents as store
 from storage.models import (
-    PAGER_CHANNEL,
     Account,
     Case,
     CaseStatus,
@@ -236,14 +235,7 @@ async def queue_pager(
     wanted = {"acknowledge": ("triggered",), "resolve": ("triggered", "acknowledged")}[action]
     if incident.pager_state not in wanted:
         return
-    await outbox.enqueue(
-        session,
-        channel=PAGER_CHANNEL,
-        kind=OutboxKind.PAGE,
-        now=now,
-        incident_id=incident.id,
-        payload={"action": action},
-    )
+    await outbox.enqueue_page(session, now=now, payload={"action": action}, incident_id=incident.id)
     incident.pager_state = "resolved" if action == "resolve" else "acknowledged"
     session.add(incident)
 

@@ -125,26 +125,10 @@ class SlackSink:
             )
             return None
         if message.kind == OutboxKind.DM:
-            await self._pace(message.channel)
-            note = str(message.payload.get("text", ""))
-            await self._client.chat_postMessage(
-                channel=message.channel,
-                text=f"{note} {text}",
-                blocks=[
-                    {"type": "section", "text": {"type": "mrkdwn", "text": note}},
-                    *blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
-                ],
-                unfurl_links=False,
-                unfurl_media=False,
-            )
+            body = blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled)
+            await self._direct(message, text, body)
             return None
-        await self._pace(case.slack_channel)
-        await self._client.chat_postMessage(
-            channel=case.slack_channel,
-            thread_ts=case.slack_ts,
-            text=thread_text(message),
-            reply_broadcast=bool(message.payload.get("broadcast")),
-        )
+        await self._reply(message, case.slack_channel, case.slack_ts)
         return None
 
     async def _post_once(
@@ -184,15 +168,7 @@ class SlackSink:
                 incident_metadata(view),
             )
         if message.kind == OutboxKind.DM:
-            await self._pace(message.channel)
-            note = str(message.payload.get("text", ""))
-            await self._client.chat_postMessage(
-                channel=message.channel,
-                text=f"{note} {text}",
-                blocks=[blocks.section(note), *incidents.incident_blocks(view)],
-                unfurl_links=False,
-                unfurl_media=False,
-            )
+            await self._direct(message, text, incidents.incident_blocks(view))
             return None
         if incident.slack_ts is None or incident.slack_channel is None:
             raise SinkError("parent_not_posted", retry_after=2.0)
@@ -204,14 +180,30 @@ class SlackSink:
                 blocks=incidents.incident_blocks(view),
             )
             return None
-        await self._pace(incident.slack_channel)
+        await self._reply(message, incident.slack_channel, incident.slack_ts)
+        return None
+
+    async def _direct(self, message: OutboxMessage, text: str, body: list[dict[str, Any]]) -> None:
+        """Send a message to one person: the escalation's note, then the alert it is about."""
+        await self._pace(message.channel)
+        note = str(message.payload.get("text", ""))
         await self._client.chat_postMessage(
-            channel=incident.slack_channel,
-            thread_ts=incident.slack_ts,
+            channel=message.channel,
+            text=f"{note} {text}",
+            blocks=[blocks.section(note), *body],
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+
+    async def _reply(self, message: OutboxMessage, channel: str, ts: str) -> None:
+        """Add one line to the thread of the parent message at ``channel``/``ts``."""
+        await self._pace(channel)
+        await self._client.chat_postMessage(
+            channel=channel,
+            thread_ts=ts,
             text=thread_text(message),
             reply_broadcast=bool(message.payload.get("broadcast")),
         )
-        return None
 
     async def _notice(self, message: OutboxMessage) -> None:
         """Post a message about no one case (the daily digest) to its channel."""
