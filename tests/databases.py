@@ -1,7 +1,8 @@
 """Real databases for the tests: a temporary SQLite file, and PostgreSQL when configured.
 
 ``TEST_DATABASE_URL`` names a PostgreSQL server (any database on it); each test session makes
-its own databases there and drops them at the end, so runs never see each other's rows.
+its own databases there, under random names, and drops them at the end, so runs never see each
+other's rows, nor do the parallel workers of one run (pytest-xdist: each is a session).
 """
 
 from __future__ import annotations

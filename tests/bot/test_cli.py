@@ -15,7 +15,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases
 from storage.migrate import head_revision
 from storage.models import Account
-from tests.cli import free_port, run
+from tests.cli import run
+from tests.ports import free_port
 
 HEAD = head_revision()
 

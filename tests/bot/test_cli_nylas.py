@@ -10,9 +10,10 @@ from pathlib import Path
 
 from tests.bot.test_cli import assert_one_line_error
 from tests.bot.test_serve import serving, wait_ready
-from tests.cli import clean_env, free_port, run
+from tests.cli import clean_env, run
 from tests.conftest import NYLAS_API_KEY
 from tests.fakes.nylas import FakeNylas
+from tests.ports import free_port
 
 
 async def run_async(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

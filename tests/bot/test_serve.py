@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from storage.migrate import head_revision
-from tests.cli import clean_env, free_port
+from tests.cli import clean_env
+from tests.ports import free_port
 
 SECRETS = {
     "SLACK_BOT_TOKEN": "xoxb-1111-2222-SECRETBOTTOKEN",
@@ -125,7 +126,11 @@ def test_logs_never_contain_secrets(tmp_path: Path) -> None:
         get(f"{served.base}/metrics")
         output = stop(served, signal.SIGTERM)
     records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    assert len(records) > 10, output
+    # How many lines the jobs log before the signal (Nylas retries…) depends on timing; the
+    # lines from start to stop, down to debug level, are always there.
+    messages = [record["message"] for record in records]
+    assert "listening" in messages and "stopped" in messages, output
+    assert any(record["level"] == "debug" for record in records), output
     assert {"time", "level", "logger", "message"} <= set(records[0])
     for name, secret in SECRETS.items():
         if "SECRET" in secret:

@@ -310,7 +310,11 @@ async def test_an_action_while_nylas_fails_is_acked_told_and_leaves_the_case_ope
     assert await click(app, click_body(slack, action_id, str(case.id), ADMIN)) == 200
     acked_in = time.monotonic() - started
     assert acked_in < 3.0  # Slack's deadline, whatever Nylas does
-    assert slack.responses == []  # acknowledged before the outcome was known
+    if fault == "slow":
+        # Nylas has not been given up on yet (that takes NYLAS_TIMEOUT at least): the
+        # acknowledgement did not wait for the outcome. A failing Nylas answers at once, so its
+        # outcome may be told before the acknowledgement is read here.
+        assert slack.responses == []
 
     async def told_privately() -> bool:
         return len(slack.responses) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.fakes.nylas import FakeNylas
+from tests.ports import closed_port_url
 from workflows.nylas import (
     NylasAuthError,
     NylasBadResponse,
@@ -86,13 +86,6 @@ def list_path(version: str) -> str:
 
 def one_path(version: str, account_id: str) -> str:
     return f"{list_path(version)}/{account_id}"
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # -- auth ------------------------------------------------------------------------------

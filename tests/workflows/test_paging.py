@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from tests.fakes.pagerduty import FakePagerDuty
+from tests.ports import closed_port_url
 from workflows.paging import (
     PagerDuty,
     PagingError,
@@ -47,13 +47,6 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
-
-
-def closed_port_url() -> str:
-    """Return a loopback URL nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
 def client(url: str, http: httpx.AsyncClient, sleeps: Sleeps, **overrides: Any) -> PagerDuty:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -397,10 +398,14 @@ async def test_slow_work_is_answered_after_the_command_is_acknowledged(
         }
     )
 
+    started = time.monotonic()
     response = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
+    acked_in = time.monotonic() - started
 
-    # Slack has its acknowledgement while the Nylas call is still held by the fake.
-    assert response.status == 200 and nylas_fake.calls_to("GET", r"/v3/grants/g-1") == []
+    # Slack has its acknowledgement within its deadline, while the Nylas call is still held by
+    # the fake (whether that call has reached the fake yet is up to the scheduler).
+    assert response.status == 200
+    assert acked_in < 3.0
     assert slack.responses_to("slow") == []
 
     async def answered() -> bool:
