@@ -62,7 +62,9 @@ class JsonFormatter(_Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        data.update(_fields(record))
+        for key, value in _fields(record).items():
+            # A field named like the line's own keys ("level", "message"…) must not hide them.
+            data[f"{key}_" if key in data else key] = value
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str, ensure_ascii=False)

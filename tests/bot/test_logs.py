@@ -46,6 +46,13 @@ def test_json_lines_carry_fields(stream: io.StringIO) -> None:
     assert (record["message"], record["case"], record["email"]) == ("alert", 7, "a@b.c")
 
 
+def test_a_field_named_like_a_json_key_does_not_hide_it(stream: io.StringIO) -> None:
+    logs.configure(fmt="json", level="INFO", stream=stream)
+    logging.getLogger("reauthbot.test").info("escalated", extra={"level": 2, "time": "soon"})
+    record = json.loads(stream.getvalue())
+    assert (record["level"], record["level_"], record["time_"]) == ("info", 2, "soon")
+
+
 def test_plain_lines_carry_fields(stream: io.StringIO) -> None:
     logs.configure(fmt="plain", level="INFO", stream=stream)
     logging.getLogger("reauthbot.test").info("retrying", extra={"reason": "rate limited", "n": 2})
