@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage._sql import insert_ignoring_conflict
 from storage.models import Account, Case, CaseEvent, CaseStatus
 
 
@@ -35,10 +36,12 @@ async def open_case(
     now: datetime,
     channel: str | None = None,
     broken_since: datetime | None = None,
+    incident_id: int | None = None,
 ) -> Case | None:
     """Open a case for the account, or return None when it already has an open one.
 
-    The partial unique index decides races between two writers; the loser gets None.
+    A case opened into an incident has no alert of its own: the incident's message stands
+    for it. The partial unique index decides races between two writers; the loser gets None.
     """
     case = Case(
         account_id=account_id,
@@ -49,13 +52,19 @@ async def open_case(
         updated_at=now,
         slack_channel=channel,
         broken_since=broken_since or now,
+        incident_id=incident_id,
+        own_alert=incident_id is None,
     )
-    try:
-        async with session.begin_nested():
-            session.add(case)
-            await session.flush()
-    except IntegrityError:
+    table = Case.__table__  # type: ignore[attr-defined]
+    values = {c.name: getattr(case, c.name) for c in table.columns if c.name != "id"}
+    # One statement, where a savepoint around an ORM insert took three.
+    case.id = await insert_ignoring_conflict(
+        session, Case, values, unique="account_id", where=col(Case.status) != CaseStatus.RESOLVED
+    )
+    if case.id is None:
         return None
+    make_transient_to_detached(case)  # as if just read from the database
+    session.add(case)
     return case
 
 
@@ -82,8 +91,13 @@ async def record_event(
     case_id: int | None = None,
     account_id: str | None = None,
     details: dict[str, Any] | None = None,
+    flush: bool = True,
 ) -> CaseEvent:
-    """Append one line to the audit log."""
+    """Append one line to the audit log.
+
+    With ``flush=False`` the line is written with the session's next flush, together with
+    whatever else is pending, instead of in a flush of its own.
+    """
     event = CaseEvent(
         case_id=case_id,
         account_id=account_id,
@@ -93,7 +107,8 @@ async def record_event(
         details=details or {},
     )
     session.add(event)
-    await session.flush()
+    if flush:
+        await session.flush()
     return event
 
 

@@ -71,6 +71,48 @@ def headline(incident: Incident, total: int) -> str:
     return f"{total} {noun} {scope_words(incident)} lost access in {span}"
 
 
+async def open_for(
+    session: AsyncSession, account: Account, *, storms: Storms | None
+) -> Incident | None:
+    """The open incident a case of this account would join now (locked), if any."""
+    if storms is None:
+        return None
+    for scope, key in storm_keys(account):
+        incident = await store.open_incident(session, scope=scope, key=key)
+        if incident is not None:
+            return incident
+    return None
+
+
+async def opened_into(
+    session: AsyncSession, incident: Incident, case: Case, *, now: datetime
+) -> None:
+    """Account for a case opened straight into ``incident`` (``open_case(incident_id=…)``).
+
+    It never had an alert of its own, so there is nothing to withdraw: its audit line is
+    written with the caller's next one, and the incident's message is refreshed.
+    """
+    await _joined(session, incident, case, now, alert_withdrawn=False, own_alert=False)
+    await _grown(session, incident, [case], now=now, new=False)
+
+
+async def _joined(
+    session: AsyncSession, incident: Incident, case: Case, now: datetime, **details: object
+) -> None:
+    """The case's audit line saying it joined the incident (written with the next flush)."""
+    assert incident.id is not None and case.id is not None
+    await cases.record_event(
+        session,
+        actor="system",
+        action="joined_incident",
+        at=now,
+        case_id=case.id,
+        account_id=case.account_id,
+        details={"incident": incident.id, **details},
+        flush=False,
+    )
+
+
 async def place(
     session: AsyncSession, case: Case, account: Account, *, storms: Storms | None, now: datetime
 ) -> Incident | None:
@@ -78,11 +120,10 @@ async def place(
     if storms is None:
         return None
     keys = storm_keys(account)
-    for scope, key in keys:
-        incident = await store.open_incident(session, scope=scope, key=key)
-        if incident is not None:
-            await _join(session, incident, [case], now=now)
-            return incident
+    incident = await open_for(session, account, storms=storms)
+    if incident is not None:
+        await _join(session, incident, [case], now=now)
+        return incident
     for scope, key in keys:
         rows = await store.recent_loose_cases(
             session, scope=scope, key=key, since=now - storms.window
@@ -122,8 +163,6 @@ async def _join(
     new: bool = False,
 ) -> None:
     assert incident.id is not None
-    if incident.slack_channel is None:
-        incident.slack_channel = joining[0].slack_channel
     for case in joining:
         assert case.id is not None
         case.incident_id = incident.id
@@ -147,25 +186,26 @@ async def _join(
                 },
             )
         session.add(case)
-        await cases.record_event(
-            session,
-            actor="system",
-            action="joined_incident",
-            at=now,
-            case_id=case.id,
-            account_id=case.account_id,
-            details={"incident": incident.id, "alert_withdrawn": withdrawn},
-        )
+        await _joined(session, incident, case, now, alert_withdrawn=withdrawn)
+    await _grown(session, incident, joining, now=now, new=new)
+
+
+async def _grown(
+    session: AsyncSession, incident: Incident, joining: list[Case], *, now: datetime, new: bool
+) -> None:
+    """The incident has new cases: stretch its time span and queue its message."""
+    if incident.slack_channel is None:
+        incident.slack_channel = joining[0].slack_channel
+    for case in joining:
         incident.first_case_at = min(incident.first_case_at, case.opened_at)
         incident.last_case_at = max(incident.last_case_at, case.opened_at)
     incident.updated_at = now
     session.add(incident)
     await session.flush()
-    channel = incident.slack_channel or ""
     if new:
         await outbox.enqueue(
             session,
-            channel=channel,
+            channel=incident.slack_channel or "",
             kind=OutboxKind.POST,
             now=now,
             incident_id=incident.id,

@@ -42,12 +42,13 @@ async def apply_event(
 ) -> Outcome:
     """Apply one event to the account and its case; see the module docstring."""
     account = await session.get(Account, event.account_id, with_for_update=True)
-    if account is None:
+    open_case: Case | None = None
+    if account is None:  # new: no case yet, and it is written once, below
         account = Account(
             id=event.account_id, api_version=event.api_version, first_seen_at=now, updated_at=now
         )
-        session.add(account)
-    open_case = await cases.get_open_case(session, account_id=event.account_id)
+    else:
+        open_case = await cases.get_open_case(session, account_id=event.account_id)
     case_id = open_case.id if open_case else None
     audit = {
         "event": event.event_type,
@@ -79,8 +80,14 @@ async def apply_event(
         if value is not None:
             setattr(account, name, value)
     account.updated_at = now
+    if event.state is not None:
+        if account.sync_state != event.state or account.state_since is None:
+            account.state_since = event.occurred_at
+        account.sync_state = event.state
+        account.state_at = event.occurred_at
+    session.add(account)
     if account.email and account.email != email_before:
-        session.add(account)
+        # Flagged against the account as it is now: a deleted one is nobody's newer copy.
         await session.flush()
         flagged = await duplicates.flag(
             session,
@@ -104,12 +111,6 @@ async def apply_event(
             details=audit,
         )
         return Outcome("recorded", case_id)
-
-    if account.sync_state != event.state or account.state_since is None:
-        account.state_since = event.occurred_at
-    account.sync_state = event.state
-    account.state_at = event.occurred_at
-    session.add(account)
     await session.flush()
 
     rule = classify(account.api_version, event.state)

@@ -11,8 +11,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
 from storage.models import Account, OutboxKind
+from workflows import incidents
 from workflows.diagnosis import refresh
-from workflows.incidents import place
 from workflows.policy import Storms
 
 log = logging.getLogger("reauthbot.lifecycle")
@@ -43,10 +43,13 @@ async def open_case_for(
     """Open a case for the account and queue its alert (the caller checked none is open).
 
     With ``storms``, a case that is part of a storm joins its incident instead of being
-    posted on its own.
+    posted on its own. During a storm most cases open into an incident that is already
+    open: the incident's message stands for them from the start, so they get no alert and
+    no findings of their own (``/reauth show`` works those out when asked).
     """
     # The case records where its alert goes; the message ts is added once it is posted.
     channel = route(account.email)
+    incident = await incidents.open_for(session, account, storms=storms)
     case = await cases.open_case(
         session,
         account_id=account.id,
@@ -55,6 +58,7 @@ async def open_case_for(
         now=now,
         channel=channel,
         broken_since=min(broken_since, now),
+        incident_id=incident.id if incident else None,
     )
     if case is None:  # another worker opened it between our read and insert
         raise RuntimeError(f"case for account {account.id} opened concurrently; retry")
@@ -67,16 +71,20 @@ async def open_case_for(
         case_id=case.id,
         account_id=account.id,
         details=audit,
+        flush=incident is None,
     )
-    await outbox.enqueue(
-        session,
-        channel=channel,
-        kind=OutboxKind.POST,
-        now=now,
-        case_id=case.id,
-        dedupe_key=f"case:{case.id}:post",
-    )
-    await refresh(session, case=case, account=account, now=now)
-    await place(session, case, account, storms=storms, now=now)
+    if incident is not None:
+        await incidents.opened_into(session, incident, case, now=now)
+    else:
+        await outbox.enqueue(
+            session,
+            channel=channel,
+            kind=OutboxKind.POST,
+            now=now,
+            case_id=case.id,
+            dedupe_key=f"case:{case.id}:post",
+        )
+        await refresh(session, case=case, account=account, now=now)
+        await incidents.place(session, case, account, storms=storms, now=now)
     log.info("case opened", extra={"case": case.id, "account": account.id, "kind": kind})
     return Outcome("opened", case.id)

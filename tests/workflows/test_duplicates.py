@@ -75,6 +75,14 @@ async def test_a_new_grant_for_a_known_email_flags_the_old_one(sessions: Session
     assert audit[0].details["new"] == "g-new" and audit[0].details["old"] == "g-old"
 
 
+async def test_a_grant_first_seen_deleted_is_nobody_s_newer_copy(sessions: Sessions) -> None:
+    await seen(sessions, "g-live", "valid", T0, version="v3", provider="google")
+    # The first we hear of g-gone is its deletion: the live grant is not its old copy.
+    await seen(sessions, "g-gone", "deleted", T0 + timedelta(hours=1), version="v3")
+
+    assert await open_cases(sessions) == []
+
+
 async def test_the_broken_old_account_s_case_becomes_the_duplicate_case(
     sessions: Sessions,
 ) -> None:

@@ -11,6 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage.models import (
     PAGER_CHANNEL,
     Case,
+    CaseEvent,
     Incident,
     IncidentStatus,
     OutboxKind,
@@ -118,8 +119,18 @@ async def test_the_threshold_opens_an_incident_and_withdraws_unsent_alerts(
         (2, "superseded"),
         (3, "superseded"),
         (None, "pending"),  # the incident's message
-        (4, "superseded"),  # joined the open incident
         (5, "pending"),  # another domain: its own alert
+    ]
+    # The fourth case opened into the open incident: no alert, nothing queued for it, and
+    # no findings of its own (nothing shows them); its audit says where it went.
+    assert await outbox(sessions, case_id=4) == []
+    async with sessions() as session:
+        fourth = await session.get(Case, 4)
+        lines = (await session.exec(select(CaseEvent).where(CaseEvent.case_id == 4))).all()
+    assert fourth is not None and fourth.diagnosis == [] and fourth.escalation_due_at is None
+    assert [(e.action, e.details.get("incident")) for e in lines] == [
+        ("opened", None),
+        ("joined_incident", incident.id),
     ]
     # The case already posted is told in its thread.
     threads = await outbox(sessions, kind=OutboxKind.THREAD, case_id=1)

@@ -150,6 +150,11 @@ async def test_a_storm_is_one_message_per_domain_with_bulk_actions_and_a_summary
             assert (case.status, case.acknowledged_by) == (CaseStatus.ACKNOWLEDGED, "slack:U0SUE")
         else:
             assert case.acknowledged_at is None
+
+    async def told_sue() -> bool:  # the reply follows the commit
+        return bool(slack.responses_to("sue"))
+
+    await eventually(told_sue)
     assert "acknowledged incident" in slack.responses_to("sue")[0]["text"]
     async with sessions() as session:
         audit = (
