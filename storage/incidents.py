@@ -125,35 +125,58 @@ LINKABLE_KINDS = frozenset({"reauth", "stopped", "unknown"})
 
 
 async def view(session: AsyncSession, *, incident_id: int) -> IncidentView | None:
-    """Tally an incident's cases for its message; None when it does not exist."""
+    """Tally an incident's cases for its message; None when it does not exist.
+
+    Counted by the database, in groups: an incident may have tens of thousands of cases, and
+    its message is rendered again every few seconds while they change.
+    """
     incident = await session.get(Incident, incident_id)
     if incident is None:
         return None
-    rows = await members(session, incident_id=incident_id)
+    tally = (
+        select(col(Case.status), col(Case.kind), col(Case.resolved_by), sa.func.count())
+        .where(col(Case.incident_id) == incident_id)
+        .group_by(col(Case.status), col(Case.kind), col(Case.resolved_by))
+    )
     by_status: Counter[str] = Counter()
     by_kind: Counter[str] = Counter()
     resolved_by: Counter[str] = Counter()
-    retryable = linkable = 0
-    sample: list[str] = []
-    for case, account in rows:
-        by_status[case.status] += 1
-        if case.status == CaseStatus.RESOLVED:
-            resolved_by[(case.resolved_by or "system").split(":", 1)[0]] += 1
-            continue
-        by_kind[case.kind] += 1
-        if account.api_version == "v2" and case.kind == "stopped":
-            retryable += 1
-        if account.email and case.kind in LINKABLE_KINDS:
-            linkable += 1
-        if len(sample) < SAMPLE:
-            sample.append(account.email or account.id)
+    for status, kind, resolver, n in (await session.exec(tally)).all():
+        by_status[status] += n
+        if status == CaseStatus.RESOLVED:
+            resolved_by[(resolver or "system").split(":", 1)[0]] += n
+        else:
+            by_kind[kind] += n
+
+    def count_where(condition: Any) -> Any:
+        return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+    stopped_v2 = (col(Account.api_version) == "v2") & (col(Case.kind) == "stopped")
+    with_email = (sa.func.coalesce(col(Account.email), "") != "") & col(Case.kind).in_(
+        sorted(LINKABLE_KINDS)
+    )
+    actionable = (
+        select(count_where(stopped_v2), count_where(with_email))
+        .select_from(Case)
+        .join(Account, col(Account.id) == col(Case.account_id))
+        .where(col(Case.incident_id) == incident_id, col(Case.status) != CaseStatus.RESOLVED)
+    )
+    retryable, linkable = (await session.exec(actionable)).one()
+    first_unresolved = (
+        select(sa.func.coalesce(sa.func.nullif(col(Account.email), ""), col(Account.id)))
+        .join(Case, col(Account.id) == col(Case.account_id))
+        .where(col(Case.incident_id) == incident_id, col(Case.status) != CaseStatus.RESOLVED)
+        .order_by(col(Case.opened_at), col(Case.id))
+        .limit(SAMPLE)
+    )
+    sample = tuple((await session.exec(first_unresolved)).all())
     return IncidentView(
         incident=incident,
-        total=len(rows),
+        total=sum(by_status.values()),
         by_status=dict(by_status),
         by_kind=dict(by_kind),
-        retryable=retryable,
-        linkable=linkable,
-        sample=tuple(sample),
+        retryable=int(retryable),
+        linkable=int(linkable),
+        sample=sample,
         resolved_by=dict(resolved_by),
     )
