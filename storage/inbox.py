@@ -59,13 +59,16 @@ async def add_deliveries(
         }
         for key, source, body in entries
     ]
+    # One statement, compiled once and cached, executed for all rows: SQLAlchemy sends them
+    # in multi-row batches ("insertmanyvalues"). Compiling a fresh VALUES list of hundreds of
+    # rows instead took tens of milliseconds of the event loop under load.
     stmt = (
         dialect.insert(table)
-        .values(rows)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(table.c.dedupe_key)
     )
-    return set((await session.exec(stmt)).scalars().all())
+    result = await session.exec(stmt, params=rows)
+    return set(result.scalars().all())
 
 
 async def pending_deliveries(
