@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage import sqlite_inline
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 READONLY_OPTION = "reauthbot_readonly"
@@ -64,6 +67,12 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", 1)
         kwargs.setdefault("max_overflow", 0)
         kwargs.setdefault("pool_timeout", 60)
+        # Statements run on the event loop's thread; only waits for a lock go to a thread.
+        args, connect_kwargs = aiosqlite_dialect().create_connect_args(url)
+        kwargs.setdefault(
+            "async_creator",
+            sqlite_inline.connector(args, connect_kwargs, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS),
+        )
         engine = create_async_engine(url, **kwargs)
         _configure_sqlite(engine)
         return engine
@@ -82,8 +91,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # Let us issue BEGIN ourselves (below) instead of the driver's deferred BEGIN.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # The busy timeout first: switching to WAL needs a lock that another process may hold.
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # No busy timeout: a statement that must wait for another process's lock (switching
+        # to WAL may) waits on a worker thread, never on the event loop (storage.sqlite_inline).
+        cursor.execute("PRAGMA busy_timeout=0")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         # FULL: a delivery acknowledged to Nylas must survive a power loss, not just a crash.
@@ -96,6 +106,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # writer got there first; taking the write lock up front makes it wait its turn instead.
         # Read-only sessions begin deferred: in WAL mode readers never block the writer.
         readonly = conn.get_execution_options().get(READONLY_OPTION, False)
+        driver = conn.connection.driver_connection
+        if isinstance(driver, sqlite_inline.Connection):
+            driver.offload = bool(readonly)  # reads may be long: off the event loop
         conn.exec_driver_sql("BEGIN DEFERRED" if readonly else "BEGIN IMMEDIATE")
 
 

@@ -1,0 +1,208 @@
+"""SQLite statements run on the event loop's thread; waiting for a lock does not."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.dialects.sqlite.aiosqlite import dialect as aiosqlite_dialect
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage import sqlite_inline
+from storage.engine import READONLY_OPTION, create_engine
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "inline.db"
+
+
+async def make_engine(path: Path, busy_timeout_ms: int | None = None) -> AsyncEngine:
+    url = f"sqlite+aiosqlite:///{path}"
+    kwargs = {}
+    if busy_timeout_ms is not None:
+        args, connect = aiosqlite_dialect().create_connect_args(create_engine(url).url)
+        kwargs["async_creator"] = sqlite_inline.connector(
+            args, connect, busy_timeout_ms=busy_timeout_ms
+        )
+    engine = create_engine(url, **kwargs)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER)"))
+    return engine
+
+
+@pytest.fixture
+async def engine(path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = await make_engine(path)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def other_writer(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's connection, as far as SQLite can tell."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    yield conn
+    conn.close()
+
+
+async def ticks_while(work: asyncio.Task[object]) -> int:
+    """How many times a 10 ms timer fired on the loop while ``work`` ran."""
+    ticks = 0
+    while not work.done():
+        await asyncio.sleep(0.01)
+        ticks += 1
+    await work
+    return ticks
+
+
+async def insert(engine: AsyncEngine, key: str, value: int) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t VALUES (:k, :v)"), {"k": key, "v": value})
+
+
+async def values(engine: AsyncEngine) -> list[tuple[str, int]]:
+    """Read as the service's readers do (a deferred transaction, which takes no lock)."""
+    async with engine.execution_options(**{READONLY_OPTION: True}).connect() as conn:
+        return [tuple(row) for row in await conn.execute(text("SELECT k, v FROM t ORDER BY k"))]
+
+
+async def test_statements_and_their_results(engine: AsyncEngine) -> None:
+    await insert(engine, "a", 1)
+    await insert(engine, "b", 2)
+    assert await values(engine) == [("a", 1), ("b", 2)]
+    with pytest.raises(IntegrityError):
+        await insert(engine, "a", 3)
+    assert await values(engine) == [("a", 1), ("b", 2)]  # the failed one left nothing
+
+
+async def test_other_tasks_run_between_the_statements_of_a_long_transaction(
+    engine: AsyncEngine,
+) -> None:
+    running = True
+    turns = 0
+
+    async def other_task() -> None:  # a webhook delivery or a click, say
+        nonlocal turns
+        while running:
+            await asyncio.sleep(0)
+            turns += 1
+
+    other = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    async with engine.begin() as conn:
+        before = turns
+        for n in range(200):
+            await conn.execute(text("INSERT INTO t VALUES (:k, :v)"), {"k": f"k{n}", "v": n})
+        during = turns - before
+    running = False
+    await other
+
+    assert during >= 200  # a turn at least once per statement
+
+
+LONG_QUERY = (
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 3000000) "
+    "SELECT count(*) FROM n"
+)
+
+
+async def test_a_long_read_runs_off_the_event_loop(engine: AsyncEngine) -> None:
+    async def tally() -> object:
+        readonly = engine.execution_options(**{READONLY_OPTION: True})
+        async with readonly.connect() as conn:
+            return (await conn.execute(text(LONG_QUERY))).scalar()
+
+    started = time.monotonic()
+    reading = asyncio.create_task(tally())
+    ticks = await ticks_while(reading)
+
+    assert reading.result() == 3_000_000
+    took = time.monotonic() - started
+    assert took >= 0.1, "the query is too quick on this machine to show anything"
+    assert ticks >= took / 0.01 / 3  # the loop ran on, not only after the query
+
+
+async def test_a_read_given_up_on_leaves_the_connection_usable(engine: AsyncEngine) -> None:
+    await insert(engine, "a", 1)
+    readonly = engine.execution_options(**{READONLY_OPTION: True})
+
+    async def tally() -> object:
+        async with readonly.connect() as conn:
+            return (await conn.execute(text(LONG_QUERY))).scalar()
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.02):
+            await tally()
+    # The one pooled connection was handed back only once the query had ended.
+    await insert(engine, "b", 2)
+    assert await values(engine) == [("a", 1), ("b", 2)]
+
+
+async def test_a_write_waits_for_another_process_s_lock_without_blocking_the_loop(
+    engine: AsyncEngine, other_writer: sqlite3.Connection
+) -> None:
+    await insert(engine, "a", 1)
+    other_writer.execute("BEGIN IMMEDIATE")
+    other_writer.execute("INSERT INTO t VALUES ('x', 9)")
+
+    async def release_later() -> None:
+        await asyncio.sleep(0.3)
+        other_writer.execute("COMMIT")
+
+    releasing = asyncio.create_task(release_later())
+    started = time.monotonic()
+    writing = asyncio.create_task(insert(engine, "b", 2))
+    ticks = await ticks_while(writing)
+    await releasing
+
+    assert time.monotonic() - started >= 0.3  # it did wait for the lock
+    assert ticks >= 10  # and the loop kept running meanwhile
+    assert await values(engine) == [("a", 1), ("b", 2), ("x", 9)]
+
+
+async def test_a_lock_held_past_the_busy_timeout_is_an_error(
+    path: Path, other_writer: sqlite3.Connection
+) -> None:
+    engine = await make_engine(path, busy_timeout_ms=200)
+    try:
+        other_writer.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="database is locked"):
+            await insert(engine, "a", 1)
+        assert time.monotonic() - started >= 0.2
+        other_writer.execute("ROLLBACK")
+        # The connection is fine afterwards, and back to not waiting on the loop.
+        await insert(engine, "a", 1)
+        assert await values(engine) == [("a", 1)]
+    finally:
+        await engine.dispose()
+
+
+async def test_readers_are_not_blocked_by_a_writer(
+    engine: AsyncEngine, other_writer: sqlite3.Connection
+) -> None:
+    await insert(engine, "a", 1)
+    other_writer.execute("BEGIN IMMEDIATE")
+    other_writer.execute("INSERT INTO t VALUES ('x', 9)")
+    try:
+        assert await values(engine) == [("a", 1)]  # WAL: the committed state, at once
+    finally:
+        other_writer.execute("ROLLBACK")
+
+
+async def test_a_read_only_uri(path: Path, engine: AsyncEngine) -> None:
+    await insert(engine, "a", 1)
+    reader = create_engine(f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        assert await values(reader) == [("a", 1)]
+        with pytest.raises(OperationalError, match="readonly"):
+            await insert(reader, "b", 2)
+    finally:
+        await reader.dispose()
