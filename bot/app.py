@@ -40,7 +40,7 @@ from storage.models import PAGER_CHANNEL
 from workflows.actions import end_snoozes
 from workflows.clock import Clock, system_clock
 from workflows.digest import queue_digest
-from workflows.escalation import escalate_due
+from workflows.escalation import escalate_due, sweep_period
 from workflows.ingest import drain_inbox
 from workflows.maintenance import purge_old_rows
 from workflows.nylas import NylasClient
@@ -276,7 +276,8 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         every(scheduler, runtime, "snoozes", _end_snoozes, minutes=1)
         every(scheduler, runtime, "stuck", _open_stuck, minutes=5)
         if settings.policy.escalation.levels:
-            every(scheduler, runtime, "escalation", _escalate, seconds=30)
+            period = sweep_period(settings.policy.escalation)
+            every(scheduler, runtime, "escalation", _escalate, seconds=period.total_seconds())
         if settings.digest_at is not None:
             at = settings.digest_at
             daily(scheduler, runtime, "digest", _digest, hour=at.hour, minute=at.minute)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import pairwise
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -71,6 +72,23 @@ def plan(policy: Escalation) -> list[Step]:
         for r in range(policy.repeat + 1)
         for i, level in enumerate(policy.levels)
     ]
+
+
+SWEEP = timedelta(seconds=30)
+SWEEP_FLOOR = timedelta(seconds=1)
+
+
+def sweep_period(policy: Escalation) -> timedelta:
+    """How often to look for due escalation steps: every 30 s, or more often for close steps.
+
+    A step runs at the first sweep after it falls due, and is passed over when the next step
+    is due by then. Sweeping every half of the shortest wait between steps (from the opening of
+    a case to the first step, and from each step to the next) sends each step at most half that
+    wait late, before the next is due; but never more than once a second.
+    """
+    offsets = [timedelta(0), *(step.offset for step in plan(policy))]
+    waits = [later - earlier for earlier, later in pairwise(offsets) if later > earlier]
+    return max(min([SWEEP, *(wait / 2 for wait in waits)]), SWEEP_FLOOR)
 
 
 def resend_deadline(case: Case, account: Account | None) -> datetime | None:
@@ -283,7 +301,12 @@ async def _run(
     )
     log.info(
         "case escalated",
-        extra={"case": case.id, "level": step.level + 1, "round": step.round, "reason": reason},
+        extra={
+            "case": case.id,
+            "escalation_level": step.level + 1,
+            "round": step.round,
+            "reason": reason,
+        },
     )
 
 
@@ -339,7 +362,10 @@ async def _escalate_incidents(
             )
             if level.pagerduty:
                 incident.pager_state = "triggered"
-            log.info("incident escalated", extra={"incident": incident.id, "level": step.level + 1})
+            log.info(
+                "incident escalated",
+                extra={"incident": incident.id, "escalation_level": step.level + 1},
+            )
             done = index + 1
             ran += 1
         incident.escalation_step = done

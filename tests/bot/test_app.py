@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,3 +217,23 @@ async def test_a_message_whose_lease_ran_out_is_sent_by_the_next_notifier(
     await run_notifier(sessions, sink, clock)
     assert sink.calls == 1
     assert await outbox_statuses(sessions) == [OutboxStatus.SENT]
+
+
+async def test_the_service_sweeps_escalations_at_the_policy_period(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    config = tmp_path / "policy.toml"
+    config.write_text(
+        '[[escalation.levels]]\nafter = "3s"\nmention = ["U0SUE"]\n'
+        '[[escalation.levels]]\nafter = "10s"\ndm = ["U0LEAD"]\n'
+    )
+    settings = load_settings(_env_file=None, config_file=config)
+    client = await start_app(settings, engine=engine, migrate=False, scheduled_jobs=False)
+    try:
+        scheduler = client.server.app[RUNTIME].scheduler
+        assert scheduler is not None
+        job = scheduler.get_job("escalation")
+        assert job is not None and job.trigger.interval == timedelta(seconds=1.5)
+    finally:
+        await client.close()
+

@@ -15,7 +15,7 @@ from storage.engine import create_engine, session_factory
 from storage.models import PAGER_CHANNEL, Account, Case, CaseEvent, OutboxKind, OutboxMessage
 from tests.conftest import FrozenClock
 from workflows import actions
-from workflows.escalation import choose, escalate_due, next_due, plan
+from workflows.escalation import choose, escalate_due, next_due, plan, sweep_period
 from workflows.notify import record_change
 from workflows.policy import Escalation, EscalationLevel, parse_duration
 
@@ -318,3 +318,23 @@ async def test_two_processes_fire_each_level_once(
     async with sessions() as session:
         steps = {c.escalation_step for c in (await session.exec(select(Case))).all()}
     assert steps == {4}
+
+
+@pytest.mark.parametrize(
+    ("afters", "repeat", "seconds"),
+    [
+        (["15m", "1h"], 0, 30),  # minutes apart: the usual 30 s
+        (["3s", "10s"], 0, 1.5),  # half the wait from the opening to the first level
+        (["1m", "80s"], 0, 10),  # half the wait between two levels
+        (["0s", "40s"], 1, 10),  # the repeat round counts: it starts at 60 s, 20 s after 40 s
+        (["15m", "15m"], 0, 30),  # levels due together make no wait
+        (["1s", "2s"], 0, 1),  # never more than once a second
+    ],
+)
+def test_the_escalation_sweep_runs_often_enough_for_the_closest_steps(
+    afters: list[str], repeat: int, seconds: float
+) -> None:
+    policy = Escalation.model_validate(
+        {"repeat": repeat, "levels": [{"after": a, "mention": ["U0SUE"]} for a in afters]}
+    )
+    assert sweep_period(policy) == timedelta(seconds=seconds)
