@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -49,6 +50,7 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
         request_verification_enabled=not settings.socket_mode,
         logger=logging.getLogger("reauthbot.bolt"),
     )
+    bolt.use(refuse_nul_characters)
     groups = GroupDirectory(client)
     actions.register(bolt, runtime, groups)
     incident_actions.register(bolt, runtime, groups)
@@ -66,6 +68,36 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
         return None
 
     return bolt
+
+
+def contains_nul(value: object) -> bool:
+    """Whether a NUL character is anywhere in ``value`` (keys, strings, nested)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+async def refuse_nul_characters(
+    body: dict[str, object], next: Callable[[], Awaitable[BoltResponse]]
+) -> BoltResponse:
+    """Answer 400 to a payload with a NUL character anywhere in it.
+
+    Slack never sends one, and PostgreSQL cannot store one in a text column: a user id or a
+    note carrying it would fail the listener after its answer. Runs after the signature check.
+    """
+    if contains_nul(body):
+        log.warning("malformed Slack payload: a NUL character")
+        return BoltResponse(status=400, body={"error": "malformed payload: NUL character"})
+    return await next()
 
 
 async def slack_events(request: web.Request) -> web.Response:

@@ -536,3 +536,54 @@ async def test_signed_but_malformed_payloads_are_400(
         response = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
         assert response.status in (400, 404), await response.text()
     assert await case_events(sessions) == []
+
+
+async def test_nul_characters_are_400_and_change_nothing(
+    start: Any, slack: FakeSlack, sessions: Sessions
+) -> None:
+    """PostgreSQL cannot store a NUL character: a payload carrying one, in a user id, a note or
+    a command's text, is refused at the door, not failed on after the listener's answer."""
+    app = await start('[permissions]\nresolve = ["U0ADMIN"]\n')
+    await expire(app)
+    await wait_posts(slack, 1)
+    writes = ("chat.postMessage", "chat.update", "chat.postEphemeral", "views.open")
+    before = await case_events(sessions)
+    sent = [len(slack.calls_to(method)) for method in writes]
+    modal = {
+        "type": "view_submission",
+        "user": {"id": "\x00", "team_id": "T0TEST"},
+        "team": {"id": "T0TEST"},
+        "view": {
+            "id": "V0X",
+            "type": "modal",
+            "callback_id": ids.RESOLVE_MODAL,
+            "private_metadata": "1",
+            "state": {"values": {ids.NOTE_BLOCK: {ids.NOTE_INPUT: {"value": "fixed\x00"}}}},
+        },
+    }
+    command = {
+        "team_id": "T0TEST",
+        "channel_id": CHANNEL,
+        "user_id": "U0ADMIN",
+        "command": ids.COMMAND,
+        "text": "resolve 1 fixed\x00",
+        "response_url": slack.response_url("cmd"),
+        "trigger_id": "1.2.x",
+    }
+    for body in (
+        click_body(slack, ids.ACK, "1", "U0ALICE\x00"),
+        click_body(slack, ids.RESOLVE, "1", "U0ADMIN\x00"),
+        urlencode({"payload": json.dumps(modal)}),
+        urlencode(command),
+    ):
+        response = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
+        assert response.status == 400
+        assert await response.json() == {"error": "malformed payload: NUL character"}
+    await asyncio.sleep(0.2)  # anything acting on them would have started by now
+    assert await case_events(sessions) == before
+    assert [len(slack.calls_to(method)) for method in writes] == sent
+    assert slack.responses_to("cmd") == []
+    # Unsigned, it is the signature that fails first.
+    body = click_body(slack, ids.ACK, "1", "U0ALICE\x00")
+    answer = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body, timestamp=1))
+    assert answer.status == 401
