@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: child processes, the machine, memory, numbers, output."""
+"""Helpers shared by the benchmarks: child processes, the machine, memory, numbers, a scratch
+database, the command line and output."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -17,9 +19,17 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from storage.engine import normalize_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Only these are passed on to child processes, so no Slack/Nylas setting of the caller's shell
@@ -204,11 +214,92 @@ def machine() -> dict[str, Any]:
     }
 
 
+def machine_cpu() -> float:
+    """CPU seconds used by every process of the machine so far (user, nice, system...)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))  # user, nice, system, irq, softirq
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def changed_files() -> list[str]:
+    """Files of the working tree that differ from the commit (git status), if git answers."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The command ``python -m module argv...`` as run from the repository root."""
+    python = Path(sys.executable)
+    inside = python.is_relative_to(REPO_ROOT)
+    shown = str(python.relative_to(REPO_ROOT)) if inside else str(python)
+    return shlex.join([shown, "-m", module, *argv])
+
+
 def machine_line(info: dict[str, Any]) -> str:
     return (
         f"machine: {info['nproc']} CPUs ({info['cpu_model']}), Python {info['python']}, "
         f"{info['platform']}, reauthbot {info['git']}"
     )
+
+
+@dataclass
+class Db:
+    service_url: str  # DATABASE_URL for the service
+    probe_url: str  # read-only where possible
+    label: str
+    autovacuum: bool | None = None  # PostgreSQL's setting (None: SQLite)
+
+
+@asynccontextmanager
+async def scratch_database(
+    database_url: str | None, tmp: Path, *, name: str, sqlite_file: str
+) -> AsyncIterator[Db]:
+    """SQLite ``sqlite_file`` in ``tmp``; or, with ``database_url`` (a PostgreSQL server), a
+    database ``name`` of the benchmark's own there, dropped at the end."""
+    if not database_url:
+        path = tmp / sqlite_file
+        yield Db(
+            service_url=f"sqlite+aiosqlite:///{path}",
+            probe_url=f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true",
+            label="SQLite (temporary file)",
+        )
+        return
+    admin_url = normalize_url(database_url)
+    if admin_url.get_backend_name() != "postgresql":
+        raise SystemExit("--database-url must name a PostgreSQL server (SQLite is the default)")
+
+    async def admin(sql: str) -> Any:
+        """Run one statement on the server's own database; return the first value, if any."""
+        engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                result = await conn.execute(text(sql))
+                return result.scalar() if result.returns_rows else None
+        finally:
+            await engine.dispose()
+
+    # The name is the benchmark's own, so a copy left by an interrupted run is dropped.
+    await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin(f'CREATE DATABASE "{name}"')
+    autovacuum = await admin("SHOW autovacuum") == "on"
+    where = admin_url.set(database=name)
+    shown = where.render_as_string(hide_password=True)
+    say(f"created database {shown}")
+    url = where.render_as_string(hide_password=False)
+    try:
+        yield Db(url, url, f"PostgreSQL ({shown})", autovacuum=autovacuum)
+    finally:
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        say(f"dropped database {name}")
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
@@ -221,6 +312,22 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+def run_verdict(broken: Sequence[str]) -> list[str]:
+    """The closing lines of a results block: sound, or BROKEN and why."""
+    return ["run: " + ("BROKEN" if broken else "sound"), *(f"  - {line}" for line in broken)]
+
+
+def add_database_url(parser: Any, database: str, *, lifetime: str = "at the end") -> None:
+    """The ``--database-url`` option: a PostgreSQL server instead of SQLite."""
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="a PostgreSQL server to use instead of SQLite, e.g. "
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/test; a database "
+        f"{database!r} is created there and dropped {lifetime}",
+    )
 
 
 def write_json(path: str | None, data: dict[str, Any], out: IO[str] = sys.stdout) -> None:

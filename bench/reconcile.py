@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bench._common import (
     REPO_ROOT,
     Child,
+    add_database_url,
     cancel_on_sigterm,
     clean_env,
     first_line,
@@ -365,13 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--invalid-every", type=int, default=100, help="every Nth account is invalid (100)"
     )
-    parser.add_argument(
-        "--database-url",
-        metavar="URL",
-        help="a PostgreSQL server to use instead of SQLite, e.g. "
-        "postgresql+asyncpg://postgres@127.0.0.1:5432/test; a database "
-        f"{PG_DATABASE!r} is created there and dropped at the end",
-    )
+    add_database_url(parser, PG_DATABASE)
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument(
         "--profile",

@@ -60,16 +60,12 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import random
-import shlex
-import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,24 +78,29 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from bench._common import (
-    REPO_ROOT,
     Child,
+    Db,
+    add_database_url,
     cancel_on_sigterm,
+    changed_files,
     clean_env,
+    command_line,
     free_port,
     machine,
+    machine_cpu,
     machine_line,
     percentile,
     progress_to,
     run_benchmark,
+    run_verdict,
     say,
+    scratch_database,
     self_cpu_seconds,
     verdict,
     write_json,
 )
 from bench.webhook_ingest import Tally
 from bot.slack import ids
-from storage.engine import normalize_url
 from tests.fakes.slack import FakeSlack
 from workflows.nylas.webhooks import sign
 
@@ -320,54 +321,6 @@ class Probe:
         await self.engine.dispose()
 
 
-@dataclass
-class Db:
-    service_url: str  # DATABASE_URL for the service
-    probe_url: str  # read-only where possible
-    label: str
-    autovacuum: bool | None = None  # PostgreSQL's setting (None: SQLite)
-
-
-@asynccontextmanager
-async def database(args: argparse.Namespace, tmp: Path) -> AsyncIterator[Db]:
-    """SQLite in ``tmp``, or a PostgreSQL database of the benchmark's own, dropped at the end."""
-    if not args.database_url:
-        path = tmp / "storm.db"
-        yield Db(
-            service_url=f"sqlite+aiosqlite:///{path}",
-            probe_url=f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true",
-            label="SQLite (temporary file)",
-        )
-        return
-    admin_url = normalize_url(args.database_url)
-    if admin_url.get_backend_name() != "postgresql":
-        raise SystemExit("--database-url must name a PostgreSQL server (SQLite is the default)")
-
-    async def admin(sql: str) -> Any:
-        """Run one statement on the server's own database; return the first value, if any."""
-        engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        try:
-            async with engine.connect() as conn:
-                result = await conn.execute(text(sql))
-                return result.scalar() if result.returns_rows else None
-        finally:
-            await engine.dispose()
-
-    # The name is the benchmark's own, so a copy left by an interrupted run is dropped.
-    await admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-    await admin(f'CREATE DATABASE "{PG_DATABASE}"')
-    autovacuum = await admin("SHOW autovacuum") == "on"
-    where = admin_url.set(database=PG_DATABASE)
-    shown = where.render_as_string(hide_password=True)
-    say(f"created database {shown}")
-    url = where.render_as_string(hide_password=False)
-    try:
-        yield Db(url, url, f"PostgreSQL ({shown})", autovacuum=autovacuum)
-    finally:
-        await admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-        say(f"dropped database {PG_DATABASE}")
-
-
 # -- what the fake Slack saw -------------------------------------------------------------
 
 
@@ -432,13 +385,6 @@ def stale_incident_messages(slack: FakeSlack, incidents: list[dict[str, Any]]) -
 
 
 # -- running it --------------------------------------------------------------------------
-
-
-def machine_cpu() -> float:
-    """CPU seconds used by every process of the machine so far (user, nice, system...)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))  # user, nice, system, irq, softirq
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -568,7 +514,10 @@ async def benchmark(args: argparse.Namespace, tmp: Path, children: list[Child]) 
         f"({args.order} order)"
     )
     deliveries = build_deliveries(args.accounts, args.domains, args.order)
-    async with FakeSlack(bot_token=BOT_TOKEN) as slack, database(args, tmp) as db:
+    async with (
+        FakeSlack(bot_token=BOT_TOKEN) as slack,
+        scratch_database(args.database_url, tmp, name=PG_DATABASE, sqlite_file="storm.db") as db,
+    ):
         slack.rate_limit_per_channel(SLACK_LIMIT_PER_S)
         say(f"fake Slack at {slack.url} (1 post/s per channel enforced); database: {db.label}")
         service, base = start_service(tmp, db, slack, children)
@@ -932,8 +881,7 @@ def report(result: dict[str, Any], goals: dict[str, Any], broken: list[str], arg
         f"(at most {max(busiest.values(), default=0)} in one second)",
         f"  click p99 < {GOAL_CLICK_P99_MS:g} ms: {verdict(goals['click_p99_ok'])} "
         f"({c['p99_ms']:.1f} ms)",
-        "run: " + ("sound" if not broken else "BROKEN"),
-        *(f"  - {line}" for line in broken),
+        *run_verdict(broken),
         "=" * 78,
     ]
     print("\n".join(out), flush=True)
@@ -966,13 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--clicks-per-second", type=float, default=5.0, help="Slack button clicks per second (5)"
     )
-    parser.add_argument(
-        "--database-url",
-        metavar="URL",
-        help="a PostgreSQL server to use instead of SQLite, e.g. "
-        "postgresql+asyncpg://postgres@127.0.0.1:5432/test; a database "
-        f"{PG_DATABASE!r} is created there and dropped at the end",
-    )
+    add_database_url(parser, PG_DATABASE)
     parser.add_argument(
         "--analyze-every",
         type=float,
@@ -989,29 +931,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return parser
-
-
-def changed_files() -> list[str]:
-    """Files of the working tree that differ from the commit (git status), if git answers."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line[3:] for line in out.splitlines() if line.strip()]
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """The command as run from the repository root."""
-    python = Path(sys.executable)
-    inside = python.is_relative_to(REPO_ROOT)
-    shown = str(python.relative_to(REPO_ROOT)) if inside else str(python)
-    return shlex.join([shown, "-m", "bench.storm", *argv])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1035,7 +954,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     result["machine"] = info
     result["uncommitted_files"] = changed
-    result["command"] = command_line(argv)
+    result["command"] = command_line("bench.storm", argv)
     result["settings"] = {
         k: getattr(args, k)
         for k in (

@@ -62,6 +62,7 @@ from bench._common import (
     machine_line,
     percentile,
     run_benchmark,
+    run_verdict,
     say,
     self_cpu_seconds,
     verdict,
@@ -553,8 +554,7 @@ def report(result: dict[str, Any], goals: dict[str, Any], broken: list[str], arg
         f"  p99 < {GOAL_P99_MS:g} ms at {args.rate:g}/s: {verdict(goals['latency_goal_met'])}"
         f" (p99 {goals['fixed_rate_p99_ms']:.1f} ms, "
         f"{goals['fixed_rate_achieved_per_s']:,.0f} answered/s)",
-        "run: " + ("sound" if not broken else "BROKEN"),
-        *(f"  - {line}" for line in broken),
+        *run_verdict(broken),
         "=" * 78,
     ]
     print("\n".join(out), flush=True)

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Self
 
 _CHUNK = 64 * 1024
+_CLOSE_WITHIN = 1.0  # seconds
 
 
 class TcpProxy:
@@ -56,7 +57,12 @@ class TcpProxy:
     ) -> None:
         if self._server is not None:
             self._server.close()
+        self._restored.set()  # connections held by a blackhole are reset and let go
         self._reset_all()
+        # Reset connections end by themselves; cancelling them instead makes asyncio log a
+        # CancelledError for each (Python 3.11). Only what is still running is cancelled.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=_CLOSE_WITHIN)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
