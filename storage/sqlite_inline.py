@@ -14,7 +14,9 @@ then run again on a worker thread, which waits for the lock up to ``busy_timeout
 aiosqlite would have. In WAL mode that is only ever a ``BEGIN IMMEDIATE`` (every writer
 starts so), or setting up the connection.
 
-Nor must a long query hold up the loop. Write transactions are short (indexed lookups and
+Nor must a commit, which waits for the disk, and now and then copies the write-ahead log
+back into the database file: commits run on a worker thread. Nor must a long query hold up
+the loop. Write transactions are short (indexed lookups and
 inserts); read-only ones may tally thousands of rows (an incident's message, reports). A
 connection in a read-only transaction is marked ``offload`` (``storage.engine`` does it when
 the transaction begins) and runs its statements, and reads its rows, on a worker thread.
@@ -89,7 +91,11 @@ class Connection:
         return await cursor.execute(sql, parameters)
 
     async def commit(self) -> None:
-        await self.run(self._conn.commit)
+        # A commit waits for the disk (the WAL's fsync), and now and then copies the WAL back
+        # into the database file (an automatic checkpoint, which grows with the database):
+        # milliseconds the loop spends answering webhooks instead. Statements are quick; this
+        # is not.
+        await self._on_thread(self._waiting, self._conn.commit)
 
     async def rollback(self) -> None:
         self._conn.rollback()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -127,6 +128,23 @@ async def test_a_long_read_runs_off_the_event_loop(engine: AsyncEngine) -> None:
     took = time.monotonic() - started
     assert took >= 0.1, "the query is too quick on this machine to show anything"
     assert ticks >= took / 0.01 / 3  # the loop ran on, not only after the query
+
+
+async def test_a_commit_waits_for_the_disk_off_the_event_loop(engine: AsyncEngine) -> None:
+    threads: dict[str, set[int]] = {}
+    async with engine.begin() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(raw, sqlite_inline.Connection)
+        raw._conn.set_trace_callback(
+            lambda sql: threads.setdefault(sql.split()[0], set()).add(threading.get_ident())
+        )
+        await conn.execute(text("INSERT INTO t VALUES ('a', 1)"))
+    raw._conn.set_trace_callback(None)
+
+    loop_thread = threading.get_ident()
+    assert threads["INSERT"] == {loop_thread}
+    assert loop_thread not in threads["COMMIT"]
+    assert await values(engine) == [("a", 1)]
 
 
 async def test_a_read_given_up_on_leaves_the_connection_usable(engine: AsyncEngine) -> None:
