@@ -6,7 +6,7 @@ microseconds, far less than that round trip, and the engine pools a single conne
 there is nothing to run in parallel either: the hand-offs are pure cost (about a third of the
 time a storm of cases takes to process). This module offers the same small interface as
 aiosqlite's connection and cursor, calling :mod:`sqlite3` directly, and lets the event loop
-run other tasks after each statement, as the hand-off did.
+run other tasks whenever a transaction's statements have run back to back for ``TURN_EVERY``.
 
 Only waiting must not happen on the loop's thread: when another process holds the write lock,
 SQLite answers SQLITE_BUSY at once (the connection's busy timeout is 0), and the statement is
@@ -26,10 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# How long the statements of one transaction may run back to back before the event loop gets
+# a turn. A turn per statement would make a short transaction, and the write lock it holds,
+# last as many loop iterations as it has statements: under load, each is a few milliseconds,
+# which webhook deliveries waiting to be stored would wait out.
+TURN_EVERY = 0.002
+clock = time.perf_counter
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -44,12 +52,14 @@ class Connection:
         self._busy_timeout_ms = busy_timeout_ms
         self._tx = _Inline()  # the adapter queues its isolation-level change here
         self.offload = False  # run on a worker thread (a read-only transaction)
+        self._turn_given = 0.0  # when the loop last got a turn from this connection
 
     async def run(self, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` now, or on a worker thread when offloaded or waiting for a lock.
 
-        Either way the event loop gets a turn: a transaction of many statements must not
-        keep webhook deliveries and clicks waiting until it ends.
+        The event loop gets a turn once statements have run back to back for ``TURN_EVERY``:
+        a transaction of many statements must not keep webhook deliveries and clicks waiting
+        until it ends, and a short one should end (and let go of the write lock) at once.
         """
         try:
             if self.offload:
@@ -59,7 +69,9 @@ class Connection:
             if not _busy(exc):
                 raise
             return await self._on_thread(self._waiting, call, *args)
-        await asyncio.sleep(0)
+        if clock() - self._turn_given >= TURN_EVERY:
+            await asyncio.sleep(0)
+            self._turn_given = clock()
         return result
 
     async def _on_thread(self, call: Callable[..., T], *args: Any) -> T:
@@ -119,6 +131,10 @@ class Cursor:
         self._cursor = cursor
 
     async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> Cursor:
+        if sql.startswith("BEGIN"):
+            # Whoever begins a transaction has just had to wait for the connection: the loop
+            # has had its turn, and the count starts again.
+            self._connection._turn_given = clock()
         await self._connection.run(self._cursor.execute, sql, parameters)
         return self
 

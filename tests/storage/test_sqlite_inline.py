@@ -83,9 +83,8 @@ async def test_statements_and_their_results(engine: AsyncEngine) -> None:
     assert await values(engine) == [("a", 1), ("b", 2)]  # the failed one left nothing
 
 
-async def test_other_tasks_run_between_the_statements_of_a_long_transaction(
-    engine: AsyncEngine,
-) -> None:
+async def turns_during_200_inserts(engine: AsyncEngine) -> int:
+    """How many turns another task got while a transaction inserted 200 rows."""
     running = True
     turns = 0
 
@@ -104,8 +103,24 @@ async def test_other_tasks_run_between_the_statements_of_a_long_transaction(
         during = turns - before
     running = False
     await other
+    return during
 
-    assert during >= 200  # a turn at least once per statement
+
+async def test_the_loop_gets_a_turn_once_statements_have_run_for_a_while(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticks = iter(range(10**6))
+    # Each reading of the clock finds twice TURN_EVERY gone: a turn after every statement.
+    monkeypatch.setattr(sqlite_inline, "clock", lambda: next(ticks) * 2 * sqlite_inline.TURN_EVERY)
+    assert await turns_during_200_inserts(engine) >= 200
+
+
+async def test_a_quick_transaction_runs_its_statements_back_to_back(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No time passes: the transaction, and the write lock, end before anyone else runs.
+    monkeypatch.setattr(sqlite_inline, "clock", lambda: 0.0)
+    assert await turns_during_200_inserts(engine) == 0
 
 
 LONG_QUERY = (
