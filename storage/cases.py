@@ -11,7 +11,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage._sql import insert_ignoring_conflict
-from storage.models import Account, Case, CaseEvent, CaseStatus
+from storage.models import OPEN_CASE_SQL, Account, Case, CaseEvent, CaseStatus
 
 
 async def get_account(session: AsyncSession, *, account_id: str) -> Account | None:
@@ -59,7 +59,7 @@ async def open_case(
     values = {c.name: getattr(case, c.name) for c in table.columns if c.name != "id"}
     # One statement, where a savepoint around an ORM insert took three.
     case.id = await insert_ignoring_conflict(
-        session, Case, values, unique="account_id", where=col(Case.status) != CaseStatus.RESOLVED
+        session, Case, values, unique="account_id", where=OPEN_CASE_SQL
     )
     if case.id is None:
         return None

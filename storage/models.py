@@ -164,6 +164,10 @@ def _derive_domain(mapper: Any, connection: Any, account: Account) -> None:
     account.email_domain = domain_of(account.email)
 
 
+# A case that is not resolved, in SQL: the condition of the one-open-case-per-account index.
+OPEN_CASE_SQL = f"status != '{CaseStatus.RESOLVED.value}'"
+
+
 class Case(SQLModel, table=True):
     __tablename__ = "cases"
     __table_args__ = (
@@ -172,8 +176,8 @@ class Case(SQLModel, table=True):
             "uq_cases_one_open_per_account",
             "account_id",
             unique=True,
-            sqlite_where=sa.text("status != 'resolved'"),
-            postgresql_where=sa.text("status != 'resolved'"),
+            sqlite_where=sa.text(OPEN_CASE_SQL),
+            postgresql_where=sa.text(OPEN_CASE_SQL),
         ),
         sa.Index("ix_cases_status_opened", "status", "opened_at"),
         sa.Index("ix_cases_status_escalation_due", "status", "escalation_due_at"),

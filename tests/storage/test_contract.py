@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import CacheStats
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, inbox, leases, maintenance, outbox
@@ -110,6 +112,42 @@ async def test_one_open_case_per_account(sessions: Sessions) -> None:
             session, account_id="acc-1", kind="reauth", state="invalid", now=NOW
         )
     assert reopened is not None and reopened.id != first.id
+
+
+async def test_cases_and_messages_are_inserted_by_cached_statements(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    """Storms insert thousands of cases and messages: each is one INSERT, compiled once."""
+    inserts: list[tuple[str, bool]] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        if sql.lstrip().upper().startswith("INSERT"):
+            inserts.append((sql.split()[2], context.cache_hit is CacheStats.CACHE_HIT))
+
+    await add_account(sessions, "acc-1")
+    await add_account(sessions, "acc-2")
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        for account_id in ("acc-1", "acc-2"):
+            async with sessions() as session, session.begin():
+                case = await cases.open_case(
+                    session, account_id=account_id, kind="reauth", state="invalid", now=NOW
+                )
+                assert case is not None
+                await outbox.enqueue(
+                    session,
+                    channel="C1",
+                    kind="post",
+                    case_id=case.id,
+                    now=NOW,
+                    dedupe_key=f"post:{case.id}",
+                )
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    # The first of each was compiled; the second found it in the engine's cache.
+    assert [table for table, _ in inserts] == ["cases", "outbox", "cases", "outbox"]
+    assert [cached for _, cached in inserts[2:]] == [True, True]
 
 
 async def test_concurrent_openers_of_one_case_exactly_one_wins(sessions: Sessions) -> None:
