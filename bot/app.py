@@ -35,7 +35,13 @@ from bot.settings import Settings
 from bot.slack import app as slack_app
 from bot.slack.sink import SlackSink
 from storage import leases
-from storage.engine import create_engine, is_sqlite, readonly_session_factory, session_factory
+from storage.engine import (
+    WalCheckpointer,
+    create_engine,
+    is_sqlite,
+    readonly_session_factory,
+    session_factory,
+)
 from storage.migrate import upgrade
 from storage.models import PAGER_CHANNEL
 from workflows.actions import end_snoozes
@@ -173,7 +179,12 @@ def _nylas(runtime: Runtime, injected: NylasClient | None) -> CleanupCtx:
 
 def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        engine = injected or create_engine(runtime.settings.database_url)
+        engine = injected or create_engine(runtime.settings.database_url, checkpoint_wal=False)
+        stop_checkpoints = asyncio.Event()
+        checkpoints = None
+        if injected is None and is_sqlite(engine):
+            runtime.checkpointer = WalCheckpointer(engine)
+            checkpoints = asyncio.create_task(runtime.checkpointer.run(stop_checkpoints))
         runtime.engine = engine
         runtime.sessions = session_factory(engine)
         runtime.readers = readonly_session_factory(engine)
@@ -188,6 +199,9 @@ def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> 
             retry.cancel()
             with suppress(asyncio.CancelledError):
                 await retry
+        if checkpoints is not None:
+            stop_checkpoints.set()
+            await checkpoints
         if injected is None:
             await engine.dispose()
         log.info("database closed")

@@ -16,6 +16,7 @@ from bot.inbox_writer import InboxWriter
 from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.settings import Settings
+from storage.engine import WalCheckpointer
 from workflows.clock import Clock
 from workflows.lifecycle import Router
 from workflows.nylas import NylasClient
@@ -28,6 +29,7 @@ class Runtime:
     clock: Clock
     metrics: Metrics
     engine: AsyncEngine | None = None
+    checkpointer: WalCheckpointer | None = None  # SQLite, when the service made the engine
     sessions: async_sessionmaker[AsyncSession] | None = None
     readers: async_sessionmaker[AsyncSession] | None = None
     nylas: NylasClient | None = None

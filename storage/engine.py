@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import sqlite_inline
 
+log = logging.getLogger("reauthbot.storage")
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# This many pages (about 400 MB) of write-ahead log that a checkpoint could not copy means
+# checkpoints are not catching up: some reader never lets go of an old snapshot.
+CHECKPOINT_WARN_PAGES = 100_000
 READONLY_OPTION = "reauthbot_readonly"
 
 _DRIVERS = {
@@ -56,8 +65,13 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
-    """Create the async engine; for SQLite, WAL mode, a busy timeout and immediate transactions."""
+def create_engine(url: str | URL, *, checkpoint_wal: bool = True, **kwargs: Any) -> AsyncEngine:
+    """Create the async engine; for SQLite, WAL mode, a busy timeout and immediate transactions.
+
+    ``checkpoint_wal=False`` (SQLite): commits never copy the write-ahead log back into the
+    database file, which SQLite otherwise does in whichever commit finds the log past 1,000
+    pages; a :class:`WalCheckpointer` must then do it.
+    """
     url = normalize_url(url) if isinstance(url, str) else url
     if url.drivername.startswith("sqlite"):
         assert url.database is not None
@@ -74,7 +88,7 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
             sqlite_inline.connector(args, connect_kwargs, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS),
         )
         engine = create_async_engine(url, **kwargs)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, checkpoint_wal=checkpoint_wal)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
@@ -85,7 +99,7 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, checkpoint_wal: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let us issue BEGIN ourselves (below) instead of the driver's deferred BEGIN.
@@ -98,6 +112,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         # FULL: a delivery acknowledged to Nylas must survive a power loss, not just a crash.
         cursor.execute("PRAGMA synchronous=FULL")
+        if not checkpoint_wal:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -121,3 +137,58 @@ def readonly_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSes
     """Sessions that only read: on SQLite they do not take the write lock."""
     readonly = engine.execution_options(**{READONLY_OPTION: True})
     return async_sessionmaker(readonly, class_=AsyncSession, expire_on_commit=False)
+
+
+class WalCheckpointer:
+    """Copies SQLite's write-ahead log back into the database file, away from any commit.
+
+    Left to SQLite, the commit that finds the log past 1,000 pages does it: copying and
+    syncing the database file held that commit, and every webhook delivery waiting on it, for
+    up to a tenth of a second once the database held tens of thousands of cases. Here it runs
+    on a worker thread of its own connection, every ``every`` seconds. A passive checkpoint
+    takes no lock that writers or readers wait for; what it could not copy yet (frames a
+    reader still needs) it copies next time.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, every: float = 1.0) -> None:
+        assert is_sqlite(engine)
+        self._args, self._kwargs = aiosqlite_dialect().create_connect_args(engine.url)
+        self._every = every
+        self._warned = False
+        self.passes = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Checkpoint every ``every`` seconds until ``stop`` is set, and once more then."""
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._every)
+                conn = conn or await asyncio.to_thread(self._connect)
+                if conn is not None:
+                    await asyncio.to_thread(self._checkpoint, conn)
+                if stop.is_set():
+                    return
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _connect(self) -> sqlite3.Connection | None:
+        kwargs = {**self._kwargs, "check_same_thread": False, "isolation_level": None}
+        try:
+            return sqlite3.connect(*self._args, **kwargs)  # type: ignore[call-overload]
+        except sqlite3.Error as exc:
+            log.warning("cannot open the SQLite database to checkpoint it: %s", exc)
+            return None
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            _, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("cannot checkpoint the SQLite write-ahead log: %s", exc)
+            return
+        self.passes += 1
+        behind = pages - copied
+        if behind > CHECKPOINT_WARN_PAGES and not self._warned:
+            log.warning("SQLite checkpoints are falling behind", extra={"pages": behind})
+        self._warned = behind > CHECKPOINT_WARN_PAGES

@@ -273,3 +273,22 @@ async def test_what_exists_at_start_is_kept_out_of_full_collections(engine: Asyn
     finally:
         await client.close()
         gc.unfreeze()
+
+
+async def test_the_service_checkpoints_sqlite_away_from_commits(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
+    client = await start_app(load_settings(_env_file=None, database_url=url))
+    try:
+        runtime = client.server.app[RUNTIME]
+        assert runtime.engine is not None and runtime.checkpointer is not None
+        async with runtime.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
+        passes = runtime.checkpointer.passes
+
+        async def checkpointed_again() -> bool:
+            assert runtime.checkpointer is not None
+            return runtime.checkpointer.passes > passes
+
+        await eventually(checkpointed_again, within=5)
+    finally:
+        await client.close()

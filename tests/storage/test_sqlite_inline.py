@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -16,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import sqlite_inline
-from storage.engine import READONLY_OPTION, create_engine
+from storage.engine import READONLY_OPTION, WalCheckpointer, create_engine
 
 
 @pytest.fixture
@@ -239,3 +240,64 @@ async def test_a_read_only_uri(path: Path, engine: AsyncEngine) -> None:
             await insert(reader, "b", 2)
     finally:
         await reader.dispose()
+
+
+KEYS = itertools.count()
+
+
+async def write_pages(engine: AsyncEngine, pages: int) -> None:
+    """Commit about ``pages`` pages of 4 KiB, 100 at a time."""
+    for _ in range(pages // 100):
+        async with engine.begin() as conn:
+            for _ in range(25):
+                await conn.execute(
+                    text("INSERT INTO t VALUES (:k, zeroblob(16000))"), {"k": str(next(KEYS))}
+                )
+
+
+def wal_pages(path: Path) -> tuple[int, int]:
+    """(pages in the write-ahead log, pages of it copied into the database file)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        _, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return pages, copied
+    finally:
+        conn.close()
+
+
+async def test_by_default_commits_checkpoint_the_write_ahead_log(
+    path: Path, engine: AsyncEngine
+) -> None:
+    await write_pages(engine, 2500)
+    pages, _ = wal_pages(path)
+    assert pages < 2000  # restarted by a commit's checkpoint on the way
+
+
+async def test_a_background_checkpointer_does_it_instead_of_commits(path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{path}", checkpoint_wal=False)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (k TEXT PRIMARY KEY, v BLOB)"))
+        await write_pages(engine, 2500)
+        assert wal_length(path) >= 2500  # no commit copied anything back
+
+        checkpointer = WalCheckpointer(engine, every=0.01)
+        stop = asyncio.Event()
+        running = asyncio.create_task(checkpointer.run(stop))
+        await asyncio.sleep(0.1)
+        stop.set()
+        await running
+
+        assert checkpointer.passes >= 2
+        pages, copied = wal_pages(path)
+        assert copied == pages >= 2500
+        await write_pages(engine, 100)  # the next writer starts the log over
+        assert wal_pages(path)[0] < 200
+    finally:
+        await engine.dispose()
+
+
+def wal_length(path: Path) -> int:
+    """Pages in the write-ahead log file (header 32 bytes, each frame 24 + a 4 KiB page)."""
+    wal = path.with_name(path.name + "-wal")
+    return (wal.stat().st_size - 32) // (24 + 4096)
