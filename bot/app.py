@@ -39,6 +39,7 @@ from storage.engine import (
     WalCheckpointer,
     create_engine,
     is_sqlite,
+    reader_engine,
     readonly_session_factory,
     session_factory,
 )
@@ -187,7 +188,8 @@ def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> 
             checkpoints = asyncio.create_task(runtime.checkpointer.run(stop_checkpoints))
         runtime.engine = engine
         runtime.sessions = session_factory(engine)
-        runtime.readers = readonly_session_factory(engine)
+        readers = None if injected is not None else reader_engine(engine)
+        runtime.readers = readonly_session_factory(readers or engine)
         retry: asyncio.Task[None] | None = None
         if migrate:
             if not await _try_migrate(runtime):
@@ -202,6 +204,8 @@ def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> 
         if checkpoints is not None:
             stop_checkpoints.set()
             await checkpoints
+        if readers is not None:
+            await readers.dispose()
         if injected is None:
             await engine.dispose()
         log.info("database closed")

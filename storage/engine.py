@@ -21,6 +21,7 @@ from storage import sqlite_inline
 log = logging.getLogger("reauthbot.storage")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+READER_CONNECTIONS = 2
 # This many pages (about 400 MB) of write-ahead log that a checkpoint could not copy means
 # checkpoints are not catching up: some reader never lets go of an old snapshot.
 CHECKPOINT_WARN_PAGES = 100_000
@@ -131,6 +132,19 @@ def _configure_sqlite(engine: AsyncEngine, *, checkpoint_wal: bool) -> None:
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Return the factory of sessions used by every workflow."""
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+def reader_engine(engine: AsyncEngine) -> AsyncEngine | None:
+    """SQLite: an engine of its own for read-only sessions (dispose of it too); else None.
+
+    The main engine pools one connection, so that writers queue in order. A read holding it,
+    such as tallying a storm's tens of thousands of cases for its Slack message, made every
+    webhook delivery wait to be stored meanwhile. In WAL mode readers and the writer do not
+    block each other, as long as they do not share a connection.
+    """
+    if not is_sqlite(engine):
+        return None
+    return create_engine(engine.url, checkpoint_wal=False, pool_size=READER_CONNECTIONS)
 
 
 def readonly_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

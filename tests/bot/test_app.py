@@ -275,7 +275,9 @@ async def test_what_exists_at_start_is_kept_out_of_full_collections(engine: Asyn
         gc.unfreeze()
 
 
-async def test_the_service_checkpoints_sqlite_away_from_commits(tmp_path: Path) -> None:
+async def test_the_service_s_sqlite_checkpoints_and_reads_stay_off_the_writers_path(
+    tmp_path: Path,
+) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
     client = await start_app(load_settings(_env_file=None, database_url=url))
     try:
@@ -283,6 +285,9 @@ async def test_the_service_checkpoints_sqlite_away_from_commits(tmp_path: Path) 
         assert runtime.engine is not None and runtime.checkpointer is not None
         async with runtime.engine.connect() as conn:
             assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
+        async with runtime.reader()() as session:
+            # Reads have connections of their own: they never hold up the writers' one.
+            assert session.bind is not None and session.bind.pool is not runtime.engine.pool
         passes = runtime.checkpointer.passes
 
         async def checkpointed_again() -> bool:

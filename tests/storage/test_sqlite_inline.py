@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import sqlite_inline
-from storage.engine import READONLY_OPTION, WalCheckpointer, create_engine
+from storage.engine import READONLY_OPTION, WalCheckpointer, create_engine, reader_engine
 
 
 @pytest.fixture
@@ -161,6 +161,31 @@ async def test_a_commit_waits_for_the_disk_off_the_event_loop(engine: AsyncEngin
     assert threads["INSERT"] == {loop_thread}
     assert loop_thread not in threads["COMMIT"]
     assert await values(engine) == [("a", 1)]
+
+
+async def test_a_long_read_of_the_reader_engine_does_not_hold_up_writes(
+    engine: AsyncEngine,
+) -> None:
+    readers = reader_engine(engine)
+    assert readers is not None
+    try:
+        began = asyncio.Event()
+
+        async def tally() -> object:
+            async with readers.execution_options(**{READONLY_OPTION: True}).connect() as conn:
+                began.set()
+                return (await conn.execute(text(LONG_QUERY))).scalar()
+
+        reading = asyncio.create_task(tally())
+        await began.wait()
+        await asyncio.sleep(0.02)  # the query is under way
+        await insert(engine, "a", 1)  # the one connection of the writers is free
+
+        assert not reading.done(), "the query is too quick on this machine to show anything"
+        assert await reading == 3_000_000
+        assert await values(engine) == [("a", 1)]
+    finally:
+        await readers.dispose()
 
 
 async def test_a_read_given_up_on_leaves_the_connection_usable(engine: AsyncEngine) -> None:
