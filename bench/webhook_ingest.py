@@ -56,6 +56,7 @@ from bench._common import (
     Child,
     cancel_on_sigterm,
     clean_env,
+    collector_paused,
     free_port,
     http_get,
     machine,
@@ -288,7 +289,8 @@ async def measure(
         cpu0, server0 = self_cpu_seconds(), target.child.cpu_seconds()
         ticker = asyncio.create_task(_ticker(f"{phase}/{target.name}", tally, time.perf_counter()))
         try:
-            elapsed = await load(tally, args.duration)
+            with collector_paused():
+                elapsed = await load(tally, args.duration)
         finally:
             ticker.cancel()
         run = Run(
