@@ -25,7 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import routes, webhook
-from bot.inbox_writer import InboxWriter
+from bot.inbox_writer import InboxWriter, Load
 from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Sink
@@ -63,8 +63,10 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 MAX_BODY_BYTES = 1024 * 1024
 MIGRATION_RETRY_SECONDS = 5.0
 # While webhook deliveries arrive, background work rests twice as long as it worked, so
-# acknowledging deliveries keeps about two thirds of the CPU.
+# acknowledging deliveries keeps about two thirds of the CPU; when they arrive faster than
+# they can be acknowledged at that (many wait for each commit), eight times as long.
 REST_UNDER_LOAD = 2.0
+REST_SATURATED = 8.0
 
 LOCAL_MODE_BANNER = (
     "*** LOCAL MODE *** no Slack app is configured (SLACK_BOT_TOKEN is not set). "
@@ -252,7 +254,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         )
         inbox_writer = InboxWriter(sessions, clock=runtime.clock)
         runtime.inbox_writer = inbox_writer
-        runtime.notify = Worker("notifier", paced(notifier.drain_once, inbox_writer.busy))
+        runtime.notify = Worker("notifier", paced(notifier.drain_once, inbox_writer.load))
 
         # SQLite has one writer at a time: the ingest worker commits early when deliveries
         # wait to be stored. PostgreSQL stores them alongside, so it need not.
@@ -273,7 +275,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
                 runtime.wake_senders()
             return done
 
-        runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.busy))
+        runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.load))
         pager_http = None
         if settings.pagerduty_routing_key is not None:
             pager_http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
@@ -336,18 +338,23 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
 
 
 def paced(
-    step: Callable[[], Awaitable[int]], busy: Callable[[], bool]
+    step: Callable[[], Awaitable[int]],
+    load: Callable[[], Load],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Callable[[], Awaitable[int]]:
     """Wrap a background step so it yields the CPU while webhook deliveries are arriving.
 
     The work is safe in the inbox and the outbox, so it can wait; Nylas cannot.
     """
+    rest = {Load.IDLE: 0.0, Load.BUSY: REST_UNDER_LOAD, Load.SATURATED: REST_SATURATED}
 
     async def run() -> int:
-        started = time.monotonic()
+        started = clock()
         done = await step()
-        if done and busy():
-            await asyncio.sleep((time.monotonic() - started) * REST_UNDER_LOAD)
+        if done and (factor := rest[load()]):
+            await sleep((clock() - started) * factor)
         return done
 
     return run

@@ -9,6 +9,7 @@ many deliveries share a commit; an idle service commits each one at once.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Sequence
@@ -25,6 +26,17 @@ log = logging.getLogger("reauthbot.inbox_writer")
 
 MAX_BATCH = 500
 BUSY_WINDOW = 0.5
+# Deliveries are arriving faster than they are acknowledged when this many requests wait
+# for one commit (at a few hundred a second, each commit carries one or two).
+SATURATED_BATCH = 8
+
+
+class Load(enum.Enum):
+    """How hard webhook deliveries are arriving, for background work to make room."""
+
+    IDLE = "idle"
+    BUSY = "busy"  # some arrived within BUSY_WINDOW
+    SATURATED = "saturated"  # and the last commit carried SATURATED_BATCH requests or more
 
 
 @dataclass
@@ -40,6 +52,7 @@ class InboxWriter:
         self._waiting: list[_Request] = []
         self._wake = asyncio.Event()
         self._last_store = -1e9
+        self._last_batch = 0  # requests the last commit carried
 
     def waiting(self) -> bool:
         """True while deliveries wait to be stored: other writers should step aside."""
@@ -48,6 +61,11 @@ class InboxWriter:
     def busy(self, within: float = BUSY_WINDOW) -> bool:
         """True when deliveries arrived in the last ``within`` seconds."""
         return time.monotonic() - self._last_store < within
+
+    def load(self) -> Load:
+        if not self.busy():
+            return Load.IDLE
+        return Load.SATURATED if self._last_batch >= SATURATED_BATCH else Load.BUSY
 
     async def store(self, entries: Sequence[InboxEntry]) -> int:
         """Store entries durably; return how many were new. Raises if the database fails."""
@@ -73,6 +91,7 @@ class InboxWriter:
                 request = self._waiting.pop(0)
                 batch.append(request)
                 rows += len(request.entries)
+            self._last_batch = len(batch)
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Request]) -> None:

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.app import LOCAL_MODE_BANNER, _job
+from bot.app import LOCAL_MODE_BANNER, _job, paced
+from bot.inbox_writer import InboxWriter, Load
 from bot.metrics import Metrics
 from bot.notifier import Notifier, Posted, SinkError
 from bot.runtime import RUNTIME, Runtime
@@ -29,6 +30,7 @@ from tests import builders
 from tests.appclient import start_app
 from tests.conftest import FrozenClock
 from tests.waiting import eventually
+from workflows.nylas.webhooks import InboxEntry
 
 Sessions = async_sessionmaker[AsyncSession]
 ClientFactory = Callable[..., Awaitable[TestClient]]
@@ -297,3 +299,44 @@ async def test_the_service_s_sqlite_checkpoints_and_reads_stay_off_the_writers_p
         await eventually(checkpointed_again, within=5)
     finally:
         await client.close()
+
+
+async def test_background_work_rests_longer_the_harder_deliveries_arrive() -> None:
+    now = 100.0
+    rests: list[float] = []
+    loads = iter([Load.IDLE, Load.BUSY, Load.SATURATED])
+
+    async def step() -> int:  # a pass of the ingest worker that takes 10 ms
+        nonlocal now
+        now += 0.01
+        return 1
+
+    async def rest(seconds: float) -> None:
+        rests.append(round(seconds, 6))
+
+    run = paced(step, lambda: next(loads), clock=lambda: now, sleep=rest)
+    for _ in range(3):
+        await run()
+    assert rests == [0.02, 0.08]  # none while idle, then 2x and 8x the time it worked
+
+
+async def test_deliveries_waiting_together_for_a_commit_mean_saturation(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    writer = InboxWriter(sessions, clock=FrozenClock())
+    stop = asyncio.Event()
+    running = asyncio.create_task(writer.run(stop))
+    try:
+        assert writer.load() is Load.IDLE
+        await writer.store([inbox_entry("one")])
+        assert writer.load() is Load.BUSY  # one request per commit
+        # Many requests at once, as when senders outpace the commits: they share one.
+        await asyncio.gather(*(writer.store([inbox_entry(f"k{n}")]) for n in range(10)))
+        assert writer.load() is Load.SATURATED
+    finally:
+        stop.set()
+        await running
+
+
+def inbox_entry(key: str) -> InboxEntry:
+    return InboxEntry(dedupe_key=key, source="nylas-v3", body="{}")
