@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import update
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
@@ -257,20 +258,19 @@ async def withdraw_followups(session: AsyncSession, *, case_id: int, now: dateti
     return result.rowcount
 
 
-async def update_waiting(session: AsyncSession, *, incident_id: int, after: datetime) -> bool:
-    """Whether an update of the incident's message is queued and not due before ``after``.
+async def update_waiting(
+    session: AsyncSession, *, incident_id: int, after: datetime
+) -> datetime | None:
+    """When an update of the incident's message that is queued and not due before ``after``
+    is due (the latest, if several); None if there is none.
 
     Such an update renders the incident as it will be then, so another one is not needed.
     """
-    stmt = (
-        select(OutboxMessage.id)
-        .where(
-            col(OutboxMessage.incident_id) == incident_id,
-            col(OutboxMessage.kind) == "update",
-            col(OutboxMessage.status) == OutboxStatus.PENDING,
-            col(OutboxMessage.attempts) == 0,
-            col(OutboxMessage.available_at) > after,
-        )
-        .limit(1)
+    stmt = select(sa.func.max(col(OutboxMessage.available_at))).where(
+        col(OutboxMessage.incident_id) == incident_id,
+        col(OutboxMessage.kind) == "update",
+        col(OutboxMessage.status) == OutboxStatus.PENDING,
+        col(OutboxMessage.attempts) == 0,
+        col(OutboxMessage.available_at) > after,
     )
-    return (await session.exec(stmt)).first() is not None
+    return (await session.exec(stmt)).one()

@@ -19,6 +19,8 @@ import logging
 from collections import Counter
 from datetime import datetime, timedelta
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
@@ -222,7 +224,15 @@ async def queue_update(session: AsyncSession, incident: Incident, now: datetime)
     from the incident as it is then, instead of once per case.
     """
     assert incident.id is not None
-    if await outbox.update_waiting(session, incident_id=incident.id, after=now + SETTLE_MARGIN):
+    # Within a transaction, an update this one queued or found is known without asking again
+    # (a storm's cases join one after the other); its end forgets it (below).
+    known: dict[int, datetime] = session.info.setdefault(_UPDATES_DUE, {})
+    due = known.get(incident.id)
+    if due is not None and due > now + SETTLE_MARGIN:
+        return
+    due = await outbox.update_waiting(session, incident_id=incident.id, after=now + SETTLE_MARGIN)
+    if due is not None:
+        known[incident.id] = due
         return
     await outbox.enqueue(
         session,
@@ -232,6 +242,22 @@ async def queue_update(session: AsyncSession, incident: Incident, now: datetime)
         incident_id=incident.id,
         available_at=now + SETTLE,
     )
+    known[incident.id] = now + SETTLE
+
+
+_UPDATES_DUE = "reauthbot.incident_updates_due"
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_updates_rolled_back(session: Session, previous: SessionTransaction) -> None:
+    # What a rolled-back transaction (or savepoint) queued is gone.
+    session.info.pop(_UPDATES_DUE, None)
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_updates_committed(session: Session) -> None:
+    # Once committed, the notifier may send them at any time.
+    session.info.pop(_UPDATES_DUE, None)
 
 
 async def queue_line(

@@ -137,6 +137,48 @@ async def test_the_threshold_opens_an_incident_and_withdraws_unsent_alerts(
     assert "Part of incident #1" in threads[0].payload["text"]
 
 
+async def test_cases_joining_in_one_transaction_queue_one_update_and_a_rollback_forgets_it(
+    sessions: Sessions,
+) -> None:
+    for n in (1, 2, 3):
+        await expire(sessions, n, T0)
+    (incident,) = await incidents(sessions)
+    updates = [m.id for m in await outbox(sessions, kind=OutboxKind.UPDATE)]
+
+    def event(n: int) -> AccountEvent:
+        return AccountEvent(
+            account_id=f"g-acme.com-{n}",
+            api_version="v3",
+            event_type="grant.expired",
+            state="invalid",
+            occurred_at=T0,
+            source="webhook",
+            email=f"user{n}@acme.com",
+            provider="google",
+        )
+
+    later = T0 + timedelta(minutes=5)  # the update queued before is long due and gone
+    async with sessions() as session, session.begin():
+        async with session.begin_nested() as savepoint:
+            await apply_event(session, event(4), now=later, route=route, storms=STORMS)
+            await savepoint.rollback()  # that case, and the update it queued, never happened
+        for n in (5, 6, 7):
+            await apply_event(session, event(n), now=later, route=route, storms=STORMS)
+        (queued,) = [
+            m
+            for m in await session.exec(select(OutboxMessage))
+            if m.kind == OutboxKind.UPDATE and m.id not in updates
+        ]
+        assert (queued.kind, queued.incident_id) == (OutboxKind.UPDATE, incident.id)
+        queued.status = OutboxStatus.SENT  # sent as soon as the transaction commits
+        session.add(queued)
+    # The same session, a new transaction: what the last one queued is not counted on.
+    async with session.begin():
+        await apply_event(session, event(8), now=later, route=route, storms=STORMS)
+    new = [m for m in await outbox(sessions, kind=OutboxKind.UPDATE) if m.id not in updates]
+    assert [m.status for m in new] == [OutboxStatus.SENT, OutboxStatus.PENDING]
+
+
 async def test_an_integration_storm_needs_several_domains(sessions: Sessions) -> None:
     for n, domain in enumerate(("a.com", "b.com", "a.com")):
         await expire(sessions, n, T0, domain=domain)
