@@ -168,7 +168,7 @@ class WalCheckpointer:
         assert is_sqlite(engine)
         self._args, self._kwargs = aiosqlite_dialect().create_connect_args(engine.url)
         self._every = every
-        self._warned = False
+        self._warning: str | None = None  # the problem last logged, while it lasts
         self.passes = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -192,17 +192,23 @@ class WalCheckpointer:
         try:
             return sqlite3.connect(*self._args, **kwargs)  # type: ignore[call-overload]
         except sqlite3.Error as exc:
-            log.warning("cannot open the SQLite database to checkpoint it: %s", exc)
+            self._warn("cannot open the SQLite database to checkpoint it", str(exc))
             return None
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
             _, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
-            log.warning("cannot checkpoint the SQLite write-ahead log: %s", exc)
+            self._warn("cannot checkpoint the SQLite write-ahead log", str(exc))
             return
         self.passes += 1
-        behind = pages - copied
-        if behind > CHECKPOINT_WARN_PAGES and not self._warned:
-            log.warning("SQLite checkpoints are falling behind", extra={"pages": behind})
-        self._warned = behind > CHECKPOINT_WARN_PAGES
+        if pages - copied > CHECKPOINT_WARN_PAGES:
+            self._warn("SQLite checkpoints are falling behind", f"{pages - copied} pages")
+        else:
+            self._warning = None
+
+    def _warn(self, problem: str, detail: str) -> None:
+        """Log a problem once, not every second, until it clears or another one comes."""
+        if problem != self._warning:
+            log.warning("%s: %s", problem, detail)
+        self._warning = problem

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import sqlite3
 import threading
 import time
@@ -326,3 +327,23 @@ def wal_length(path: Path) -> int:
     """Pages in the write-ahead log file (header 32 bytes, each frame 24 + a 4 KiB page)."""
     wal = path.with_name(path.name + "-wal")
     return (wal.stat().st_size - 32) // (24 + 4096)
+
+
+async def test_a_checkpointer_that_cannot_open_the_file_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'x.db'}")
+    (tmp_path / "gone").rmdir()  # the directory the engine made is gone again
+    checkpointer = WalCheckpointer(engine, every=0.01)
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, logger="reauthbot.storage"):
+        running = asyncio.create_task(checkpointer.run(stop))
+        await asyncio.sleep(0.1)
+        stop.set()
+        await running
+    await engine.dispose()
+
+    assert checkpointer.passes == 0
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "cannot open the SQLite database to checkpoint it"
+    ]
