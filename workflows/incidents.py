@@ -79,9 +79,15 @@ async def open_for(
     """The open incident a case of this account would join now (locked), if any."""
     if storms is None:
         return None
+    # An incident found (and locked) earlier in this transaction is still this transaction's,
+    # unless this transaction ended it: a storm's cases come one after the other.
+    locked: dict[tuple[str, str], Incident] = session.info.setdefault(_LOCKED, {})
     for scope, key in storm_keys(account):
-        incident = await store.open_incident(session, scope=scope, key=key)
+        incident = locked.get((scope, key))
+        if incident is None or incident.status != IncidentStatus.OPEN:
+            incident = await store.open_incident(session, scope=scope, key=key)
         if incident is not None:
+            locked[(scope, key)] = incident
             return incident
     return None
 
@@ -245,19 +251,24 @@ async def queue_update(session: AsyncSession, incident: Incident, now: datetime)
     known[incident.id] = now + SETTLE
 
 
+# What a transaction knows of incidents without asking again: the updates of their messages
+# it queued or found, and the open incidents it locked. Forgotten when it ends.
 _UPDATES_DUE = "reauthbot.incident_updates_due"
+_LOCKED = "reauthbot.incidents_locked"
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _forget_updates_rolled_back(session: Session, previous: SessionTransaction) -> None:
-    # What a rolled-back transaction (or savepoint) queued is gone.
+def _forget_rolled_back(session: Session, previous: SessionTransaction) -> None:
+    # What a rolled-back transaction (or savepoint) queued or read may be gone.
     session.info.pop(_UPDATES_DUE, None)
+    session.info.pop(_LOCKED, None)
 
 
 @event.listens_for(Session, "after_commit")
-def _forget_updates_committed(session: Session) -> None:
-    # Once committed, the notifier may send them at any time.
+def _forget_committed(session: Session) -> None:
+    # Once committed, the notifier may send the updates, and others may take the locks.
     session.info.pop(_UPDATES_DUE, None)
+    session.info.pop(_LOCKED, None)
 
 
 async def queue_line(

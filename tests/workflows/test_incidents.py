@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -177,6 +179,51 @@ async def test_cases_joining_in_one_transaction_queue_one_update_and_a_rollback_
         await apply_event(session, event(8), now=later, route=route, storms=STORMS)
     new = [m for m in await outbox(sessions, kind=OutboxKind.UPDATE) if m.id not in updates]
     assert [m.status for m in new] == [OutboxStatus.SENT, OutboxStatus.PENDING]
+
+
+async def test_cases_of_one_transaction_look_their_open_incident_up_once(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    for n in (1, 2, 3):
+        await expire(sessions, n, T0)
+    (incident,) = await incidents(sessions)
+    lookups: list[str] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        if "FROM incidents" in sql and "incidents.scope" in sql:
+            lookups.append(sql)
+
+    def event(n: int, domain: str = "acme.com") -> AccountEvent:
+        return AccountEvent(
+            account_id=f"g-{domain}-{n}",
+            api_version="v3",
+            event_type="grant.expired",
+            state="invalid",
+            occurred_at=T0,
+            source="webhook",
+            email=f"user{n}@{domain}",
+            provider="google",
+        )
+
+    later = T0 + timedelta(minutes=1)
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with sessions() as session, session.begin():
+            for n in (4, 5, 6):
+                await apply_event(session, event(n), now=later, route=route, storms=STORMS)
+            assert len(lookups) == 1  # the first case looked; the others knew
+            # An incident this transaction ended is not joined on what it knew.
+            found = await session.get(Incident, incident.id)
+            assert found is not None
+            found.status = IncidentStatus.ENDED
+            session.add(found)
+            await apply_event(session, event(7), now=later, route=route, storms=STORMS)
+            assert len(lookups) > 1
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    async with sessions() as session:
+        members = (await session.exec(select(Case).where(Case.incident_id == incident.id))).all()
+    assert sorted(c.account_id for c in members) == [f"g-acme.com-{n}" for n in range(1, 7)]
 
 
 async def test_an_integration_storm_needs_several_domains(sessions: Sessions) -> None:
