@@ -42,16 +42,16 @@ def route(email: str | None) -> str:
     return "C0ALERTS"
 
 
-async def expire(
-    sessions: Sessions,
+def expiry(
     n: int,
     at: datetime,
     *,
     domain: str = "acme.com",
     provider: str = "google",
     state: str = "invalid",
-) -> None:
-    event = AccountEvent(
+) -> AccountEvent:
+    """The expiry of grant ``g-DOMAIN-N`` (mailbox userN@DOMAIN)."""
+    return AccountEvent(
         account_id=f"g-{domain}-{n}",
         api_version="v3",
         event_type="grant.expired",
@@ -61,6 +61,18 @@ async def expire(
         email=f"user{n}@{domain}",
         provider=provider,
     )
+
+
+async def expire(
+    sessions: Sessions,
+    n: int,
+    at: datetime,
+    *,
+    domain: str = "acme.com",
+    provider: str = "google",
+    state: str = "invalid",
+) -> None:
+    event = expiry(n, at, domain=domain, provider=provider, state=state)
     async with sessions() as session, session.begin():
         await apply_event(session, event, now=at, route=route, storms=STORMS)
 
@@ -147,25 +159,13 @@ async def test_cases_joining_in_one_transaction_queue_one_update_and_a_rollback_
     (incident,) = await incidents(sessions)
     updates = [m.id for m in await outbox(sessions, kind=OutboxKind.UPDATE)]
 
-    def event(n: int) -> AccountEvent:
-        return AccountEvent(
-            account_id=f"g-acme.com-{n}",
-            api_version="v3",
-            event_type="grant.expired",
-            state="invalid",
-            occurred_at=T0,
-            source="webhook",
-            email=f"user{n}@acme.com",
-            provider="google",
-        )
-
     later = T0 + timedelta(minutes=5)  # the update queued before is long due and gone
     async with sessions() as session, session.begin():
         async with session.begin_nested() as savepoint:
-            await apply_event(session, event(4), now=later, route=route, storms=STORMS)
+            await apply_event(session, expiry(4, T0), now=later, route=route, storms=STORMS)
             await savepoint.rollback()  # that case, and the update it queued, never happened
         for n in (5, 6, 7):
-            await apply_event(session, event(n), now=later, route=route, storms=STORMS)
+            await apply_event(session, expiry(n, T0), now=later, route=route, storms=STORMS)
         (queued,) = [
             m
             for m in await session.exec(select(OutboxMessage))
@@ -176,7 +176,7 @@ async def test_cases_joining_in_one_transaction_queue_one_update_and_a_rollback_
         session.add(queued)
     # The same session, a new transaction: what the last one queued is not counted on.
     async with session.begin():
-        await apply_event(session, event(8), now=later, route=route, storms=STORMS)
+        await apply_event(session, expiry(8, T0), now=later, route=route, storms=STORMS)
     new = [m for m in await outbox(sessions, kind=OutboxKind.UPDATE) if m.id not in updates]
     assert [m.status for m in new] == [OutboxStatus.SENT, OutboxStatus.PENDING]
 
@@ -193,31 +193,19 @@ async def test_cases_of_one_transaction_look_their_open_incident_up_once(
         if "FROM incidents" in sql and "incidents.scope" in sql:
             lookups.append(sql)
 
-    def event(n: int, domain: str = "acme.com") -> AccountEvent:
-        return AccountEvent(
-            account_id=f"g-{domain}-{n}",
-            api_version="v3",
-            event_type="grant.expired",
-            state="invalid",
-            occurred_at=T0,
-            source="webhook",
-            email=f"user{n}@{domain}",
-            provider="google",
-        )
-
     later = T0 + timedelta(minutes=1)
     sa_event.listen(engine.sync_engine, "before_cursor_execute", seen)
     try:
         async with sessions() as session, session.begin():
             for n in (4, 5, 6):
-                await apply_event(session, event(n), now=later, route=route, storms=STORMS)
+                await apply_event(session, expiry(n, T0), now=later, route=route, storms=STORMS)
             assert len(lookups) == 1  # the first case looked; the others knew
             # An incident this transaction ended is not joined on what it knew.
             found = await session.get(Incident, incident.id)
             assert found is not None
             found.status = IncidentStatus.ENDED
             session.add(found)
-            await apply_event(session, event(7), now=later, route=route, storms=STORMS)
+            await apply_event(session, expiry(7, T0), now=later, route=route, storms=STORMS)
             assert len(lookups) > 1
     finally:
         sa_event.remove(engine.sync_engine, "before_cursor_execute", seen)
