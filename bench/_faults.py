@@ -129,14 +129,31 @@ async def wait_until(
         await asyncio.sleep(every)
 
 
-class LoopLag:
+class _Background:
+    """Runs ``_run`` as a task while the ``async with`` block runs."""
+
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+class LoopLag(_Background):
     """How late this process's event loop ran: a fake, the sender and the checks share it, so a
     busy machine shows here before it distorts their figures."""
 
     def __init__(self, every: float = 0.1) -> None:
         self.every = every
         self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
@@ -144,37 +161,18 @@ class LoopLag:
             await asyncio.sleep(self.every)
             self.worst = max(self.worst, time.perf_counter() - began - self.every)
 
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run())
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
-class Ticker:
+class Ticker(_Background):
     """Prints ``line()`` every ``every`` seconds while the block runs (long phases)."""
 
     def __init__(self, every: float, line: Callable[[], Awaitable[str]]) -> None:
         self._every = every
         self._line = line
-        self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._every)
             say("  " + await self._line())
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
 
 def log_lines(log: Path) -> dict[str, Any]:
