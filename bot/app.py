@@ -252,13 +252,13 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             readers=runtime.reader(),
             not_channel=PAGER_CHANNEL,
         )
-        inbox_writer = InboxWriter(sessions, clock=runtime.clock)
+        assert runtime.engine is not None
+        inbox_writer = InboxWriter(runtime.engine, clock=runtime.clock)
         runtime.inbox_writer = inbox_writer
         runtime.notify = Worker("notifier", paced(notifier.drain_once, inbox_writer.load))
 
         # SQLite has one writer at a time: the ingest worker commits early when deliveries
         # wait to be stored. PostgreSQL stores them alongside, so it need not.
-        assert runtime.engine is not None
         single_writer = is_sqlite(runtime.engine)
 
         async def ingest_step() -> int:

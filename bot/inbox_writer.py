@@ -15,8 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import inbox
 from workflows.clock import Clock
@@ -46,8 +45,8 @@ class _Request:
 
 
 class InboxWriter:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, clock: Clock) -> None:
-        self._sessions = sessions
+    def __init__(self, engine: AsyncEngine, *, clock: Clock) -> None:
+        self._engine = engine
         self._clock = clock
         self._waiting: list[_Request] = []
         self._wake = asyncio.Event()
@@ -97,10 +96,9 @@ class InboxWriter:
     async def _commit(self, batch: list[_Request]) -> None:
         entries = [(e.dedupe_key, e.source, e.body) for r in batch for e in r.entries]
         try:
-            async with self._sessions() as session, session.begin():
-                new_keys = await inbox.add_deliveries(
-                    session, entries=entries, received_at=self._clock()
-                )
+            new_keys = await inbox.store_deliveries(
+                self._engine, entries=entries, received_at=self._clock()
+            )
         except Exception as exc:
             log.error("cannot store %d webhook deliveries: %s", len(batch), type(exc).__name__)
             for request in batch:

@@ -112,6 +112,27 @@ class Connection:
     async def rollback(self) -> None:
         self._conn.rollback()
 
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in a write transaction of its own, committed, all on a worker thread.
+
+        For a batch of plain inserts that must be durable at once (webhook deliveries):
+        one hand-off to the thread instead of a statement at a time on the loop and the
+        commit after. sqlite3 lets go of the GIL while SQLite works, so the loop answers
+        other requests meanwhile. ``work`` gets the connection; if it raises, nothing is
+        kept.
+        """
+        return await self._on_thread(self._waiting, self._transaction, work)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(self._conn)
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+        return result
+
     async def close(self) -> None:
         self._conn.close()
 

@@ -321,9 +321,9 @@ async def test_background_work_rests_longer_the_harder_deliveries_arrive() -> No
 
 
 async def test_deliveries_waiting_together_for_a_commit_mean_saturation(
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
 ) -> None:
-    writer = InboxWriter(sessions, clock=FrozenClock())
+    writer = InboxWriter(engine, clock=FrozenClock())
     stop = asyncio.Event()
     running = asyncio.create_task(writer.run(stop))
     try:

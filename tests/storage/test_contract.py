@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine.interfaces import CacheStats
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -225,6 +226,46 @@ async def test_inbox_deduplicates_deliveries(sessions: Sessions) -> None:
         )
     assert first is not None
     assert again is None
+
+
+async def test_a_batch_of_deliveries_is_stored_and_says_which_were_new(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    async with sessions() as session, session.begin():
+        await inbox.add_delivery(
+            session, dedupe_key="v3:old", source="nylas-v3", body="{}", received_at=NOW
+        )
+    later = NOW + timedelta(seconds=1, microseconds=250)
+    entries = [
+        ("v3:old", "nylas-v3", "{}"),  # stored before
+        ("v3:a", "nylas-v3", '{"n": "ñ"}'),
+        ("v2:acc-1:account.invalid:1", "nylas-v2", "{}"),
+        ("v3:a", "nylas-v3", "{}"),  # repeated in the batch: stored once, as first given
+    ]
+    new = await inbox.store_deliveries(engine, entries=entries, received_at=later)
+    assert new == {"v3:a", "v2:acc-1:account.invalid:1"}
+    assert await inbox.store_deliveries(engine, entries=[], received_at=later) == set()
+
+    # Committed, and read back by the ORM as it would have written them.
+    async with sessions() as session:
+        stored = {d.dedupe_key: d for d in await inbox.pending_deliveries(session, now=later)}
+    assert sorted(stored) == ["v2:acc-1:account.invalid:1", "v3:a", "v3:old"]
+    assert (stored["v3:a"].source, stored["v3:a"].body) == ("nylas-v3", '{"n": "ñ"}')
+    assert stored["v3:a"].received_at == later
+    assert stored["v3:a"].attempts == 0
+    assert stored["v3:old"].received_at == NOW
+
+
+async def test_a_batch_that_fails_stores_none_of_it(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    entries: list[Any] = [("v3:a", "nylas-v3", "{}"), ("v3:b", "nylas-v3", None)]  # NOT NULL
+    with pytest.raises(IntegrityError):
+        await inbox.store_deliveries(engine, entries=entries, received_at=NOW)
+    async with sessions() as session:
+        assert await inbox.pending_deliveries(session, now=NOW) == []
+    # The connection is left usable.
+    assert await inbox.store_deliveries(engine, entries=entries[:1], received_at=NOW) == {"v3:a"}
 
 
 async def test_concurrent_inserts_of_one_delivery_exactly_one_wins(sessions: Sessions) -> None:
