@@ -13,6 +13,7 @@ import enum
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +25,10 @@ from workflows.nylas.webhooks import InboxEntry
 log = logging.getLogger("reauthbot.inbox_writer")
 
 MAX_BATCH = 500
+# A request not stored within this many seconds is answered with TimeoutError (the webhook
+# then answers 503, and Nylas retries).
+STORE_TIMEOUT = 5.0
+EXPIRY_CHECK_EVERY = 0.25
 BUSY_WINDOW = 0.5
 # Deliveries are arriving faster than they are acknowledged when this many requests wait
 # for one commit (at a few hundred a second, each commit carries one or two).
@@ -42,13 +47,18 @@ class Load(enum.Enum):
 class _Request:
     entries: Sequence[InboxEntry]
     done: asyncio.Future[int]
+    deadline: float  # time.monotonic()
 
 
 class InboxWriter:
-    def __init__(self, engine: AsyncEngine, *, clock: Clock) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, clock: Clock, timeout: float = STORE_TIMEOUT
+    ) -> None:
         self._engine = engine
         self._clock = clock
+        self._timeout = timeout
         self._waiting: list[_Request] = []
+        self._committing: list[_Request] = []
         self._wake = asyncio.Event()
         self._last_store = -1e9
         self._last_batch = 0  # requests the last commit carried
@@ -67,15 +77,49 @@ class InboxWriter:
         return Load.SATURATED if self._last_batch >= SATURATED_BATCH else Load.BUSY
 
     async def store(self, entries: Sequence[InboxEntry]) -> int:
-        """Store entries durably; return how many were new. Raises if the database fails."""
-        self._last_store = time.monotonic()
+        """Store entries durably; return how many were new.
+
+        Raises what the database raised, or TimeoutError when they are not stored within the
+        writer's ``timeout`` (they may still be stored later; Nylas' retry is then a
+        duplicate).
+        """
+        now = time.monotonic()
+        self._last_store = now
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Request(entries, done))
+        self._waiting.append(_Request(entries, done, now + self._timeout))
         self._wake.set()
         return await done
 
     async def run(self, stop: asyncio.Event) -> None:
         """Commit waiting requests until ``stop`` is set and nothing is left waiting."""
+        expiring = asyncio.create_task(self._expire())
+        try:
+            await self._write(stop)
+        finally:
+            expiring.cancel()
+            with suppress(asyncio.CancelledError):
+                await expiring
+
+    async def _expire(self) -> None:
+        """Every so often, answer the requests past their deadline with TimeoutError.
+
+        One timer for all requests: a timeout scope per request cost the webhook more than
+        a tenth of its time to store a delivery.
+        """
+        while True:
+            await asyncio.sleep(min(EXPIRY_CHECK_EVERY, self._timeout / 4))
+            now = time.monotonic()
+            late = [r for r in self._waiting if r.deadline <= now]
+            if late:  # not stored at all: leave them out of the next commit
+                self._waiting = [r for r in self._waiting if r.deadline > now]
+            late += [r for r in self._committing if r.deadline <= now]
+            for request in late:
+                if not request.done.done():
+                    request.done.set_exception(
+                        TimeoutError(f"not stored within {self._timeout:g} s")
+                    )
+
+    async def _write(self, stop: asyncio.Event) -> None:
         while not (stop.is_set() and not self._waiting):
             if not self._waiting:
                 self._wake.clear()
@@ -95,6 +139,7 @@ class InboxWriter:
 
     async def _commit(self, batch: list[_Request]) -> None:
         entries = [(e.dedupe_key, e.source, e.body) for r in batch for e in r.entries]
+        self._committing = batch
         try:
             new_keys = await inbox.store_deliveries(
                 self._engine, entries=entries, received_at=self._clock()
@@ -105,6 +150,8 @@ class InboxWriter:
                 if not request.done.done():
                     request.done.set_exception(exc)
             return
+        finally:
+            self._committing = []
         for request in batch:
             # A key repeated across requests counts as new for the first of them only.
             new = 0

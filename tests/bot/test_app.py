@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,9 +25,16 @@ from bot.notifier import Notifier, Posted, SinkError
 from bot.runtime import RUNTIME, Runtime
 from bot.settings import load_settings
 from storage import cases, outbox
-from storage.engine import create_engine
+from storage.engine import create_engine, is_sqlite
 from storage.migrate import head_revision
-from storage.models import Account, Case, CaseEvent, OutboxMessage, OutboxStatus
+from storage.models import (
+    Account,
+    Case,
+    CaseEvent,
+    InboxDelivery,
+    OutboxMessage,
+    OutboxStatus,
+)
 from tests import builders
 from tests.appclient import start_app
 from tests.conftest import FrozenClock
@@ -336,6 +345,38 @@ async def test_deliveries_waiting_together_for_a_commit_mean_saturation(
     finally:
         stop.set()
         await running
+
+
+async def test_a_delivery_not_stored_in_time_is_a_timeout_and_the_writer_goes_on(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    writer = InboxWriter(engine, clock=FrozenClock(), timeout=0.3)
+    stop = asyncio.Event()
+    running = asyncio.create_task(writer.run(stop))
+    other = create_engine(engine.url)
+    try:
+        async with other.begin() as conn:  # another writer holds the lock meanwhile
+            if not is_sqlite(other):
+                await conn.execute(text("LOCK TABLE inbox IN EXCLUSIVE MODE"))
+            started = time.monotonic()
+            stuck = asyncio.create_task(writer.store([inbox_entry("stuck")]))
+            await asyncio.sleep(0.05)
+            queued = asyncio.create_task(writer.store([inbox_entry("queued")]))
+            with pytest.raises(TimeoutError, match=r"not stored within 0\.3 s"):
+                await stuck
+            assert 0.3 <= time.monotonic() - started < 1.0
+            with pytest.raises(TimeoutError):
+                await queued
+        # The commit under way goes through once the lock is free; the one waiting behind it
+        # was given up, so it is not stored. Later deliveries are stored as usual.
+        assert await writer.store([inbox_entry("after")]) == 1
+        async with sessions() as session:
+            keys = (await session.exec(select(InboxDelivery.dedupe_key))).all()
+        assert sorted(keys) == ["after", "stuck"]
+    finally:
+        stop.set()
+        await running
+        await other.dispose()
 
 
 def inbox_entry(key: str) -> InboxEntry:
