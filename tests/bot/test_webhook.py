@@ -230,7 +230,7 @@ async def test_signature_is_over_the_raw_bytes_with_non_ascii_content(
     assert status == 401
     assert (await post(app, raw))[0] == 200
     entry = (await inbox_rows(sessions))[0]
-    assert "jürgen.müller@bücher.example" in entry.body
+    assert entry.body == raw.decode()  # stored as it came
 
 
 @pytest.mark.parametrize(
@@ -283,6 +283,22 @@ async def test_malformed_v3_deliveries_are_400(
     status, body = await post(app, raw)
     assert status == 400 and message in body["message"]
     assert await inbox_rows(sessions) == []
+
+
+async def test_text_that_is_not_unicode_is_400_and_a_surrogate_pair_is_a_character(
+    app: TestClient, sessions: Sessions
+) -> None:
+    raw = encode(expired())
+    lone = raw.replace(b'"provider"', b'"note": "\\ud800", "provider"')
+    encoded = raw.replace(b'"provider"', b'"note": "\xed\xa0\x80", "provider"')
+    for body, message in [(lone, "not valid Unicode"), (encoded, "not UTF-8 text")]:
+        status, answer = await post(app, body)
+        assert status == 400 and message in answer["message"], (body, answer)
+    assert await inbox_rows(sessions) == []
+
+    pair = raw.replace(b'"provider"', b'"note": "\\ud83d\\ude00 \\uD83D\\uDE00", "provider"')
+    assert (await post(app, pair))[0] == 200
+    assert [row.body for row in await inbox_rows(sessions)] == [pair.decode()]
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,10 +113,26 @@ def _finite(number: str) -> float:
     return value
 
 
-def _load(body: bytes) -> dict[str, Any]:
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+# A UTF-16 surrogate written as an escape; only a pair of them is a character.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _decode(body: bytes) -> str:
+    """The body as text, in the encoding JSON allows it to be sent in (UTF-8 in practice)."""
     try:
-        payload = json.loads(body, parse_constant=_not_json, parse_float=_finite)
-    except (ValueError, RecursionError):  # also bad UTF-8, NaN, 5000-digit ints, deep nesting
+        return body.decode(json.detect_encoding(body))
+    except UnicodeDecodeError:  # also a surrogate encoded in UTF-8: no database stores it
+        raise MalformedDelivery("body is not valid JSON (not UTF-8 text)") from None
+
+
+def _load(text: str) -> dict[str, Any]:
+    try:
+        payload = _DECODER.decode(text)
+    except (ValueError, RecursionError):  # also NaN, 5000-digit ints, deep nesting
         raise MalformedDelivery("body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise MalformedDelivery("body must be a JSON object")
@@ -148,7 +165,7 @@ def _timestamp(value: Any, where: str) -> int:
 
 
 def _serialize(value: Any) -> str:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODER.encode(value)
     if not text.isascii():
         try:
             text.encode()
@@ -159,10 +176,11 @@ def _serialize(value: Any) -> str:
 
 def split(version: str, body: bytes) -> list[InboxEntry]:
     """Check a verified delivery's shape and return the inbox entries it holds."""
-    payload = _load(body)
+    text = _decode(body)
+    payload = _load(text)
     if version == "v2":
         return _split_v2(payload)
-    return _split_v3(payload)
+    return _split_v3(payload, text)
 
 
 def _split_v2(payload: dict[str, Any]) -> list[InboxEntry]:
@@ -194,7 +212,7 @@ def _split_v2(payload: dict[str, Any]) -> list[InboxEntry]:
     return entries
 
 
-def _split_v3(payload: dict[str, Any]) -> list[InboxEntry]:
+def _split_v3(payload: dict[str, Any], text: str) -> list[InboxEntry]:
     notification_id = _text(payload.get("id"), "id")
     trigger = _text(payload.get("type"), "type")
     _timestamp(payload.get("time"), "time")
@@ -208,11 +226,16 @@ def _split_v3(payload: dict[str, Any]) -> list[InboxEntry]:
     # Column sizes of accounts.email and accounts.provider.
     _optional_text(obj.get("email"), "data.object.email", 320)
     _optional_text(obj.get("provider"), "data.object.provider", 64)
+    if _SURROGATE_ESCAPE.search(text):
+        _serialize(payload)  # refuses a lone surrogate ("\ud800"), as for v2
     return [
         InboxEntry(
             dedupe_key=f"v3:{notification_id}",
             source="nylas-v3",
-            body=_serialize(payload),
+            # The notification as it came: valid UTF-8 (so storable), and read again by
+            # parse_entry into the payload checked here. Serializing it again cost as much
+            # as parsing it.
+            body=text,
         )
     ]
 
