@@ -14,6 +14,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self.registry = CollectorRegistry()
         Info("reauthbot", "Build information", registry=self.registry).info({"version": VERSION})
         self.http_requests = Counter(
@@ -69,6 +70,18 @@ class Metrics:
             ["job", "outcome"],
             registry=self.registry,
         )
+
+    def child(self, metric: Counter, *labels: str) -> Counter:
+        """``metric.labels(*labels)``, remembered, for counters on the webhook's path.
+
+        Only for labels of a small, fixed set of values (routes, statuses, results): each
+        combination is kept for the life of the process.
+        """
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def set_depths(self, depths: dict[str, dict[str, int]], open_cases: dict[str, int]) -> None:
         """Replace the queue and case gauges with fresh counts."""

@@ -73,7 +73,8 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         status = exc.status
         raise
     finally:
-        request.app[RUNTIME].metrics.http_requests.labels(route=name, status=str(status)).inc()
+        metrics = request.app[RUNTIME].metrics
+        metrics.child(metrics.http_requests, name, str(status)).inc()
 
 
 def register(app: web.Application) -> None:

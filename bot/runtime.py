@@ -44,6 +44,11 @@ class Runtime:
     instance: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
+    # The keys Nylas signs webhooks with, read once: every delivery needs them.
+    webhook_secrets: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.webhook_secrets = self.settings.webhook_secrets()
 
     def wake_senders(self) -> None:
         """Tell the Slack and PagerDuty drains that the outbox has new rows."""

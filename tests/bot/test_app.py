@@ -81,12 +81,13 @@ async def test_health_ready_and_metrics(make_client: ClientFactory, engine: Asyn
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert await ready.json() == {"status": "ready", "schema": HEAD}
+    assert (await client.get("/readyz")).status == 200
     metrics = await client.get("/metrics")
     assert metrics.status == 200
     assert metrics.headers["Content-Type"].startswith("text/plain")
     text = await metrics.text()
     assert "reauthbot_database_up 1.0" in text
-    assert 'reauthbot_http_requests_total{route="/readyz",status="200"} 1.0' in text
+    assert 'reauthbot_http_requests_total{route="/readyz",status="200"} 2.0' in text
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     assert names and all(name.startswith("reauthbot_") for name in names)
 
