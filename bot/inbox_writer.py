@@ -1,9 +1,11 @@
 """Group commit for webhook deliveries.
 
 Every delivery must be durable before Nylas gets its 2xx, and a commit costs an fsync. Rather
-than one transaction per request, requests hand their entries to one writer task, which
-stores everything waiting in a single transaction and then answers each request. Under load
-many deliveries share a commit; an idle service commits each one at once.
+than one transaction per request, requests hand their entries to one writer, which stores
+everything waiting in a single transaction and then answers each request. Under load many
+deliveries share a commit; an idle service commits each one at once. On SQLite the writer's
+commits run back to back on a worker thread for as long as requests keep arriving
+(``storage.inbox.store_while_waiting``): the queue of waiting requests is shared with it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ class _Request:
     entries: Sequence[InboxEntry]
     done: asyncio.Future[int]
     deadline: float  # time.monotonic()
+    given_up: bool = False  # answered with TimeoutError before a commit took it
 
 
 class InboxWriter:
@@ -57,8 +61,10 @@ class InboxWriter:
         self._engine = engine
         self._clock = clock
         self._timeout = timeout
-        self._waiting: list[_Request] = []
+        # Appended to on the event loop, taken from by the writer (a worker thread on SQLite).
+        self._waiting: deque[_Request] = deque()
         self._committing: list[_Request] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._last_store = -1e9
         self._last_batch = 0  # requests the last commit carried
@@ -92,6 +98,7 @@ class InboxWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Commit waiting requests until ``stop`` is set and nothing is left waiting."""
+        self._loop = asyncio.get_running_loop()
         expiring = asyncio.create_task(self._expire())
         try:
             await self._write(stop)
@@ -109,12 +116,10 @@ class InboxWriter:
         while True:
             await asyncio.sleep(min(EXPIRY_CHECK_EVERY, self._timeout / 4))
             now = time.monotonic()
-            late = [r for r in self._waiting if r.deadline <= now]
-            if late:  # not stored at all: leave them out of the next commit
-                self._waiting = [r for r in self._waiting if r.deadline > now]
-            late += [r for r in self._committing if r.deadline <= now]
-            for request in late:
-                if not request.done.done():
+            # list() copies the queue in one step, while the writer's thread may take from it.
+            for request in [*list(self._waiting), *self._committing]:
+                if request.deadline <= now and not request.done.done():
+                    request.given_up = True  # if still waiting, no commit will take it
                     request.done.set_exception(
                         TimeoutError(f"not stored within {self._timeout:g} s")
                     )
@@ -129,35 +134,56 @@ class InboxWriter:
                 stopping.cancel()
                 woken.cancel()
                 continue
-            batch, rows = [], 0
-            while self._waiting and rows < MAX_BATCH:
-                request = self._waiting.pop(0)
+            try:
+                await inbox.store_while_waiting(
+                    self._engine, self._take, self._stored, received_at=self._clock
+                )
+            except Exception as exc:  # no connection: fail what waits, rather than spin
+                failed = self._committing + list(self._waiting)
+                self._committing = []
+                self._waiting.clear()
+                self._settle(failed, exc)
+
+    def _take(self) -> list[tuple[str, str, str]] | None:
+        """The next batch to commit (called by the writer, on its thread on SQLite)."""
+        batch, rows = [], 0
+        while rows < MAX_BATCH:
+            try:
+                request = self._waiting.popleft()
+            except IndexError:
+                break
+            if not request.given_up:
                 batch.append(request)
                 rows += len(request.entries)
-            self._last_batch = len(batch)
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[_Request]) -> None:
-        entries = [(e.dedupe_key, e.source, e.body) for r in batch for e in r.entries]
+        if not batch:
+            return None
+        self._last_batch = len(batch)
         self._committing = batch
-        try:
-            new_keys = await inbox.store_deliveries(
-                self._engine, entries=entries, received_at=self._clock()
-            )
-        except Exception as exc:
-            log.error("cannot store %d webhook deliveries: %s", len(batch), type(exc).__name__)
+        return [(e.dedupe_key, e.source, e.body) for r in batch for e in r.entries]
+
+    def _stored(self, result: set[str] | Exception) -> None:
+        """The batch taken last is committed, or failed (called as ``_take`` is)."""
+        batch, self._committing = self._committing, []
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._settle, batch, result)
+
+    def _settle(self, batch: list[_Request], result: set[str] | Exception) -> None:
+        """Answer the requests of a batch, on the event loop."""
+        if isinstance(result, Exception):
+            if batch:
+                log.error(
+                    "cannot store %d webhook deliveries: %s", len(batch), type(result).__name__
+                )
             for request in batch:
                 if not request.done.done():
-                    request.done.set_exception(exc)
+                    request.done.set_exception(result)
             return
-        finally:
-            self._committing = []
         for request in batch:
             # A key repeated across requests counts as new for the first of them only.
             new = 0
             for entry in request.entries:
-                if entry.dedupe_key in new_keys:
-                    new_keys.discard(entry.dedupe_key)
+                if entry.dedupe_key in result:
+                    result.discard(entry.dedupe_key)
                     new += 1
             if not request.done.done():  # the request may have timed out meanwhile
                 request.done.set_result(new)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import sqlite_inline
 from storage._sql import dialect_name, insert_ignoring_conflict
+from storage.engine import is_sqlite
 from storage.models import InboxDelivery, InboxStatus
 
 MAX_ATTEMPTS = 5
@@ -78,30 +80,51 @@ async def add_deliveries(
     return set(result.scalars().all())
 
 
-async def store_deliveries(
-    engine: AsyncEngine, *, entries: Sequence[tuple[str, str, str]], received_at: datetime
-) -> set[str]:
-    """Store ``(dedupe_key, source, body)`` deliveries in a transaction of their own, committed.
+Entries = Sequence[tuple[str, str, str]]  # (dedupe_key, source, body)
+# How long one call of store_while_waiting may keep the connection (other writers wait).
+STORE_SPELL = 0.05
 
-    Returns the keys that were new, as ``add_deliveries`` does. This is the webhook's path,
-    taken for every batch of deliveries while Nylas waits for its answer. On SQLite it skips
-    the ORM session: its setup, the insert's compilation and the commit cost the event loop
-    more than storing the rows, which runs on a worker thread in one hand-off.
+
+async def store_while_waiting(
+    engine: AsyncEngine,
+    take: Callable[[], Entries | None],
+    stored: Callable[[set[str] | Exception], None],
+    *,
+    received_at: Callable[[], datetime],
+    spell: float = STORE_SPELL,
+) -> None:
+    """Store batches of deliveries, each in a transaction of its own, while ``take`` has any.
+
+    ``take`` returns the next batch of ``(dedupe_key, source, body)``, or None. After each
+    commit, ``stored`` gets the keys of the batch that were new (not stored before, nor
+    earlier in the batch), or else the exception that kept the batch from being stored,
+    which ends the call. It ends too once ``take`` has nothing, or after ``spell`` seconds
+    so that other writers get their turn.
+
+    This is the webhook's path: Nylas waits for its answer. On SQLite the batches run back
+    to back on a worker thread, on the pooled connection (writers still queue), without the
+    ORM: a session, an ``INSERT … ON CONFLICT`` compiled anew every time, and a trip through
+    the busy event loop between one commit and the next cost more than storing the rows.
+    There, ``take`` and ``stored`` are called on that thread.
     """
-    if not entries:
-        return set()
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
-        if isinstance(driver, sqlite_inline.Connection):
-            stamp = _bind_received_at(engine.dialect)(received_at)
-            rows = [(key, source, body, stamp) for key, source, body in entries]
-            try:
-                return await driver.write(functools.partial(_insert_new_sqlite, rows))
-            except sqlite3.Error as exc:  # raised as the ORM path would raise it
-                raise DBAPIError.instance(_INSERT_SQLITE, None, exc, sqlite3.Error) from exc
-    async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
-        return await add_deliveries(session, entries=entries, received_at=received_at)
+    if is_sqlite(engine):
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(driver, sqlite_inline.Connection)
+            work = functools.partial(
+                _store_sqlite, take, stored, received_at, _bind_received_at(engine.dialect), spell
+            )
+            await driver.on_thread(work)
+        return
+    deadline = time.monotonic() + spell
+    while time.monotonic() < deadline and (entries := take()):
+        try:
+            async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
+                new = await add_deliveries(session, entries=entries, received_at=received_at())
+        except Exception as exc:
+            stored(exc)
+            return
+        stored(new)
 
 
 _INSERT_SQLITE = (
@@ -110,18 +133,39 @@ _INSERT_SQLITE = (
 )
 
 
-def _insert_new_sqlite(
-    rows: Sequence[tuple[str, str, str, Any]], conn: sqlite3.Connection
-) -> set[str]:
-    # A row at a time: sqlite3 cannot return rows from executemany, and each statement
-    # says whether it inserted (a key stored before, or earlier in ``rows``, is not).
-    new = set()
+def _store_sqlite(
+    take: Callable[[], Entries | None],
+    stored: Callable[[set[str] | Exception], None],
+    received_at: Callable[[], datetime],
+    bind_time: Callable[[datetime], Any],
+    spell: float,
+    conn: sqlite3.Connection,
+) -> None:
+    deadline = time.monotonic() + spell
     cursor = conn.cursor()
-    for row in rows:
-        cursor.execute(_INSERT_SQLITE, row)
-        if cursor.rowcount == 1:
-            new.add(row[0])
-    return new
+    while time.monotonic() < deadline and (entries := take()):
+        try:
+            stamp = bind_time(received_at())
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # A row at a time: sqlite3 cannot return rows from executemany, and each
+                # statement's row count says whether it inserted.
+                new = {
+                    key
+                    for key, source, body in entries
+                    if cursor.execute(_INSERT_SQLITE, (key, source, body, stamp)).rowcount == 1
+                }
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        except sqlite3.Error as exc:  # raised as the ORM path would raise it
+            stored(DBAPIError.instance(_INSERT_SQLITE, None, exc, sqlite3.Error))
+            return
+        except Exception as exc:
+            stored(exc)
+            return
+        stored(new)
 
 
 @functools.cache

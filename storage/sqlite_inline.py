@@ -112,26 +112,15 @@ class Connection:
     async def rollback(self) -> None:
         self._conn.rollback()
 
-    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` in a write transaction of its own, committed, all on a worker thread.
+    async def on_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(connection)`` on a worker thread, where it may wait for other processes.
 
-        For a batch of plain inserts that must be durable at once (webhook deliveries):
-        one hand-off to the thread instead of a statement at a time on the loop and the
-        commit after. sqlite3 lets go of the GIL while SQLite works, so the loop answers
-        other requests meanwhile. ``work`` gets the connection; if it raises, nothing is
-        kept.
+        For writes that should not wait for the event loop between statements or between
+        transactions (webhook deliveries, stored back to back): sqlite3 lets go of the GIL
+        while SQLite works, so the loop goes on meanwhile. ``work`` begins and ends its own
+        transactions and must leave none open.
         """
-        return await self._on_thread(self._waiting, self._transaction, work)
-
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(self._conn)
-            self._conn.commit()
-        except BaseException:
-            self._conn.rollback()
-            raise
-        return result
+        return await self._on_thread(self._waiting, work, self._conn)
 
     async def close(self) -> None:
         self._conn.close()

@@ -228,7 +228,24 @@ async def test_inbox_deduplicates_deliveries(sessions: Sessions) -> None:
     assert again is None
 
 
-async def test_a_batch_of_deliveries_is_stored_and_says_which_were_new(
+async def store_batches(
+    engine: AsyncEngine, *batches: list[Any], at: datetime = NOW, spell: float = 5.0
+) -> tuple[list[set[str] | Exception], int]:
+    """Store batches as the webhook's writer does; return what each came to, and how many
+    batches were left untaken."""
+    queue = list(batches)
+    results: list[set[str] | Exception] = []
+    await inbox.store_while_waiting(
+        engine,
+        lambda: queue.pop(0) if queue else None,
+        results.append,
+        received_at=lambda: at,
+        spell=spell,
+    )
+    return results, len(queue)
+
+
+async def test_batches_of_deliveries_are_stored_and_say_which_were_new(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
     async with sessions() as session, session.begin():
@@ -236,36 +253,52 @@ async def test_a_batch_of_deliveries_is_stored_and_says_which_were_new(
             session, dedupe_key="v3:old", source="nylas-v3", body="{}", received_at=NOW
         )
     later = NOW + timedelta(seconds=1, microseconds=250)
-    entries = [
+    first = [
         ("v3:old", "nylas-v3", "{}"),  # stored before
         ("v3:a", "nylas-v3", '{"n": "ñ"}'),
         ("v2:acc-1:account.invalid:1", "nylas-v2", "{}"),
         ("v3:a", "nylas-v3", "{}"),  # repeated in the batch: stored once, as first given
     ]
-    new = await inbox.store_deliveries(engine, entries=entries, received_at=later)
-    assert new == {"v3:a", "v2:acc-1:account.invalid:1"}
-    assert await inbox.store_deliveries(engine, entries=[], received_at=later) == set()
+    second = [("v3:a", "nylas-v3", "{}"), ("v3:b", "nylas-v3", "{}")]
+    results, left = await store_batches(engine, first, second, at=later)
+    assert (results, left) == ([{"v3:a", "v2:acc-1:account.invalid:1"}, {"v3:b"}], 0)
 
     # Committed, and read back by the ORM as it would have written them.
     async with sessions() as session:
         stored = {d.dedupe_key: d for d in await inbox.pending_deliveries(session, now=later)}
-    assert sorted(stored) == ["v2:acc-1:account.invalid:1", "v3:a", "v3:old"]
+    assert sorted(stored) == ["v2:acc-1:account.invalid:1", "v3:a", "v3:b", "v3:old"]
     assert (stored["v3:a"].source, stored["v3:a"].body) == ("nylas-v3", '{"n": "ñ"}')
     assert stored["v3:a"].received_at == later
     assert stored["v3:a"].attempts == 0
     assert stored["v3:old"].received_at == NOW
 
 
-async def test_a_batch_that_fails_stores_none_of_it(
+async def test_a_batch_that_fails_stores_none_of_it_and_ends_the_call(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
-    entries: list[Any] = [("v3:a", "nylas-v3", "{}"), ("v3:b", "nylas-v3", None)]  # NOT NULL
-    with pytest.raises(IntegrityError):
-        await inbox.store_deliveries(engine, entries=entries, received_at=NOW)
+    failing = [("v3:a", "nylas-v3", "{}"), ("v3:b", "nylas-v3", None)]  # body is NOT NULL
+    results, left = await store_batches(engine, failing, [("v3:c", "nylas-v3", "{}")])
+    assert len(results) == 1 and isinstance(results[0], IntegrityError)
+    assert left == 1  # the next batch was not taken
     async with sessions() as session:
         assert await inbox.pending_deliveries(session, now=NOW) == []
-    # The connection is left usable.
-    assert await inbox.store_deliveries(engine, entries=entries[:1], received_at=NOW) == {"v3:a"}
+    # The connection is left usable, with no transaction open.
+    assert await store_batches(engine, failing[:1]) == ([{"v3:a"}], 0)
+
+
+async def test_storing_batches_lets_other_writers_in_after_a_spell(engine: AsyncEngine) -> None:
+    taken = 0
+
+    def endless() -> list[tuple[str, str, str]]:
+        nonlocal taken
+        taken += 1
+        return [(f"v3:{taken}", "nylas-v3", "{}")]
+
+    results: list[set[str] | Exception] = []
+    await inbox.store_while_waiting(
+        engine, endless, results.append, received_at=lambda: NOW, spell=0.1
+    )
+    assert taken > 1 and results == [{f"v3:{n}"} for n in range(1, taken + 1)]
 
 
 async def test_concurrent_inserts_of_one_delivery_exactly_one_wins(sessions: Sessions) -> None:

@@ -228,27 +228,20 @@ async def test_a_write_waits_for_another_process_s_lock_without_blocking_the_loo
 
 
 async def write_on_thread(engine: AsyncEngine, rows: list[tuple[str, int]]) -> None:
-    """Insert rows through ``Connection.write``: one transaction, on a worker thread."""
+    """Insert rows in a transaction run by ``Connection.on_thread``."""
 
     def work(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO t VALUES (?, ?)", rows)
+        conn.commit()
 
     async with engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection
         assert isinstance(driver, sqlite_inline.Connection)
-        await driver.write(work)
+        await driver.on_thread(work)
 
 
-async def test_a_write_on_a_thread_commits_or_keeps_nothing(engine: AsyncEngine) -> None:
-    await write_on_thread(engine, [("a", 1), ("b", 2)])
-    with pytest.raises(sqlite3.IntegrityError):
-        await write_on_thread(engine, [("c", 3), ("a", 9)])  # "a" exists: "c" is not kept
-    assert await values(engine) == [("a", 1), ("b", 2)]
-    await insert(engine, "c", 3)  # the connection is usable, and no transaction is left open
-    assert await values(engine) == [("a", 1), ("b", 2), ("c", 3)]
-
-
-async def test_a_write_on_a_thread_waits_for_another_process_s_lock_off_the_loop(
+async def test_work_on_a_thread_waits_for_another_process_s_lock_off_the_loop(
     engine: AsyncEngine, other_writer: sqlite3.Connection
 ) -> None:
     other_writer.execute("BEGIN IMMEDIATE")
@@ -263,6 +256,8 @@ async def test_a_write_on_a_thread_waits_for_another_process_s_lock_off_the_loop
     await releasing
     assert ticks >= 10
     assert await values(engine) == [("a", 1)]
+    await insert(engine, "b", 2)  # and the connection is back to not waiting on the loop
+    assert await values(engine) == [("a", 1), ("b", 2)]
 
 
 async def test_a_lock_held_past_the_busy_timeout_is_an_error(
