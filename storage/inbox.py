@@ -127,10 +127,19 @@ async def store_while_waiting(
         stored(new)
 
 
-_INSERT_SQLITE = (
-    "INSERT INTO inbox (dedupe_key, source, body, received_at, status, attempts) "
-    f"VALUES (?, ?, ?, ?, '{InboxStatus.PENDING}', 0) ON CONFLICT (dedupe_key) DO NOTHING"
-)
+_INSERTED_SQLITE = "SELECT dedupe_key FROM inbox WHERE id > ? AND id <= ?"
+# Rows per INSERT statement: 4 parameters each, well below SQLite's limit of 32,766.
+INSERT_ROWS = 500
+
+
+@functools.lru_cache(maxsize=128)
+def _insert_sqlite(rows: int) -> str:
+    """One ``INSERT`` of ``rows`` deliveries; sqlite3 keeps it prepared for the next batch."""
+    values = ", ".join([f"(?, ?, ?, ?, '{InboxStatus.PENDING}', 0)"] * rows)
+    return (
+        "INSERT INTO inbox (dedupe_key, source, body, received_at, status, attempts) "
+        f"VALUES {values} ON CONFLICT (dedupe_key) DO NOTHING"
+    )
 
 
 def _store_sqlite(
@@ -148,24 +157,42 @@ def _store_sqlite(
             stamp = bind_time(received_at())
             conn.execute("BEGIN IMMEDIATE")
             try:
-                # A row at a time: sqlite3 cannot return rows from executemany, and each
-                # statement's row count says whether it inserted.
-                new = {
-                    key
-                    for key, source, body in entries
-                    if cursor.execute(_INSERT_SQLITE, (key, source, body, stamp)).rowcount == 1
-                }
+                new = _insert_batch(cursor, entries, stamp)
                 conn.commit()
             except BaseException:
                 conn.rollback()
                 raise
         except sqlite3.Error as exc:  # raised as the ORM path would raise it
-            stored(DBAPIError.instance(_INSERT_SQLITE, None, exc, sqlite3.Error))
+            stored(DBAPIError.instance("INSERT INTO inbox …", None, exc, sqlite3.Error))
             return
         except Exception as exc:
             stored(exc)
             return
         stored(new)
+
+
+def _insert_batch(cursor: sqlite3.Cursor, entries: Entries, stamp: Any) -> set[str]:
+    """Insert a batch, a statement per ``INSERT_ROWS`` rows; return the keys that were new.
+
+    Not a statement per row: sqlite3 lets go of the GIL around every step of SQLite, and
+    each time, getting it back meant waiting for the busy event loop's thread. A key stored
+    before, or earlier in the batch, inserts nothing.
+    """
+    new: set[str] = set()
+    for start in range(0, len(entries), INSERT_ROWS):
+        chunk = entries[start : start + INSERT_ROWS]
+        params = [value for key, source, body in chunk for value in (key, source, body, stamp)]
+        cursor.execute(_insert_sqlite(len(chunk)), params)
+        inserted = cursor.rowcount
+        keys = {key for key, _, _ in chunk}
+        if inserted == len(keys):
+            new |= keys
+            continue
+        # Some were there already. The rows inserted have consecutive ids up to the last
+        # one (one more than the largest id each, and this transaction holds the write lock).
+        last = cursor.lastrowid or 0
+        new |= {key for (key,) in cursor.execute(_INSERTED_SQLITE, (last - inserted, last))}
+    return new
 
 
 @functools.cache

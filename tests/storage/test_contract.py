@@ -273,6 +273,26 @@ async def test_batches_of_deliveries_are_stored_and_say_which_were_new(
     assert stored["v3:old"].received_at == NOW
 
 
+async def test_a_batch_of_several_statements_says_which_were_new(
+    engine: AsyncEngine, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbox, "INSERT_ROWS", 2)  # SQLite inserts a batch in statements of 2
+    await store_batches(engine, [("v3:old", "nylas-v3", "{}")])
+    keys = ["v3:1", "v3:old", "v3:2", "v3:1", "v3:3", "v3:4", "v3:5"]
+    results, _ = await store_batches(engine, [(key, "nylas-v3", "{}") for key in keys])
+    assert results == [{"v3:1", "v3:2", "v3:3", "v3:4", "v3:5"}]
+    async with sessions() as session:
+        stored = await inbox.pending_deliveries(session, now=NOW)
+    assert sorted(d.dedupe_key for d in stored) == [
+        "v3:1",
+        "v3:2",
+        "v3:3",
+        "v3:4",
+        "v3:5",
+        "v3:old",
+    ]
+
+
 async def test_a_batch_that_fails_stores_none_of_it_and_ends_the_call(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
