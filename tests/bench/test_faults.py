@@ -7,8 +7,6 @@ scenario runs in its ``--quick`` form, end to end, as a smoke test.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +22,8 @@ from bench._faults import (
     posted_twice,
     v3_delivery,
 )
+from tests.bench.running import run_bench
 from tests.fakes._loopback import serve
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_thread_line_lost_repeated_or_out_of_order_is_caught() -> None:
@@ -120,16 +117,9 @@ async def test_the_sender_retries_a_503_and_gives_up_on_a_refusal(
 
 def test_quick_sigkill_run_is_sound(tmp_path: Path) -> None:
     figures = tmp_path / "faults.json"
-    command = ["-m", "bench.faults", "--quick", "--scenario", "sigkill", "--json", str(figures)]
-    done = subprocess.run(
-        [sys.executable, *command],
-        cwd=REPO_ROOT,  # bench is not installed; it is found from the repository root
-        capture_output=True,
-        text=True,
-        timeout=90,
+    done = run_bench(
+        "-m", "bench.faults", "--quick", "--scenario", "sigkill", "--json", str(figures)
     )
-
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     (scenario,) = json.loads(figures.read_text())["scenarios"]
     assert scenario["scenario"] == "sigkill" and scenario["sound"]
     assert len(scenario["figures"]["kills"]) == 2

@@ -1,0 +1,73 @@
+"""``bench.webhook_ingest``: each target counts at its best level of senders, a failure at any
+level breaks the run, and a short run of the throughput phase works end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.webhook_ingest import assess
+from tests.bench.running import run_bench
+
+
+def level(per_s: float, non_2xx: int = 0) -> dict[str, Any]:
+    statuses = {"200": 100 - non_2xx, **({"503": non_2xx} if non_2xx else {})}
+    return {"deliveries_per_s": per_s, "non_2xx": non_2xx, "statuses": statuses, "errors": {}}
+
+
+def throughput(bare: dict[int, dict[str, Any]], service: dict[int, dict[str, Any]]) -> Any:
+    def best(levels: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        top = max(levels, key=lambda c: levels[c]["deliveries_per_s"])
+        return {**levels[top], "concurrency": top, "levels": levels}
+
+    check = {
+        "accepted": 10,
+        "told_stored": 10,
+        "stored_counter": 10,
+        "inbox_rows": 10,
+        "stored_ok": True,
+        "inbox_by_status": {"pending": 10},
+    }
+    return {
+        "phases": {"throughput": {"bare": best(bare), "service": best(service), "check": check}}
+    }
+
+
+def test_throughput_compares_each_target_at_its_best_level() -> None:
+    result = throughput(
+        bare={32: level(9000), 64: level(10000)},
+        service={32: level(4000), 64: level(5200)},
+    )
+    goals, broken = assess(result)
+    assert goals == {"throughput_ratio": 0.52, "throughput_goal_met": True}
+    assert broken == []
+
+
+def test_a_failure_at_any_level_breaks_the_run() -> None:
+    result = throughput(
+        bare={32: level(9000)},
+        service={32: level(4000, non_2xx=3), 64: level(5200)},  # the best level is clean
+    )
+    _, broken = assess(result)
+    assert len(broken) == 1 and broken[0].startswith("throughput/service/32: non-2xx")
+
+
+def test_a_short_throughput_run_is_sound(tmp_path: Path) -> None:
+    figures = tmp_path / "ingest.json"
+    done = run_bench(
+        *("-m", "bench.webhook_ingest", "--phase", "throughput", "--concurrency", "2,4"),
+        *("--duration", "0.5", "--warmup", "0.2", "--drain-timeout", "1"),
+        *("--json", str(figures)),
+    )
+    result = json.loads(figures.read_text())
+    assert list(result["phases"]) == ["throughput"]
+    phase = result["phases"]["throughput"]
+    for target in ("bare", "service"):
+        levels = phase[target]["levels"]
+        assert sorted(levels) == ["2", "4"]
+        best = max(levels.values(), key=lambda f: f["deliveries_per_s"])
+        assert phase[target]["deliveries_per_s"] == best["deliveries_per_s"] > 0
+    assert phase["check"]["stored_ok"]
+    assert set(result["goals"]) == {"throughput_ratio", "throughput_goal_met"}
+    assert "by senders:" in done.stdout
