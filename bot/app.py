@@ -67,6 +67,10 @@ MIGRATION_RETRY_SECONDS = 5.0
 # they can be acknowledged at that (many wait for each commit), eight times as long.
 REST_UNDER_LOAD = 2.0
 REST_SATURATED = 8.0
+# The rest follows the step's wall time, which is mostly CPU; but a step that waited (for a
+# database that stopped answering, say) did not use what it took, and resting eight times a
+# minute's wait left the inbox unprocessed for many minutes after the database came back.
+REST_MAX = 2.0
 
 LOCAL_MODE_BANNER = (
     "*** LOCAL MODE *** no Slack app is configured (SLACK_BOT_TOKEN is not set). "
@@ -354,7 +358,7 @@ def paced(
         started = clock()
         done = await step()
         if done and (factor := rest[load()]):
-            await sleep((clock() - started) * factor)
+            await sleep(min((clock() - started) * factor, REST_MAX))
         return done
 
     return run

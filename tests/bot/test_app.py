@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.app import LOCAL_MODE_BANNER, _job, paced
+from bot.app import LOCAL_MODE_BANNER, REST_MAX, _job, paced
 from bot.inbox_writer import InboxWriter, Load
 from bot.metrics import Metrics
 from bot.notifier import Notifier, Posted, SinkError
@@ -328,6 +328,23 @@ async def test_background_work_rests_longer_the_harder_deliveries_arrive() -> No
     for _ in range(3):
         await run()
     assert rests == [0.02, 0.08]  # none while idle, then 2x and 8x the time it worked
+
+
+async def test_a_step_that_waited_long_rests_no_more_than_the_cap() -> None:
+    now = 100.0
+    rests: list[float] = []
+
+    async def step() -> int:  # a pass held up for a minute by a database that hung
+        nonlocal now
+        now += 60.0
+        return 1
+
+    async def rest(seconds: float) -> None:
+        rests.append(seconds)
+
+    run = paced(step, lambda: Load.SATURATED, clock=lambda: now, sleep=rest)
+    await run()
+    assert rests == [REST_MAX]  # not eight minutes
 
 
 async def test_deliveries_waiting_together_for_a_commit_mean_saturation(
