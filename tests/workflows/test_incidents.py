@@ -63,16 +63,9 @@ def expiry(
     )
 
 
-async def expire(
-    sessions: Sessions,
-    n: int,
-    at: datetime,
-    *,
-    domain: str = "acme.com",
-    provider: str = "google",
-    state: str = "invalid",
-) -> None:
-    event = expiry(n, at, domain=domain, provider=provider, state=state)
+async def expire(sessions: Sessions, n: int, at: datetime, **what: str) -> None:
+    """Apply ``expiry(n, at, **what)``, as the ingest worker would."""
+    event = expiry(n, at, **what)
     async with sessions() as session, session.begin():
         await apply_event(session, event, now=at, route=route, storms=STORMS)
 
