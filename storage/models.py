@@ -15,7 +15,7 @@ concurrency live here as constraints, not in application code:
 
 - one inbox row per ``dedupe_key``;
 - at most one open case per account (a partial unique index);
-- at most one open incident per domain or integration (a partial unique index);
+- at most one incident taking new cases per domain or integration (a partial unique index);
 - at most one outbox row per ``dedupe_key`` (used for "post the parent message once").
 """
 
@@ -155,6 +155,15 @@ class Account(SQLModel, table=True):
     first_seen_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
     updated_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
     details: dict[str, Any] = _json()
+    # v3: the connector credential the grant was authenticated through, when Nylas says so
+    # (integration storms group grants by it).
+    credential_id: str | None = Field(default=None, max_length=255)
+    # When the account was (re)connected: v2 ``account.connected``, v3 ``grant.created`` or a
+    # re-authentication. A new account may stay partial for up to a week.
+    connected_at: datetime | None = _ts()
+    # An operator said this account only sends (the email.send scope), so it stays
+    # initializing for good: it is never alerted for initializing.
+    send_only: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
 
 @sa.event.listens_for(Account, "before_insert")
@@ -162,6 +171,10 @@ class Account(SQLModel, table=True):
 def _derive_domain(mapper: Any, connection: Any, account: Account) -> None:
     """Keep ``email_domain`` in step with ``email`` on every ORM write."""
     account.email_domain = domain_of(account.email)
+
+
+# An incident that still takes new cases, in SQL: the condition of its unique index.
+ABSORBING_INCIDENT_SQL = "status = 'open' AND sealed_at IS NULL"
 
 
 # A case that is not resolved, in SQL: the condition of the one-open-case-per-account index.
@@ -231,14 +244,14 @@ class Case(SQLModel, table=True):
 class Incident(SQLModel, table=True):
     __tablename__ = "incidents"
     __table_args__ = (
-        # One open storm per domain or integration, whoever detects it first.
+        # One storm taking new cases per domain or integration, whoever detects it first.
         sa.Index(
             "uq_incidents_one_open_per_key",
             "scope",
             "key",
             unique=True,
-            sqlite_where=sa.text("status = 'open'"),
-            postgresql_where=sa.text("status = 'open'"),
+            sqlite_where=sa.text(ABSORBING_INCIDENT_SQL),
+            postgresql_where=sa.text(ABSORBING_INCIDENT_SQL),
         ),
     )
 
@@ -260,6 +273,9 @@ class Incident(SQLModel, table=True):
     escalation_step: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     escalation_due_at: datetime | None = _ts()
     pager_state: str | None = Field(default=None, max_length=16)  # as on Case
+    # When the storm was over (no case joined for the window, or it grew too old): its
+    # cases stay with it, but later cases of its domain or integration alert on their own.
+    sealed_at: datetime | None = _ts()
 
 
 class CaseEvent(SQLModel, table=True):
