@@ -46,7 +46,10 @@ def incident_text(view: IncidentView) -> str:
         + ", ".join(f"{n} {status}" for status, n in sorted(view.by_status.items())),
     ]
     if view.sample:
-        lines.append("accounts: " + ", ".join(view.sample))
+        lines.append(
+            "accounts: "
+            + ", ".join(m.label + (" (already posted)" if m.posted else "") for m in view.sample)
+        )
     if incident.status == IncidentStatus.ENDED:
         lines.append(f"ended {when(incident.ended_at)}")
     return "\n".join(lines)

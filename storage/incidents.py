@@ -18,21 +18,26 @@ from storage.models import Account, Case, CaseStatus, Incident, IncidentScope, I
 SAMPLE = 10  # member emails shown on an incident's message
 
 
-def _matches(session: AsyncSession, scope: str, key: str) -> Any:
+def _matches(scope: str, key: str) -> Any:
     """The accounts an incident of ``scope`` and ``key`` is about."""
     if scope == IncidentScope.DOMAIN:
         return col(Account.email_domain) == key
-    return (col(Account.api_version) == "v3") & (sa.func.lower(col(Account.provider)) == key)
+    v3 = col(Account.api_version) == "v3"
+    if scope == IncidentScope.CREDENTIAL:
+        return v3 & (col(Account.credential_id) == key)
+    # Grants that name their credential are grouped by it, not by their provider.
+    return v3 & col(Account.credential_id).is_(None) & (sa.func.lower(col(Account.provider)) == key)
 
 
 async def open_incident(session: AsyncSession, *, scope: str, key: str) -> Incident | None:
-    """The open incident of a domain or integration, locked for this transaction."""
+    """The incident of a domain or integration still taking cases, locked for this transaction."""
     stmt = (
         select(Incident)
         .where(
             col(Incident.scope) == scope,
             col(Incident.key) == key,
             col(Incident.status) == IncidentStatus.OPEN,
+            col(Incident.sealed_at).is_(None),
         )
         .with_for_update()
     )
@@ -43,6 +48,31 @@ async def lock_incident(session: AsyncSession, *, incident_id: int) -> Incident 
     return await session.get(Incident, incident_id, with_for_update=True)
 
 
+def _loose(scope: str, key: str, since: datetime) -> list[Any]:
+    return [
+        col(Case.opened_at) >= since,
+        col(Case.status) != CaseStatus.RESOLVED,
+        col(Case.incident_id).is_(None),
+        _matches(scope, key),
+    ]
+
+
+async def loose_tally(
+    session: AsyncSession, *, scope: str, key: str, since: datetime
+) -> tuple[int, int]:
+    """How many unresolved cases of the group opened since ``since`` in no incident, and over
+    how many email domains: counted by the database, so a case that forms no storm costs one
+    statement whatever the bar."""
+    stmt = (
+        select(sa.func.count(), sa.func.count(sa.distinct(col(Account.email_domain))))
+        .select_from(Case)
+        .join(Account, col(Account.id) == col(Case.account_id))
+        .where(*_loose(scope, key, since))
+    )
+    cases, domains = (await session.exec(stmt)).one()
+    return int(cases), int(domains)
+
+
 async def recent_loose_cases(
     session: AsyncSession, *, scope: str, key: str, since: datetime
 ) -> Sequence[tuple[Case, Account]]:
@@ -50,12 +80,7 @@ async def recent_loose_cases(
     stmt = (
         select(Case, Account)
         .join(Account, col(Account.id) == col(Case.account_id))
-        .where(
-            col(Case.opened_at) >= since,
-            col(Case.status) != CaseStatus.RESOLVED,
-            col(Case.incident_id).is_(None),
-            _matches(session, scope, key),
-        )
+        .where(*_loose(scope, key, since))
         .order_by(col(Case.id))
     )
     return (await session.exec(stmt)).all()
@@ -104,6 +129,19 @@ async def count_unresolved(session: AsyncSession, *, incident_id: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Member:
+    """A case of an incident as its message lists it: who, and its own alert if it has one."""
+
+    label: str  # the email, or the account id when the email is not known
+    channel: str | None = None  # where the case's own alert is, when it was posted alone
+    ts: str | None = None
+
+    @property
+    def posted(self) -> bool:
+        return self.channel is not None and self.ts is not None
+
+
+@dataclass(frozen=True, slots=True)
 class IncidentView:
     """What an incident's message shows: the incident and a tally of its cases."""
 
@@ -113,7 +151,7 @@ class IncidentView:
     by_kind: dict[str, int]  # unresolved cases only
     retryable: int  # unresolved v2 cases that stopped (Retry all applies to them)
     linkable: int  # unresolved cases with an email that a re-auth link can fix
-    sample: tuple[str, ...]  # emails (or ids) of unresolved cases, oldest first
+    sample: tuple[Member, ...]  # unresolved cases, oldest first
     resolved_by: dict[str, int]  # how the resolved ones were resolved: "nylas", "slack", …
 
     @property
@@ -163,13 +201,21 @@ async def view(session: AsyncSession, *, incident_id: int) -> IncidentView | Non
     )
     retryable, linkable = (await session.exec(actionable)).one()
     first_unresolved = (
-        select(sa.func.coalesce(sa.func.nullif(col(Account.email), ""), col(Account.id)))
+        select(
+            sa.func.coalesce(sa.func.nullif(col(Account.email), ""), col(Account.id)),
+            col(Case.own_alert),
+            col(Case.slack_channel),
+            col(Case.slack_ts),
+        )
         .join(Case, col(Account.id) == col(Case.account_id))
         .where(col(Case.incident_id) == incident_id, col(Case.status) != CaseStatus.RESOLVED)
         .order_by(col(Case.opened_at), col(Case.id))
         .limit(SAMPLE)
     )
-    sample = tuple((await session.exec(first_unresolved)).all())
+    sample = tuple(
+        Member(label, channel, ts) if own and ts else Member(label)
+        for label, own, channel, ts in (await session.exec(first_unresolved)).all()
+    )
     return IncidentView(
         incident=incident,
         total=sum(by_status.values()),

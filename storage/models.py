@@ -133,6 +133,7 @@ class IncidentStatus(StrEnum):
 class IncidentScope(StrEnum):
     DOMAIN = "domain"  # accounts of one email domain
     INTEGRATION = "integration"  # v3 grants of one provider integration (google, microsoft…)
+    CREDENTIAL = "credential"  # v3 grants authenticated through one connector credential
 
 
 class Account(SQLModel, table=True):

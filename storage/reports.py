@@ -110,6 +110,7 @@ async def list_open_cases(
     domain: str | None = None,
     provider: str | None = None,
     acknowledged_by: str | None = None,
+    incident_id: int | None = None,
     limit: int = 10,
     offset: int = 0,
 ) -> tuple[list[tuple[Case, Account]], bool]:
@@ -117,7 +118,8 @@ async def list_open_cases(
 
     Empty or None filters match everything. ``domain`` is compared case-insensitively with the
     part of the account's email after the '@' (a leading '@' in it is ignored); ``provider``
-    is compared case-insensitively; ``acknowledged_by`` is an actor (``slack:U…``), exactly.
+    is compared case-insensitively; ``acknowledged_by`` is an actor (``slack:U…``), exactly;
+    ``incident_id`` keeps the cases of one incident.
     """
     if limit < 1 or offset < 0:
         raise ValueError(f"limit must be at least 1 and offset at least 0, not {limit}, {offset}")
@@ -134,6 +136,8 @@ async def list_open_cases(
         stmt = stmt.where(sa.func.lower(col(Account.provider)) == sa.func.lower(wanted))
     if acknowledged_by is not None:
         stmt = stmt.where(col(Case.acknowledged_by) == acknowledged_by)
+    if incident_id is not None:
+        stmt = stmt.where(col(Case.incident_id) == incident_id)
     stmt = (
         stmt.order_by(col(Case.opened_at).desc(), col(Case.id).desc())
         .offset(offset)

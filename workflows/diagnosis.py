@@ -22,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import evidence
 from storage.models import Account, Case, CaseEvent, CaseKind, domain_of
 from workflows.clock import how_long
+from workflows.domains import PUBLIC_MAIL_DOMAINS
 
 REVOKE_LOOKBACK = timedelta(hours=24)
 CLOCK_SKEW = timedelta(minutes=5)  # a revoke logged just after the account went bad still counts
@@ -30,36 +31,6 @@ STUCK_PARTIAL = timedelta(hours=24)  # Nylas: a partial state lasting longer nee
 
 CREDENTIAL_KINDS = frozenset({CaseKind.REAUTH, CaseKind.STOPPED, CaseKind.UNKNOWN})
 WENT_BAD_KINDS = frozenset({CaseKind.REAUTH, CaseKind.STOPPED})
-
-# Mailbox providers for the public: many unrelated people share these domains, so accounts of
-# one of them going bad together says nothing about an administrator.
-CONSUMER_DOMAINS = frozenset(
-    {
-        "gmail.com",
-        "googlemail.com",
-        "outlook.com",
-        "hotmail.com",
-        "hotmail.co.uk",
-        "live.com",
-        "msn.com",
-        "yahoo.com",
-        "yahoo.co.uk",
-        "ymail.com",
-        "icloud.com",
-        "me.com",
-        "mac.com",
-        "aol.com",
-        "proton.me",
-        "protonmail.com",
-        "gmx.com",
-        "gmx.de",
-        "web.de",
-        "mail.com",
-        "zoho.com",
-        "yandex.com",
-        "fastmail.com",
-    }
-)
 
 # Provider strings of Nylas v2 accounts and v3 grants, by how the account signs in.
 PROVIDER_FAMILIES = {
@@ -189,7 +160,7 @@ def _same_domain(facts: Facts) -> Finding | None:
     domain = domain_of(facts.email)
     if facts.kind not in WENT_BAD_KINDS or facts.domain_peers < 2:
         return None
-    if domain is None or domain in CONSUMER_DOMAINS:
+    if domain is None or domain in PUBLIC_MAIL_DOMAINS:
         return None
     family = family_of(facts.provider)
     if family == "microsoft":

@@ -18,4 +18,5 @@ class AccountEvent:
     email: str | None = None
     provider: str | None = None
     billing_state: str | None = None
+    credential_id: str | None = None  # v3: the connector credential of the grant, if named
     details: dict[str, Any] = field(default_factory=dict)

@@ -1,16 +1,28 @@
 """Storms: when many cases of one email domain (or one v3 integration) open at once.
 
-When at least ``threshold`` unresolved cases of one domain opened within ``window`` (the
-``[storms]`` policy), they become one incident with one message, updated in place as cases
-join and recover, instead of one alert each. The cases are still tracked one by one; a case
-whose own alert was not sent yet never gets one (its post is withdrawn), and a case already
-posted keeps its message and is told in its thread. Cases of an incident do not escalate one
-by one: the incident does. When the last of its cases is resolved the incident ends and a
-summary is posted in its thread and to the channel.
+A storm is a cause, not a coincidence. Two kinds are recognized (the ``[storms]`` policy):
 
-v3 grants are also grouped by their provider integration (``google``, ``microsoft``…), which
-catches an outage of one provider across many domains (at least ``INTEGRATION_DOMAINS``); a
-case joins at most one incident, its domain's first.
+- a domain storm: at least ``threshold`` unresolved cases of one email domain opened within
+  ``window``: an administrator, or the domain's mail server, cut access for many at once.
+  Public mail domains (gmail.com, outlook.com…) never form one: their users are unrelated.
+- an integration storm: at least ``provider_threshold`` cases of v3 grants authenticated
+  through one connector credential (``credential_id``, when the grant names it) or else of
+  one provider, within ``window`` and spanning at least ``provider_domains`` domains: an
+  outage of the provider or a broken credential. The bar is much higher, since an
+  application with many grants sees ordinary expiries on each provider every day.
+
+The cases of a storm become one incident with one message, updated in place as cases join
+and recover, instead of one alert each. The cases are still tracked one by one; a case whose
+own alert was not sent yet never gets one (its post is withdrawn), and a case already posted
+keeps its message, is told in its thread, and is listed on the incident as already posted.
+Cases of an incident do not escalate one by one: the incident does.
+
+An incident takes new cases only while its storm lasts: once no case joined for ``window``,
+or once it has been open for ``max_age``, it is sealed. Its cases stay with it, and the next
+case of its domain or integration alerts on its own (and may start a new storm), so that
+nobody can silence a domain for good by expiring a few grants. When the last of its cases is
+resolved the incident ends and a summary is posted in its thread and to the channel. A case
+joins at most one incident, its domain's first.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from storage import cases, outbox
 from storage import incidents as store
 from storage.models import (
     Account,
+    ApiVersion,
     Case,
     CaseStatus,
     Incident,
@@ -36,6 +49,7 @@ from storage.models import (
     domain_of,
 )
 from workflows.clock import how_long
+from workflows.domains import is_public
 from workflows.policy import Storms
 
 log = logging.getLogger("reauthbot.incidents")
@@ -44,26 +58,43 @@ log = logging.getLogger("reauthbot.incidents")
 # margin is certainly not being sent yet, so it will show a change made now.
 SETTLE = timedelta(seconds=3)
 SETTLE_MARGIN = timedelta(seconds=1)
-# An integration storm spans at least this many domains; fewer are domain storms.
-INTEGRATION_DOMAINS = 3
 
 
 def storm_keys(account: Account) -> list[tuple[str, str]]:
     """The groups an account's case may storm with: its domain, then its v3 integration."""
     keys: list[tuple[str, str]] = []
     domain = domain_of(account.email)
-    if domain:
+    if domain and not is_public(domain):
         keys.append((IncidentScope.DOMAIN, domain))
-    if account.api_version == "v3" and account.provider:
-        keys.append((IncidentScope.INTEGRATION, account.provider.strip().lower()))
+    if account.api_version == ApiVersion.V3:
+        if account.credential_id:
+            keys.append((IncidentScope.CREDENTIAL, account.credential_id))
+        elif account.provider:
+            keys.append((IncidentScope.INTEGRATION, account.provider.strip().lower()))
     return keys
 
 
 def scope_words(incident: Incident) -> str:
-    """ "at example.com" or "of the google integration"."""
+    """ "at example.com", "of the google integration" or "of credential <id>"."""
     if incident.scope == IncidentScope.DOMAIN:
         return f"at {incident.key}"
+    if incident.scope == IncidentScope.CREDENTIAL:
+        return f"of connector credential {incident.key}"
     return f"of the {incident.key} integration"
+
+
+def is_over(incident: Incident, storms: Storms, now: datetime) -> bool:
+    """Whether the incident's storm is over: quiet for ``window``, or open ``max_age``."""
+    return (
+        now - incident.last_case_at >= storms.window or now - incident.opened_at >= storms.max_age
+    )
+
+
+def _bar(scope: str, storms: Storms) -> tuple[int, int]:
+    """The cases and distinct domains a storm of ``scope`` needs."""
+    if scope == IncidentScope.DOMAIN:
+        return storms.threshold, 1
+    return storms.provider_threshold, storms.provider_domains
 
 
 def headline(incident: Incident, total: int) -> str:
@@ -73,23 +104,54 @@ def headline(incident: Incident, total: int) -> str:
     return f"{total} {noun} {scope_words(incident)} lost access in {span}"
 
 
+def _absorbing(incident: Incident | None) -> bool:
+    return (
+        incident is not None
+        and incident.status == IncidentStatus.OPEN
+        and incident.sealed_at is None
+    )
+
+
 async def open_for(
-    session: AsyncSession, account: Account, *, storms: Storms | None
+    session: AsyncSession, account: Account, *, storms: Storms | None, now: datetime
 ) -> Incident | None:
-    """The open incident a case of this account would join now (locked), if any."""
+    """The incident a case of this account would join now (locked), if any.
+
+    An incident whose storm is over is sealed on the way: the case stands alone.
+    """
     if storms is None:
         return None
     # An incident found (and locked) earlier in this transaction is still this transaction's,
-    # unless this transaction ended it: a storm's cases come one after the other.
+    # unless this transaction ended or sealed it: a storm's cases come one after the other.
     locked: dict[tuple[str, str], Incident] = session.info.setdefault(_LOCKED, {})
     for scope, key in storm_keys(account):
         incident = locked.get((scope, key))
-        if incident is None or incident.status != IncidentStatus.OPEN:
+        if not _absorbing(incident):
             incident = await store.open_incident(session, scope=scope, key=key)
-        if incident is not None:
-            locked[(scope, key)] = incident
-            return incident
+        if incident is None:
+            continue
+        if is_over(incident, storms, now):
+            await seal(session, incident, now=now)
+            locked.pop((scope, key), None)
+            continue
+        locked[(scope, key)] = incident
+        return incident
     return None
+
+
+async def seal(session: AsyncSession, incident: Incident, *, now: datetime) -> None:
+    """End the incident's storm: it keeps its cases, and later ones alert on their own."""
+    incident.sealed_at, incident.updated_at = now, now
+    session.add(incident)
+    await session.flush()
+    await queue_line(
+        session,
+        incident,
+        f"The storm is over: new cases {scope_words(incident)} are posted on their own again.",
+        now,
+    )
+    await queue_update(session, incident, now)
+    log.info("storm: incident sealed", extra={"incident": incident.id})
 
 
 async def opened_into(
@@ -127,21 +189,17 @@ async def place(
     """Put a just-opened case into a storm if it is part of one; None: it stands alone."""
     if storms is None:
         return None
-    keys = storm_keys(account)
-    incident = await open_for(session, account, storms=storms)
+    incident = await open_for(session, account, storms=storms, now=now)
     if incident is not None:
         await _join(session, incident, [case], now=now)
         return incident
-    for scope, key in keys:
-        rows = await store.recent_loose_cases(
-            session, scope=scope, key=key, since=now - storms.window
-        )
-        if len(rows) < storms.threshold:
-            continue
-        if scope == IncidentScope.INTEGRATION:
-            domains = {domain_of(account.email) for _, account in rows}
-            if len(domains) < INTEGRATION_DOMAINS:
-                continue  # a storm of one or two domains is theirs, not the provider's
+    since = now - storms.window
+    for scope, key in storm_keys(account):
+        need_cases, need_domains = _bar(scope, storms)
+        n, domains = await store.loose_tally(session, scope=scope, key=key, since=since)
+        if n < need_cases or domains < need_domains:
+            continue  # a provider's storm of few domains is theirs, not the provider's
+        rows = await store.recent_loose_cases(session, scope=scope, key=key, since=since)
         loose = [case for case, _ in rows]
         first = min(c.opened_at for c in loose)
         incident = await store.create_incident(

@@ -75,7 +75,7 @@ async def apply_event(
         return Outcome("stale", case_id)
 
     email_before = account.email
-    for name in ("email", "provider", "billing_state"):
+    for name in ("email", "provider", "billing_state", "credential_id"):
         value = getattr(event, name)
         if value is not None:
             setattr(account, name, value)

@@ -49,7 +49,7 @@ async def open_case_for(
     """
     # The case records where its alert goes; the message ts is added once it is posted.
     channel = route(account.email)
-    incident = await incidents.open_for(session, account, storms=storms)
+    incident = await incidents.open_for(session, account, storms=storms, now=now)
     case = await cases.open_case(
         session,
         account_id=account.id,

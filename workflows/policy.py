@@ -14,7 +14,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ACTIONS = ("ack", "link", "retry", "snooze", "resolve", "revoke")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -96,8 +104,35 @@ class Permissions(_Section):
 
 
 class Storms(_Section):
+    """When many cases become one incident.
+
+    A domain storm: ``threshold`` cases of one email domain within ``window``. An integration
+    storm: ``provider_threshold`` cases of one v3 integration within ``window``, spanning at
+    least ``provider_domains`` domains; its bar is much higher, since an application with many
+    grants sees ordinary churn on one provider every day. An incident takes new cases while
+    its storm lasts: until none joined for ``window``, and for ``max_age`` at most.
+    """
+
     threshold: int = Field(default=5, ge=2)
     window: Duration = timedelta(minutes=10)
+    provider_threshold: int = Field(default=50, ge=2)
+    provider_domains: int = Field(default=10, ge=1)
+    max_age: Duration = timedelta(hours=6)
+
+    @field_validator("window", "max_age")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Storms:
+        if self.provider_domains > self.provider_threshold:
+            raise ValueError(
+                "provider_domains cannot exceed provider_threshold: no storm could reach it"
+            )
+        return self
 
 
 class Routing(_Section):

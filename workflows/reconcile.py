@@ -146,6 +146,7 @@ async def _apply_page(
                             "provider": remote.provider,
                             "sync_state": state,
                             "billing_state": remote.billing_state,
+                            "credential_id": remote.credential_id,
                             "state_at": now,
                             "state_since": now,
                             "first_seen_at": now,
@@ -171,6 +172,7 @@ async def _apply_page(
                 email=remote.email,
                 provider=remote.provider,
                 billing_state=remote.billing_state,
+                credential_id=remote.credential_id,
             )
             outcome = await apply_event(session, event, now=now, route=route, storms=storms)
             _count(report, outcome.action)

@@ -60,6 +60,11 @@ def header(text: str) -> dict[str, Any]:
     return {"type": "header", "text": {"type": "plain_text", "text": clip(text, 150)}}
 
 
+def permalink(channel: str, ts: str) -> str:
+    """The address of a message, which Slack opens in the reader's own workspace."""
+    return f"https://slack.com/archives/{channel}/p{ts.replace('.', '')}"
+
+
 def slack_date(at: datetime, fallback_format: str = "%Y-%m-%d %H:%M UTC") -> str:
     """A date each reader sees in their own time zone."""
     epoch = int(at.timestamp())
@@ -184,10 +189,23 @@ def alert_blocks(
     if findings is None:
         findings = [Finding.from_json(f) for f in case.diagnosis or []]
     blocks += diagnosis_blocks(findings)
+    blocks.append(case_actions(case, account, revoke_enabled=revoke_enabled, findings=findings))
+    return blocks
+
+
+def case_actions(
+    case: Case,
+    account: Account,
+    *,
+    revoke_enabled: bool,
+    findings: Sequence[Finding] | None = None,
+) -> dict[str, Any]:
+    """The actions block of a case: the buttons that fit it as it is now."""
+    if findings is None:
+        findings = [Finding.from_json(f) for f in case.diagnosis or []]
     ticket = case.kind == "support" or any(f.rule == "support" for f in findings)
     elements = _buttons(case, account, revoke_enabled=revoke_enabled, ticket=ticket)
-    blocks.append({"type": "actions", "block_id": f"case-{case.id}", "elements": elements})
-    return blocks
+    return {"type": "actions", "block_id": f"case-{case.id}", "elements": elements}
 
 
 def finding_text(text: str) -> str:

@@ -16,15 +16,19 @@ import shlex
 from dataclasses import dataclass
 
 from storage.models import CaseKind, CaseStatus
+from storage.reports import MAX_CASE_NUMBER
 
 SNOOZES = ("1h", "4h", "24h")
 WINDOWS = ("7d", "30d")
 OPEN_STATUSES = tuple(s.value for s in CaseStatus if s != CaseStatus.RESOLVED)
 KINDS = tuple(k.value for k in CaseKind)
-LIST_OPTIONS = ("--status", "--kind", "--domain", "--provider")
+LIST_OPTIONS = ("--status", "--kind", "--domain", "--provider", "--incident")
 
 USAGE = {
-    "list": "/reauth list [--status STATUS] [--kind KIND] [--domain DOMAIN] [--provider NAME]",
+    "list": (
+        "/reauth list [--status STATUS] [--kind KIND] [--domain DOMAIN] [--provider NAME] "
+        "[--incident N]"
+    ),
     "show": "/reauth show CASE|EMAIL|ACCOUNT",
     "ack": "/reauth ack CASE",
     "retry": "/reauth retry CASE",
@@ -37,7 +41,7 @@ USAGE = {
     "help": "/reauth help",
 }
 WHAT = {
-    "list": "open cases, newest first",
+    "list": "open cases, newest first (with --incident: a storm's cases and their buttons)",
     "show": "a case with its history",
     "ack": "acknowledge a case (stops escalation)",
     "retry": "retry sync (v2 stopped) or check the grant again (v3)",
@@ -65,6 +69,8 @@ class Command:
     kinds: tuple[str, ...] = ()
     domain: str | None = None
     provider: str | None = None
+    incident: int | None = None  # list: the cases of one incident
+    unknown: str | None = None  # help: the sub-command that was not one
 
 
 class UsageError(Exception):
@@ -93,7 +99,7 @@ def parse(text: str) -> Command:
     head, _, tail = text.partition(" ")
     name = head.lower()
     if name not in USAGE:
-        raise UsageError(f"`{head[:40]}` is not a /reauth command.")
+        return Command("help", unknown=head[:40].replace("`", "'"))
     if name == "resolve":  # the note is free text: keep it as typed
         target, _, note = tail.strip().partition(" ")
         if not target:
@@ -144,13 +150,20 @@ def _list(words: list[str]) -> Command:
             raise UsageError(
                 f"`{wrong[0][:40]}` is not a {what}; use {', '.join(allowed)}.", "list"
             )
-    for option in ("--domain", "--provider"):
+    for option in ("--domain", "--provider", "--incident"):
         if len(values[option]) > 1:
             raise UsageError(f"Give `{option}` once.", "list")
+    incident = None
+    if values["--incident"]:
+        raw = values["--incident"][0].removeprefix("#")
+        if not re.fullmatch(r"[0-9]{1,10}", raw) or not 0 < int(raw) <= MAX_CASE_NUMBER:
+            raise UsageError(f"`{raw[:40]}` is not an incident number.", "list")
+        incident = int(raw)
     return Command(
         "list",
         statuses=tuple(dict.fromkeys(statuses)),
         kinds=tuple(dict.fromkeys(kinds)),
         domain=values["--domain"][0].lstrip("@") if values["--domain"] else None,
         provider=values["--provider"][0] if values["--provider"] else None,
+        incident=incident,
     )

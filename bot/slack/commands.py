@@ -21,11 +21,11 @@ from sqlmodel import col, select
 from bot.runtime import Runtime
 from bot.slack import actions as buttons
 from bot.slack import ids, replies
-from bot.slack.blocks import section
+from bot.slack.blocks import escape, section
 from bot.slack.command_line import KINDS, OPEN_STATUSES, Command, UsageError, help_text, parse
 from bot.slack.groups import GroupDirectory
 from storage import cases, reports
-from storage.models import Account, Case, CaseStatus
+from storage.models import Account, Case, CaseStatus, Incident
 from workflows import actions
 from workflows.diagnosis import diagnose, gather
 from workflows.policy import parse_duration
@@ -34,6 +34,8 @@ from workflows.stats import case_stats
 log = logging.getLogger("reauthbot.slack.commands")
 
 Body = dict[str, Any]
+# The furthest a "More" button can page (its value comes from the client).
+MAX_OFFSET = 2**31 - 1
 Handler = Callable[[Runtime, GroupDirectory, Command, Body, AsyncRespond], Awaitable[None]]
 
 
@@ -61,21 +63,27 @@ async def _list(
             kinds=filters.get("kinds") or None,
             domain=filters.get("domain"),
             provider=filters.get("provider"),
+            incident_id=filters.get("incident"),
             limit=replies.PAGE,
             offset=offset,
         )
-    return replies.case_list(rows, has_more=more, offset=offset, filters=filters)
+    revoke = runtime.settings.policy.permissions.revoke is not None
+    return replies.case_list(
+        rows, has_more=more, offset=offset, filters=filters, revoke_enabled=revoke
+    )
 
 
 async def on_list(
     runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
-    filters = {
+    filters: dict[str, Any] = {
         "statuses": list(command.statuses),
         "kinds": list(command.kinds),
         "domain": command.domain,
         "provider": command.provider,
     }
+    if command.incident is not None:
+        filters["incident"] = command.incident
     await _say(respond, "Open cases", await _list(runtime, respond, filters, 0))
 
 
@@ -191,7 +199,10 @@ async def on_oncall(
 async def on_help(
     runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
-    await _say(respond, help_text(), [section(help_text())])
+    text = help_text()
+    if command.unknown is not None:
+        text = f"`{escape(command.unknown)}` is not a /reauth command.\n{text}"
+    await _say(respond, text, [section(text)])
 
 
 HANDLERS: dict[str, Handler] = {
@@ -226,15 +237,20 @@ def _more_filters(raw: str) -> tuple[dict[str, Any], int]:
     offset = data["offset"]
     statuses, kinds = list(data.get("statuses") or []), list(data.get("kinds") or [])
     domain, provider = data.get("domain"), data.get("provider")
+    incident = data.get("incident")
     if (
         not isinstance(offset, int)
-        or offset < 0
+        or isinstance(offset, bool)
+        or not 0 <= offset <= MAX_OFFSET
         or not all(s in OPEN_STATUSES for s in statuses)
         or not all(k in KINDS for k in kinds)
         or not all(v is None or isinstance(v, str) for v in (domain, provider))
+        or not (incident is None or (type(incident) is int and buttons.in_range(incident)))
     ):
         raise ValueError("bad list page")
     filters = {"statuses": statuses, "kinds": kinds, "domain": domain, "provider": provider}
+    if incident is not None:
+        filters["incident"] = incident
     return filters, offset
 
 
@@ -249,6 +265,23 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             return
         log.info("command", extra={"command": command.name, "user": body.get("user_id")})
         await HANDLERS[command.name](runtime, groups, command, body, respond)
+
+    @bolt.action(ids.INCIDENT_SHOW)
+    async def on_show_cases(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        # Reading only: anyone who sees the incident may list its cases (as /reauth list).
+        await ack()
+        incident_id = buttons.case_id_of(body)
+        if incident_id is None or not buttons.in_range(incident_id):
+            await _say(respond, "This button does not name an incident.")
+            return
+        async with runtime.reader()() as session:
+            incident = await session.get(Incident, incident_id)
+        if incident is None:
+            await _say(respond, f"Incident #{incident_id} does not exist.")
+            return
+        filters: dict[str, Any] = {"statuses": [], "kinds": [], "incident": incident_id}
+        page = await _list(runtime, respond, filters, 0)
+        await _say(respond, f"Open cases of incident #{incident_id}", page)
 
     @bolt.action(ids.LIST_MORE)
     async def on_more(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:

@@ -21,6 +21,7 @@ LIST_MORE = "cases_more"
 INCIDENT_ACK = "incident_ack_all"
 INCIDENT_LINKS = "incident_links"
 INCIDENT_RETRY = "incident_retry_all"
+INCIDENT_SHOW = "incident_show_cases"  # answers privately with the cases and their buttons
 
 ACTIONS = (
     ACK,
@@ -35,6 +36,7 @@ ACTIONS = (
     INCIDENT_ACK,
     INCIDENT_LINKS,
     INCIDENT_RETRY,
+    INCIDENT_SHOW,
 )
 
 COMMAND = "/reauth"

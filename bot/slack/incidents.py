@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from bot.slack import ids
-from bot.slack.blocks import KIND_TITLES, context, escape, header, section, slack_date
+from bot.slack.blocks import (
+    KIND_TITLES,
+    context,
+    escape,
+    header,
+    permalink,
+    section,
+    slack_date,
+)
 from storage.incidents import IncidentView
 from storage.models import CaseStatus, IncidentStatus
 from workflows.incidents import headline
@@ -58,25 +66,51 @@ def incident_blocks(view: IncidentView) -> list[dict[str, Any]]:
         )
         blocks.append(context(f"Unresolved: {escape(kinds)}."))
     if view.sample:
-        more = view.unresolved - len(view.sample)
-        listed = ", ".join(escape(s) for s in view.sample)
-        blocks.append(section(f"*Accounts:* {listed}" + (f" and {more} more" if more > 0 else "")))
+        blocks.append(section(_members(view)))
     if incident.acknowledged_by:
         by = incident.acknowledged_by.removeprefix("slack:")
         blocks.append(context(f"Acknowledged by <@{by}>." if by.isalnum() else "Acknowledged."))
-    blocks.append(context("The cases are not posted one by one; `/reauth list` shows them."))
-    elements = []
+    if incident.sealed_at is not None:
+        blocks.append(
+            context(
+                f"The storm was over at {slack_date(incident.sealed_at)}: new cases are posted "
+                "on their own again."
+            )
+        )
+    blocks.append(
+        context(
+            "Cases that joined the storm are not posted one by one: *Show cases* (or "
+            f"`/reauth list --incident {incident.id}`) lists them with their own buttons."
+        )
+    )
+    elements = [_button(ids.INCIDENT_SHOW, "Show cases", view)]
     if incident.acknowledged_at is None:
         elements.append(_button(ids.INCIDENT_ACK, "Acknowledge all", view, "primary"))
     if view.linkable:
         elements.append(_button(ids.INCIDENT_LINKS, f"Re-auth links ({view.linkable})", view))
     if view.retryable:
         elements.append(_button(ids.INCIDENT_RETRY, f"Retry all ({view.retryable})", view))
-    if elements:
-        blocks.append(
-            {"type": "actions", "block_id": f"incident-{incident.id}", "elements": elements}
-        )
+    blocks.append({"type": "actions", "block_id": f"incident-{incident.id}", "elements": elements})
     return blocks
+
+
+def _members(view: IncidentView) -> str:
+    """The first unresolved cases: new ones by name, those with their own alert linked to it."""
+    new = [escape(m.label) for m in view.sample if not m.posted]
+    posted = [
+        f"<{permalink(m.channel or '', m.ts or '')}|{escape(m.label)}>"
+        for m in view.sample
+        if m.posted
+    ]
+    more = view.unresolved - len(view.sample)
+    lines = []
+    if new:
+        lines.append(f"*Accounts:* {', '.join(new)}")
+    if posted:
+        lines.append(f"*Already posted* (their own alert): {', '.join(posted)}")
+    if more > 0:
+        lines.append(f"and {more} more")
+    return "\n".join(lines)
 
 
 def _button(

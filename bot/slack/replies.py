@@ -11,6 +11,7 @@ from bot.slack import ids
 from bot.slack.blocks import (
     STATUS_WORDS,
     alert_blocks,
+    case_actions,
     context,
     escape,
     mention,
@@ -48,9 +49,14 @@ def case_line(case: Case, account: Account) -> str:
 
 
 def list_filters(
-    statuses: Sequence[str], kinds: Sequence[str], domain: str | None, provider: str | None
+    statuses: Sequence[str],
+    kinds: Sequence[str],
+    domain: str | None,
+    provider: str | None,
+    incident: int | None = None,
 ) -> str:
     parts = [
+        f"incident #{incident}" if incident else "",
         f"status {', '.join(statuses)}" if statuses else "",
         f"kind {', '.join(kinds)}" if kinds else "",
         f"domain {domain}" if domain else "",
@@ -71,19 +77,27 @@ def case_list(
     has_more: bool,
     offset: int,
     filters: Mapping[str, Any],
+    revoke_enabled: bool = False,
 ) -> list[dict[str, Any]]:
+    """A page of open cases; those of one incident come with their own buttons, since their
+    alerts were never posted one by one."""
+    incident = filters.get("incident")
     described = list_filters(
         filters.get("statuses", ()),
         filters.get("kinds", ()),
         filters.get("domain"),
         filters.get("provider"),
+        incident,
     )
     if not rows:
         empty = "No open cases" if offset == 0 else "No more open cases"
         return [section(f"{empty}{described}.")]
     first, last = offset + 1, offset + len(rows)
     blocks = [section(f"*Open cases{described}*, newest first: {first}–{last}")]
-    blocks += [section(case_line(case, account)) for case, account in rows]
+    for case, account in rows:
+        blocks.append(section(case_line(case, account)))
+        if incident is not None:
+            blocks.append(case_actions(case, account, revoke_enabled=revoke_enabled))
     if has_more:
         blocks.append(
             {

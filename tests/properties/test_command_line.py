@@ -76,6 +76,8 @@ def check(command: Command) -> None:
     assert len(set(command.kinds)) == len(command.kinds)
     if command.name != "resolve":
         assert command.note == ""
+    assert command.unknown is None or (command.name == "help" and len(command.unknown) <= 40)
+    assert command.incident is None or command.name == "list"
 
 
 @FAST

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from workflows.diagnosis import (
-    CONSUMER_DOMAINS,
     Facts,
     Finding,
     Revocation,
@@ -16,6 +15,7 @@ from workflows.diagnosis import (
     domain_of,
     plain,
 )
+from workflows.domains import PUBLIC_MAIL_DOMAINS
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 M, H, D = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
@@ -240,8 +240,14 @@ def test_findings_round_trip_through_json() -> None:
 
 
 def test_consumer_domains_are_lower_case() -> None:
-    assert all(d == d.lower() for d in CONSUMER_DOMAINS)
-    assert {"gmail.com", "outlook.com", "yahoo.com", "icloud.com", "proton.me"} <= CONSUMER_DOMAINS
+    assert all(d == d.lower() for d in PUBLIC_MAIL_DOMAINS)
+    assert {
+        "gmail.com",
+        "outlook.com",
+        "yahoo.com",
+        "icloud.com",
+        "proton.me",
+    } <= PUBLIC_MAIL_DOMAINS
 
 
 @pytest.mark.parametrize(

@@ -63,11 +63,13 @@ def expiry(
     )
 
 
-async def expire(sessions: Sessions, n: int, at: datetime, **what: str) -> None:
+async def expire(
+    sessions: Sessions, n: int, at: datetime, *, storms: Storms = STORMS, **what: Any
+) -> None:
     """Apply ``expiry(n, at, **what)``, as the ingest worker would."""
     event = expiry(n, at, **what)
     async with sessions() as session, session.begin():
-        await apply_event(session, event, now=at, route=route, storms=STORMS)
+        await apply_event(session, event, now=at, route=route, storms=storms)
 
 
 async def outbox(sessions: Sessions, **where: object) -> list[OutboxMessage]:
@@ -207,11 +209,16 @@ async def test_cases_of_one_transaction_look_their_open_incident_up_once(
     assert sorted(c.account_id for c in members) == [f"g-acme.com-{n}" for n in range(1, 7)]
 
 
-async def test_an_integration_storm_needs_several_domains(sessions: Sessions) -> None:
-    for n, domain in enumerate(("a.com", "b.com", "a.com")):
-        await expire(sessions, n, T0, domain=domain)
-    assert await incidents(sessions) == []  # two domains: not the provider's storm
-    await expire(sessions, 9, T0, domain="c.com")
+async def test_an_integration_storm_needs_its_own_bar_of_cases_and_domains(
+    sessions: Sessions,
+) -> None:
+    storms = Storms(threshold=5, provider_threshold=5, provider_domains=3)
+    for n, domain in enumerate(("a.com", "b.com", "a.com", "b.com")):
+        await expire(sessions, n, T0, domain=domain, storms=storms)
+    assert await incidents(sessions) == []  # fewer cases than the provider's bar
+    await expire(sessions, 4, T0, domain="b.com", storms=storms)
+    assert await incidents(sessions) == []  # enough cases, but two domains: theirs
+    await expire(sessions, 9, T0, domain="c.com", storms=storms)
     (incident,) = await incidents(sessions)
     assert (incident.scope, incident.key) == ("integration", "google")
 
@@ -333,3 +340,107 @@ async def test_retry_all_retries_the_stopped_v2_accounts(sessions: Sessions, nyl
     assert again.message == "Retry all for incident #1: 1 still not syncing."
     assert len(nylas.fake.calls_to("POST", r"/a/[^/]+/accounts/a-0/downgrade")) == 2
     assert len(nylas.fake.calls_to("POST", r"/a/[^/]+/accounts/a-1/downgrade")) == 1
+
+
+async def test_public_mail_domains_never_form_a_domain_storm(sessions: Sessions) -> None:
+    for n in range(6):
+        await expire(sessions, n, T0, domain="gmail.com")
+    assert await incidents(sessions) == []  # unrelated people: each is alerted alone
+    posts = await outbox(sessions, kind=OutboxKind.POST)
+    assert len(posts) == 6 and all(m.case_id for m in posts)
+
+
+async def member_ids(sessions: Sessions, incident_id: int | None) -> list[str]:
+    async with sessions() as session:
+        stmt = select(Case).where(Case.incident_id == incident_id).order_by(col(Case.id))
+        return [c.account_id for c in (await session.exec(stmt)).all()]
+
+
+async def test_a_quiet_incident_is_sealed_and_the_next_case_alerts_alone(
+    sessions: Sessions,
+) -> None:
+    for n in range(3):
+        await expire(sessions, n, T0)
+    (incident,) = await incidents(sessions)
+    # Still within the window of the last case: it joins.
+    await expire(sessions, 3, T0 + timedelta(minutes=9))
+    assert len(await member_ids(sessions, incident.id)) == 4
+
+    # Ten minutes after the last case joined, the storm is over.
+    await expire(sessions, 4, T0 + timedelta(minutes=19))
+    (sealed,) = await incidents(sessions)
+    assert sealed.sealed_at == T0 + timedelta(minutes=19) and sealed.status == "open"
+    assert len(await member_ids(sessions, incident.id)) == 4
+    async with sessions() as session:
+        alone = (await session.exec(select(Case).where(Case.account_id == "g-acme.com-4"))).one()
+    assert alone.incident_id is None and alone.own_alert
+    # It escalates on its own.
+    await escalate_due(sessions, policy=POLICY, now=T0 + timedelta(minutes=19))
+    await escalate_due(sessions, policy=POLICY, now=T0 + timedelta(minutes=35))
+    own_lines = [
+        m.payload["text"] for m in await outbox(sessions, kind=OutboxKind.THREAD, case_id=alone.id)
+    ]
+    assert any("Escalated (level 1)" in line for line in own_lines)
+    assert [m.case_id for m in await outbox(sessions, kind=OutboxKind.POST)][-1] == alone.id
+    lines = [
+        m.payload["text"]
+        for m in await outbox(sessions, incident_id=incident.id)
+        if m.kind == OutboxKind.THREAD
+    ]
+    assert any("The storm is over" in line for line in lines)
+
+    # A new storm of the same domain opens a new incident beside the sealed one.
+    for n in range(5, 7):
+        await expire(sessions, n, T0 + timedelta(minutes=20))
+    old, new = await incidents(sessions)
+    assert (old.id, old.key, new.key) == (incident.id, "acme.com", "acme.com")
+    assert new.sealed_at is None
+    assert await member_ids(sessions, new.id) == [f"g-acme.com-{n}" for n in (4, 5, 6)]
+
+
+async def test_an_incident_takes_no_cases_after_its_max_age(sessions: Sessions) -> None:
+    storms = Storms(threshold=3, window=parse_duration("10m"), max_age=parse_duration("30m"))
+    at = T0
+    for n in range(3):
+        await expire(sessions, n, at, storms=storms)
+    # A case every five minutes keeps the storm alive, until it is 30 minutes old.
+    for n in range(3, 9):
+        at += timedelta(minutes=5)
+        await expire(sessions, n, at, storms=storms)
+    (incident, *_) = await incidents(sessions)
+    assert await member_ids(sessions, incident.id) == [f"g-acme.com-{n}" for n in range(8)]
+    async with sessions() as session:
+        last = (await session.exec(select(Case).where(Case.account_id == "g-acme.com-8"))).one()
+    assert last.incident_id is None and last.own_alert
+
+
+async def test_grants_that_name_their_credential_storm_by_it(sessions: Sessions) -> None:
+    storms = Storms(threshold=5, provider_threshold=4, provider_domains=4)
+
+    async def expire_with(n: int, domain: str, credential: str | None) -> None:
+        event = expiry(n, T0, domain=domain)
+        event = AccountEvent(**{**_fields(event), "credential_id": credential})
+        async with sessions() as session, session.begin():
+            await apply_event(session, event, now=T0, route=route, storms=storms)
+
+    # Four grants of google over four domains, but through two credentials: no storm.
+    for n, (domain, credential) in enumerate(
+        [("a.com", "cred-1"), ("b.com", "cred-2"), ("c.com", "cred-1"), ("d.com", "cred-2")]
+    ):
+        await expire_with(n, domain, credential)
+    assert await incidents(sessions) == []
+    # Two more of cred-1: four of one credential over four domains.
+    await expire_with(4, "e.com", "cred-1")
+    await expire_with(5, "f.com", "cred-1")
+    (incident,) = await incidents(sessions)
+    assert (incident.scope, incident.key) == ("credential", "cred-1")
+    assert await member_ids(sessions, incident.id) == [
+        "g-a.com-0",
+        "g-c.com-2",
+        "g-e.com-4",
+        "g-f.com-5",
+    ]
+
+
+def _fields(event: AccountEvent) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in AccountEvent.__dataclass_fields__}

@@ -53,6 +53,8 @@ class RemoteAccount:
     billing_state: str | None
     # v3 only (aware UTC); None for v2, whose management API has no timestamp.
     updated_at: datetime | None
+    # v3 only: the connector credential the grant was authenticated through, when given.
+    credential_id: str | None
     # Kept out of hash() so accounts can go in sets; equality still compares it.
     raw: dict[str, Any] = field(repr=False, hash=False)
 
@@ -209,7 +211,14 @@ class NylasClient:
     def _parse_account(self, data: Any, *, what: str) -> RemoteAccount:
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
             raise NylasBadResponse(f"Nylas answered {what} with an account that has no id.")
-        fields = ("email", "provider", "sync_state", "billing_state", "grant_status")
+        fields = (
+            "email",
+            "provider",
+            "sync_state",
+            "billing_state",
+            "grant_status",
+            "credential_id",
+        )
         for name in fields:
             if not isinstance(data.get(name), str | None):
                 raise NylasBadResponse(f"Nylas answered {what} with a non-text '{name}'.")
@@ -222,6 +231,7 @@ class NylasClient:
                 sync_state=data.get("sync_state"),
                 billing_state=data.get("billing_state"),
                 updated_at=None,
+                credential_id=None,
                 raw=data,
             )
         updated = data.get("updated_at")
@@ -235,6 +245,7 @@ class NylasClient:
             sync_state=data.get("grant_status"),
             billing_state=None,
             updated_at=None if updated is None else datetime.fromtimestamp(updated, UTC),
+            credential_id=data.get("credential_id"),
             raw=data,
         )
 

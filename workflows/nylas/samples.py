@@ -51,6 +51,7 @@ def v3_notification(
     provider: str = "google",
     notification_id: str | None = None,
     reauthenticated: bool = False,
+    credential_id: str | None = None,
 ) -> dict[str, Any]:
     """A v3 grant notification in Nylas' CloudEvents-like envelope."""
     obj: dict[str, Any] = {
@@ -59,6 +60,8 @@ def v3_notification(
         "provider": provider,
         "email": email,
     }
+    if credential_id is not None:
+        obj["credential_id"] = credential_id
     if trigger == "grant.updated":
         obj["code"] = REAUTH_CODE if reauthenticated else 25014
         obj["reauthentication_flag"] = reauthenticated

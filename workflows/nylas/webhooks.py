@@ -226,6 +226,7 @@ def _split_v3(payload: dict[str, Any], text: str) -> list[InboxEntry]:
     # Column sizes of accounts.email and accounts.provider.
     _optional_text(obj.get("email"), "data.object.email", 320)
     _optional_text(obj.get("provider"), "data.object.provider", 64)
+    _optional_text(obj.get("credential_id"), "data.object.credential_id", 255)
     if _SURROGATE_ESCAPE.search(text):
         _serialize(payload)  # refuses a lone surrogate ("\ud800"), as for v2
     return [
@@ -283,5 +284,6 @@ def parse_entry(source: str, body: str) -> AccountEvent:
         source="webhook",
         email=obj.get("email"),
         provider=obj.get("provider"),
+        credential_id=obj.get("credential_id"),
         details=details,
     )

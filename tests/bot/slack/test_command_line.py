@@ -42,6 +42,11 @@ from bot.slack.command_line import USAGE, Command, UsageError, help_text, parse
         ("stats", Command("stats", window="7d")),
         ("stats 30D", Command("stats", window="30d")),
         ("oncall", Command("oncall")),
+        ("list --incident 7", Command("list", incident=7)),
+        ("list --incident=#7 --kind reauth", Command("list", kinds=("reauth",), incident=7)),
+        # An unknown sub-command answers with the help itself.
+        ("frobnicate 1", Command("help", unknown="frobnicate")),
+        ("`x` y", Command("help", unknown="'x'")),
     ],
 )
 def test_good_commands(text: str, expected: Command) -> None:
@@ -51,7 +56,10 @@ def test_good_commands(text: str, expected: Command) -> None:
 @pytest.mark.parametrize(
     ("text", "problem", "usage"),
     [
-        ("frobnicate 1", "`frobnicate` is not a /reauth command.", None),
+        ("list --incident x7", "`x7` is not an incident number.", "list"),
+        ("list --incident 0", "`0` is not an incident number.", "list"),
+        ("list --incident 99999999999", "`99999999999` is not an incident number.", "list"),
+        ("list --incident 1 --incident 2", "Give `--incident` once.", "list"),
         ("list --colour red", "`--colour` is not an option of list.", "list"),
         ("list --kind", "`--kind` needs a value.", "list"),
         ("list --kind --status open", "`--kind` needs a value.", "list"),

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from bot.runtime import RUNTIME
 from bot.slack import ids
+from bot.slack.command_line import USAGE
 from storage import cases
 from storage.models import Account, CaseStatus
 from tests.bot.slack.support import (
@@ -121,10 +122,16 @@ def clock() -> FrozenClock:
 async def test_help_and_unknown_commands(run: Any) -> None:
     op = await run()
 
+    # The contract: no sub-command, an unknown one and `help` all answer with the help itself.
     assert "`/reauth snooze CASE 1h|4h|24h`" in (await op.type(""))["text"]
     assert "`/reauth oncall`" in (await op.type("help"))["text"]
     unknown = await op.type("frobnicate")
-    assert unknown["text"] == "`frobnicate` is not a /reauth command. Try `/reauth help`."
+    assert unknown["text"].startswith("`frobnicate` is not a /reauth command.\n")
+    for name in USAGE:
+        assert f"`{USAGE[name]}`" in unknown["text"]
+    bogus = await op.type("bogus 42 <!channel>")
+    assert bogus["text"].startswith("`bogus` is not a /reauth command.")
+    assert "`/reauth list" in bogus["text"] and "<!channel>" not in bogus["text"]
 
 
 async def test_list_filters_and_pages(
