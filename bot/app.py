@@ -55,6 +55,7 @@ from workflows.nylas import NylasClient
 from workflows.paging import PagerDuty
 from workflows.reconcile import reconcile
 from workflows.stuck import open_stuck_cases
+from workflows.webhook_watch import check_webhook_destinations
 
 log = logging.getLogger("reauthbot.app")
 
@@ -322,6 +323,16 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
                 seconds=interval,
                 next_run_time=runtime.clock(),
             )
+            # At start too: a destination Nylas marked failing while the service was down is
+            # why webhooks were missed.
+            every(
+                scheduler,
+                runtime,
+                "webhook_watch",
+                _watch_webhooks,
+                seconds=interval,
+                next_run_time=runtime.clock(),
+            )
         runtime.scheduler = scheduler
         if scheduled_jobs:
             scheduler.start()
@@ -408,6 +419,15 @@ async def _reconcile(runtime: Runtime) -> None:
     for outcome in ("seen", "new", "changed", "missing"):
         runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
     runtime.wake_senders()
+
+
+async def _watch_webhooks(runtime: Runtime) -> None:
+    assert runtime.nylas is not None
+    report = await check_webhook_destinations(
+        runtime.db(), runtime.nylas, now=runtime.clock(), channel=runtime.settings.alert_channel
+    )
+    if report.opened or report.changed or report.resolved:
+        runtime.wake_senders()
 
 
 async def _digest(runtime: Runtime) -> None:

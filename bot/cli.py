@@ -28,10 +28,11 @@ from bot.settings import ConfigError, Settings, load_settings
 from storage import cases as case_queries
 from storage.engine import create_engine, normalize_url, session_factory
 from storage.migrate import current_revision, head_revision, upgrade
-from workflows.clock import system_clock
-from workflows.nylas import NylasError, samples, webhooks
+from workflows.clock import how_long, system_clock
+from workflows.nylas import NylasError, WebhookDestination, samples, webhooks
 from workflows.reconcile import ReconcileReport, reconcile
 from workflows.routing import make_router
+from workflows.webhook_watch import watches
 
 log = logging.getLogger("reauthbot.cli")
 
@@ -155,6 +156,18 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         report.append(("nylas credentials", "missing: polling and account actions are off"))
     if settings.config_file is not None:
         report.append(("policy", f"{settings.config_file} is valid"))
+    nylas_error = None
+    if settings.nylas_configured:
+        try:
+            async with nylas_http() as http:
+                destinations = await build_nylas(settings, http).list_webhook_destinations()
+        except NylasError as exc:
+            nylas_error = str(exc)
+            report.append(("webhook destination watch", f"cannot list destinations: {exc}"))
+        else:
+            report.extend(_watch_report(settings, destinations))
+    else:
+        report.append(("webhook destination watch", "off (no Nylas credentials)"))
     engine = create_engine(settings.database_url)
     try:
         revision = await current_revision(engine)
@@ -169,7 +182,21 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in report)
     for name, value in report:
         print(f"{name.ljust(width)}  {value}")
-    return 0
+    return 0 if nylas_error is None else EXIT_FAILURE
+
+
+def _watch_report(
+    settings: Settings, destinations: Sequence[WebhookDestination]
+) -> list[tuple[str, str]]:
+    """One line for the watch, then one per destination: its status and whether it is watched."""
+    every = how_long(settings.poll_interval)
+    lines = [("webhook destination watch", f"on, every {every}: {len(destinations)} found")]
+    for destination in destinations:
+        watched = "watched" if watches(destination) else "not watched: no account triggers"
+        lines.append(
+            (f"  {destination.id}", f"{destination.status}, {destination.url} ({watched})")
+        )
+    return lines
 
 
 async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:

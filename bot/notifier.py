@@ -18,10 +18,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import render
 from bot.metrics import Metrics
-from storage import cases, incidents, outbox
+from storage import cases, incidents, notices, outbox
 from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxKind, OutboxMessage
 from workflows.clock import Clock
+from workflows.webhook_watch import ABOUT as WEBHOOK_DESTINATION
 
 log = logging.getLogger("reauthbot.notifier")
 
@@ -31,6 +32,9 @@ MAX_BACKOFF = timedelta(minutes=5)
 # attempts last 18 minutes against 5xx, 12 s against 429s with Retry-After 1, and 24 s for a
 # line waiting on its parent, and an outage must delay messages, not drop them.
 RETRY_FOR = timedelta(hours=24)
+# Messages that go where an earlier notice was posted (its payload "key" names it).
+NOTICE_FOLLOWUPS = (OutboxKind.NOTICE_UPDATE, OutboxKind.NOTICE_THREAD)
+NOTICE_KINDS = (OutboxKind.NOTICE, *NOTICE_FOLLOWUPS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +66,13 @@ class Sink(Protocol):
         case: Case | None,
         account: Account | None,
         incident: IncidentView | None = None,
+        *,
+        parent: Posted | None = None,
     ) -> Posted | None:
         """Send one message; return the coordinates of a newly posted parent message.
 
-        A message of an incident comes with ``incident`` (and no case).
+        A message of an incident comes with ``incident`` (and no case). An update or thread
+        line of a notice comes with ``parent``, where the notice was posted (None: not yet).
         """
 
 
@@ -83,6 +90,8 @@ class LogSink:
         case: Case | None,
         account: Account | None,
         incident: IncidentView | None = None,
+        *,
+        parent: Posted | None = None,
     ) -> Posted | None:
         fields = {"case": message.case_id, "kind": message.kind}
         if incident is not None and message.kind in (OutboxKind.POST, OutboxKind.UPDATE):
@@ -95,7 +104,11 @@ class LogSink:
         elif message.kind == OutboxKind.DM:
             line = str(message.payload.get("text", ""))
             self._log.warning("alert for %s: %s", message.channel, line, extra=fields)
-        elif message.kind == OutboxKind.NOTICE:
+        elif message.payload.get("about") == WEBHOOK_DESTINATION:
+            self._log.warning("webhook alert: %s", render.webhook_notice_text(message.payload))
+        elif message.kind == OutboxKind.NOTICE_THREAD:
+            self._log.info("notice thread: %s", message.payload.get("text", ""), extra=fields)
+        elif message.kind in (OutboxKind.NOTICE, OutboxKind.NOTICE_UPDATE):
             title = str(message.payload.get("title", "notice"))
             lines = [str(line) for line in message.payload.get("lines") or []]
             self._log.info("%s: %s", title, " ".join(lines), extra=fields)
@@ -183,7 +196,8 @@ class Notifier:
 
     async def _deliver(self, message: OutboxMessage) -> None:
         assert message.id is not None
-        case = account = incident = None
+        case = account = incident = parent = None
+        notice_key = message.payload.get("key") if message.kind in NOTICE_KINDS else None
         async with self._readers() as session:
             if message.case_id is not None:
                 case = await cases.get_case(session, case_id=message.case_id)
@@ -191,11 +205,15 @@ class Notifier:
                     account = await cases.get_account(session, account_id=case.account_id)
             if message.incident_id is not None:
                 incident = await incidents.view(session, incident_id=message.incident_id)
+            if notice_key is not None and message.kind in NOTICE_FOLLOWUPS:
+                where = await notices.find_posted(session, key=str(notice_key))
+                if where is not None:
+                    parent = Posted(channel=where.channel, ts=where.ts)
         sink = self._sink.name
         try:
             if message.incident_id is not None and incident is None:
                 raise SinkError("incident_missing", permanent=True)
-            posted = await self._sink.deliver(message, case, account, incident)
+            posted = await self._sink.deliver(message, case, account, incident, parent=parent)
         except SinkError as exc:
             self._metrics.notifier_errors.labels(sink=sink, error=exc.code).inc()
             await self._failed(message, exc)
@@ -216,6 +234,10 @@ class Notifier:
                 if stored is not None:
                     stored.slack_channel, stored.slack_ts = posted.channel, posted.ts
                     session.add(stored)
+            if posted is not None and notice_key is not None and message.kind == OutboxKind.NOTICE:
+                await notices.record_posted(
+                    session, key=str(notice_key), channel=posted.channel, ts=posted.ts, now=now
+                )
             if posted is not None and incident is not None:
                 incident_id = incident.incident.id or 0
                 found = await incidents.lock_incident(session, incident_id=incident_id)

@@ -33,6 +33,8 @@ class PagerSink:
         case: Case | None,
         account: Account | None,
         incident: IncidentView | None = None,
+        *,
+        parent: Posted | None = None,
     ) -> Posted | None:
         key = dedup_key(message.case_id, message.incident_id)
         action = message.payload.get("action")

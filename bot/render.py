@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from storage.incidents import IncidentView
 from storage.models import Account, Case, IncidentStatus
@@ -53,3 +55,38 @@ def incident_text(view: IncidentView) -> str:
     if incident.status == IncidentStatus.ENDED:
         lines.append(f"ended {when(incident.ended_at)}")
     return "\n".join(lines)
+
+
+# What to do about a webhook destination that does not deliver, in plain words (the Slack
+# message says the same with markup).
+WEBHOOK_ADVICE = (
+    "Fix the endpoint so it answers 200 within 10 seconds, then reactivate the destination in "
+    "the Nylas Dashboard. While it is failed, Nylas does not resend what it failed to deliver; "
+    "reauthbot's reconciliation poll catches up account states meanwhile."
+)
+
+
+def webhook_notice_text(payload: Mapping[str, Any]) -> str:
+    """Describe a webhook destination alert in one paragraph, open or resolved."""
+    destination = f"{payload.get('destination_id')} ({payload.get('url')})"
+    status = payload.get("status")
+    since = _parse_when(payload.get("since"))
+    resolved = _parse_when(payload.get("resolved_at"))
+    if resolved is None:
+        return (
+            f"Nylas webhook destination {destination} is {status} since {when(since)}: "
+            f"account events are not delivered. {WEBHOOK_ADVICE}"
+        )
+    if payload.get("resolution") == "active":
+        return (
+            f"Resolved: Nylas webhook destination {destination} was {status} since {when(since)} "
+            f"and is active again ({when(resolved)})."
+        )
+    return (
+        f"Resolved: Nylas webhook destination {destination} ({status} since {when(since)}) no "
+        f"longer exists or no longer delivers account events ({when(resolved)})."
+    )
+
+
+def _parse_when(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None

@@ -9,6 +9,9 @@
   state change that caused it and drained by the notifier.
 - ``Incident``: a storm: many cases of one email domain (or one v3 integration) opened within a
   short window, shown as one message instead of one per case.
+- ``WebhookAlert``: one episode of a Nylas webhook destination that does not deliver account
+  events, from the first check that saw it to the one that saw it active again.
+- ``PostedNotice``: where a notice that is later updated in place (a webhook alert) was posted.
 
 All timestamps are aware UTC datetimes. The uniqueness rules that make deduplication hold under
 concurrency live here as constraints, not in application code:
@@ -16,7 +19,8 @@ concurrency live here as constraints, not in application code:
 - one inbox row per ``dedupe_key``;
 - at most one open case per account (a partial unique index);
 - at most one incident taking new cases per domain or integration (a partial unique index);
-- at most one outbox row per ``dedupe_key`` (used for "post the parent message once").
+- at most one outbox row per ``dedupe_key`` (used for "post the parent message once");
+- at most one open webhook alert per destination (a partial unique index).
 """
 
 from __future__ import annotations
@@ -119,7 +123,12 @@ class OutboxKind(StrEnum):
     THREAD = "thread"  # one line in the parent's thread
     DM = "dm"  # the alert sent to one person (the channel is the user id)
     PAGE = "page"  # a PagerDuty event (the channel is PAGER_CHANNEL)
-    NOTICE = "notice"  # a message of no case (the daily digest): payload title, text, lines
+    # A message of no case: the daily digest (payload title, text, lines) or a webhook alert
+    # (payload "about"). With a payload "key", where it lands is recorded (PostedNotice) so
+    # the two kinds below can find it.
+    NOTICE = "notice"
+    NOTICE_UPDATE = "notice_update"  # re-render the notice posted under payload "key"
+    NOTICE_THREAD = "notice_thread"  # one line (payload "text") in that notice's thread
 
 
 PAGER_CHANNEL = "pagerduty"
@@ -340,3 +349,48 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     owner: str = Field(max_length=128)
     until: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+
+
+# A webhook alert still open, in SQL: the condition of its one-per-destination index.
+OPEN_WEBHOOK_ALERT_SQL = "resolved_at IS NULL"
+
+
+class WebhookAlert(SQLModel, table=True):
+    """A webhook destination with account triggers that is not active, and its alert."""
+
+    __tablename__ = "webhook_alerts"
+    __table_args__ = (
+        # One alert per episode, whichever replica's check sees it first.
+        sa.Index(
+            "uq_webhook_alerts_one_open",
+            "api_version",
+            "destination_id",
+            unique=True,
+            sqlite_where=sa.text(OPEN_WEBHOOK_ALERT_SQL),
+            postgresql_where=sa.text(OPEN_WEBHOOK_ALERT_SQL),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    api_version: str = Field(max_length=8)
+    destination_id: str = Field(max_length=255)
+    url: str = Field(sa_type=sa.Text())
+    status: str = Field(max_length=32)  # the last status seen while not active
+    # Since when it is in ``status``: Nylas' status_updated_at, else when reauthbot saw it.
+    since: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    opened_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    updated_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    resolved_at: datetime | None = _ts()
+    # "active" (delivering again) or "gone" (deleted, or no longer has account triggers).
+    resolution: str | None = Field(default=None, max_length=16)
+
+
+class PostedNotice(SQLModel, table=True):
+    """Where a notice with a key was posted, so later updates and thread lines find it."""
+
+    __tablename__ = "posted_notices"
+
+    key: str = Field(primary_key=True, max_length=255)
+    channel: str = Field(max_length=64)
+    ts: str = Field(max_length=32)
+    posted_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)

@@ -20,7 +20,17 @@ from storage.engine import create_engine, normalize_url
 from storage.migrate import upgrade
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
-TABLES = ["outbox", "case_events", "cases", "incidents", "inbox", "accounts", "leases"]
+TABLES = [
+    "outbox",
+    "case_events",
+    "cases",
+    "incidents",
+    "inbox",
+    "accounts",
+    "leases",
+    "webhook_alerts",
+    "posted_notices",
+]
 
 
 def pg_admin_url() -> URL:

@@ -34,6 +34,8 @@ log = logging.getLogger("reauthbot.slack.sink")
 POST_INTERVAL = 1.1
 CASE_EVENT = "reauthbot_case"  # metadata event_type of a case's parent message
 INCIDENT_EVENT = "reauthbot_incident"  # and of an incident's message
+NOTICE_EVENT = "reauthbot_notice"  # and of a notice with a key
+NOTICE_KINDS = (OutboxKind.NOTICE, OutboxKind.NOTICE_UPDATE, OutboxKind.NOTICE_THREAD)
 # How far back, before the message was queued, a retried post looks for an earlier copy
 # (room for clock skew between this host and Slack), and how much history it reads at most.
 LOOKBACK_MARGIN = timedelta(minutes=5)
@@ -83,17 +85,15 @@ class SlackSink:
         case: Case | None,
         account: Account | None,
         incident: IncidentView | None = None,
+        *,
+        parent: Posted | None = None,
     ) -> Posted | None:
-        if (
-            message.kind != OutboxKind.NOTICE
-            and incident is None
-            and (case is None or account is None)
-        ):
+        notice = message.kind in NOTICE_KINDS
+        if not notice and incident is None and (case is None or account is None):
             raise SinkError("case_missing", permanent=True)
         try:
-            if message.kind == OutboxKind.NOTICE:
-                await self._notice(message)
-                return None
+            if notice:
+                return await self._notice(message, parent)
             if incident is not None:
                 return await self._incident(message, incident)
             assert case is not None and account is not None
@@ -205,16 +205,42 @@ class SlackSink:
             reply_broadcast=bool(message.payload.get("broadcast")),
         )
 
-    async def _notice(self, message: OutboxMessage) -> None:
-        """Post a message about no one case (the daily digest) to its channel."""
-        await self._pace(message.channel)
+    async def _notice(self, message: OutboxMessage, parent: Posted | None) -> Posted | None:
+        """Post a message about no one case, update it in place, or add to its thread.
+
+        A notice with a key (a webhook alert) is posted once, like a case's alert: a retried
+        post adopts the copy an earlier attempt left in the channel.
+        """
+        payload = message.payload
+        text, body = notices.notice_text(payload), notices.notice_blocks(payload)
+        key = payload.get("key")
+        if message.kind == OutboxKind.NOTICE:
+            if key is not None:
+                metadata = {"event_type": NOTICE_EVENT, "event_payload": {"key": str(key)}}
+                return await self._post_once(message, message.channel, text, body, metadata)
+            await self._pace(message.channel)
+            await self._client.chat_postMessage(
+                channel=message.channel,
+                text=text,
+                blocks=body,
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+            return None
+        if parent is None:
+            raise SinkError("parent_not_posted", retry_after=2.0)
+        if message.kind == OutboxKind.NOTICE_UPDATE:
+            await self._client.chat_update(
+                channel=parent.channel, ts=parent.ts, text=text, blocks=body
+            )
+            return None
+        await self._pace(parent.channel)
         await self._client.chat_postMessage(
-            channel=message.channel,
-            text=notices.notice_text(message.payload),
-            blocks=notices.notice_blocks(message.payload),
-            unfurl_links=False,
-            unfurl_media=False,
+            channel=parent.channel,
+            thread_ts=parent.ts,
+            text=blocks.escape(str(payload.get("text", ""))),
         )
+        return None
 
     async def _find_post(
         self, channel: str, metadata: dict[str, Any], *, since: datetime

@@ -164,6 +164,8 @@ class ScriptedSink:
         case: Case | None,
         account: Account | None,
         incident: object = None,
+        *,
+        parent: Posted | None = None,
     ) -> Posted | None:
         self.calls += 1
         if self.errors:

@@ -132,3 +132,39 @@ def test_poll_needs_credentials_and_a_migrated_database(tmp_path: Path, blank_ur
     assert_one_line_error(run(tmp_path, "poll", DATABASE_URL=blank_url), 2, "NYLAS_API_KEY")
     result = run(tmp_path, "poll", DATABASE_URL=blank_url, NYLAS_API_KEY="k")
     assert_one_line_error(result, 1, "reauthbot db upgrade")
+
+
+async def test_check_lists_the_webhook_destinations(
+    tmp_path: Path, blank_url: str, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.add_webhook(id="wh-1", status="failing")
+    nylas_fake.add_webhook(
+        id="wh-2", webhook_url="https://m.example.com/h", trigger_types=["message.created"]
+    )
+    result = await run_async(
+        tmp_path, "check", REAUTHBOT_POLL_INTERVAL="10m", **nylas_env(nylas_fake, blank_url)
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line.split(None, 1) for line in result.stdout.splitlines()]
+    assert [" ".join(v.split()) for k, v in lines if k.startswith("wh-")] == [
+        "failing, https://reauthbot.example.com/nylas/webhook (watched)",
+        "active, https://m.example.com/h (not watched: no account triggers)",
+    ]
+    assert "webhook destination watch  on, every 10 min: 2 found" in result.stdout
+
+
+async def test_check_says_when_the_destinations_cannot_be_listed(
+    tmp_path: Path, blank_url: str, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.fail("GET", "/v3/webhooks", status=401)
+    result = await run_async(tmp_path, "check", **nylas_env(nylas_fake, blank_url))
+    assert result.returncode == 1
+    (line,) = [line for line in result.stdout.splitlines() if "webhook destination" in line]
+    assert "cannot list destinations:" in line and "GET /v3/webhooks" in line
+    assert NYLAS_API_KEY not in result.stdout + result.stderr
+
+
+def test_check_without_nylas_credentials_says_the_watch_is_off(tmp_path: Path) -> None:
+    result = run(tmp_path, "check")
+    assert result.returncode == 0, result.stderr
+    assert "webhook destination watch  off (no Nylas credentials)" in result.stdout

@@ -15,7 +15,10 @@ picks one and says so here:
 - lists are in insertion order (Nylas sorts grants by created_at, newest first);
 - v2 DELETE answers ``{"success": true}``;
 - query parameters the fake does not implement (filters, sorting) are refused with 400
-  rather than silently ignored.
+  rather than silently ignored;
+- webhook lists (``GET /v3/webhooks``, ``GET /a/{client_id}/webhooks``) come whole, in
+  insertion order, with no pagination; ``webhooks`` and ``v2_webhooks`` hold the rows as
+  sent, so a test may put a malformed row among them.
 
 Run standalone for benchmarks: ``python -m tests.fakes.nylas --port 0 --grants 100000``
 prints its URL on stdout and serves until interrupted.
@@ -122,6 +125,9 @@ class FakeNylas(LoopbackFake):
         # Lists keep the order for offset pagination; slicing them is O(page).
         self._v2_order: list[str] = []
         self._grant_order: list[str] = []
+        # Webhook destinations (v3) and webhooks (v2), as the list endpoints send them.
+        self.webhooks: list[Any] = []
+        self.v2_webhooks: list[Any] = []
         self._upgrade_results: dict[str, str] = {}
         self._failures: list[_Rule] = []
         self._delays: list[_Rule] = []
@@ -132,6 +138,8 @@ class FakeNylas(LoopbackFake):
         app.router.add_get("/a/{client_id}/accounts/{id}", self._v2_get)
         app.router.add_delete("/a/{client_id}/accounts/{id}", self._v2_delete)
         app.router.add_post("/a/{client_id}/accounts/{id}/{action}", self._v2_action)
+        app.router.add_get("/a/{client_id}/webhooks", self._v2_webhooks)
+        app.router.add_get("/v3/webhooks", self._v3_webhooks)
         app.router.add_get("/v3/grants", self._v3_list)
         app.router.add_get("/v3/grants/{id}", self._v3_get)
         app.router.add_delete("/v3/grants/{id}", self._v3_delete)
@@ -231,6 +239,71 @@ class FakeNylas(LoopbackFake):
     def set_grant_status(self, id: str, status: str) -> None:
         """Change a grant's grant_status (and updated_at), as Nylas would on its own."""
         self.grants[id].update(grant_status=status, updated_at=int(time.time()))
+
+    def add_webhook(
+        self,
+        *,
+        id: str,
+        webhook_url: str = "https://reauthbot.example.com/nylas/webhook",
+        trigger_types: Sequence[str] = ("grant.created", "grant.updated", "grant.expired"),
+        status: str = "active",
+        status_updated_at: int | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Add a v3 webhook destination; timestamps default to now."""
+        now = int(time.time())
+        destination = {
+            "id": id,
+            "description": "reauthbot",
+            "trigger_types": list(trigger_types),
+            "webhook_url": webhook_url,
+            "status": status,
+            "notification_email_addresses": ["ops@example.com"],
+            "status_updated_at": now if status_updated_at is None else status_updated_at,
+            "created_at": now,
+            "updated_at": now,
+            **extra,
+        }
+        self.webhooks.append(destination)
+        return destination
+
+    def add_v2_webhook(
+        self,
+        *,
+        id: str,
+        callback_url: str = "https://reauthbot.example.com/nylas/webhook",
+        triggers: Sequence[str] = ("account.invalid", "account.running", "account.stopped"),
+        state: str = "active",
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Add a v2 webhook."""
+        webhook = {
+            "id": id,
+            "application_id": self.client_id,
+            "callback_url": callback_url,
+            "state": state,
+            "triggers": list(triggers),
+            "version": "2.0",
+            **extra,
+        }
+        self.v2_webhooks.append(webhook)
+        return webhook
+
+    def set_webhook_status(self, id: str, status: str, *, at: int | None = None) -> None:
+        """Change a v3 destination's status (and status_updated_at), as Nylas would."""
+        for row in self.webhooks:
+            if isinstance(row, dict) and row.get("id") == id:
+                row.update(status=status, status_updated_at=int(time.time()) if at is None else at)
+                return
+        raise KeyError(id)
+
+    def set_v2_webhook_state(self, id: str, state: str) -> None:
+        """Change a v2 webhook's state, as Nylas would."""
+        for row in self.v2_webhooks:
+            if isinstance(row, dict) and row.get("id") == id:
+                row["state"] = state
+                return
+        raise KeyError(id)
 
     def fail(
         self,
@@ -383,7 +456,23 @@ class FakeNylas(LoopbackFake):
             self.revocations.append((account["id"], keep))
         return web.json_response({"success": True})
 
+    async def _v2_webhooks(self, request: web.Request) -> web.StreamResponse:
+        refusal = self._no_query(request)
+        return refusal or web.json_response(self.v2_webhooks)
+
     # -- v3 ----------------------------------------------------------------------------
+
+    async def _v3_webhooks(self, request: web.Request) -> web.StreamResponse:
+        refusal = self._no_query(request)
+        body = {"request_id": str(uuid.uuid4()), "data": self.webhooks}
+        return refusal or web.json_response(body)
+
+    @staticmethod
+    def _no_query(request: web.Request) -> web.Response | None:
+        if request.query:
+            message = f"The fake does not implement query parameter {sorted(request.query)[0]!r}."
+            return _error(request.path, 400, message)
+        return None
 
     async def _v3_list(self, request: web.Request) -> web.StreamResponse:
         page = self._page(request, _V3_LIMITS)

@@ -1,6 +1,6 @@
 """Nylas API client (v2 accounts and v3 grants); depends only on httpx and the stdlib."""
 
-from workflows.nylas.client import NylasClient, RemoteAccount
+from workflows.nylas.client import NylasClient, RemoteAccount, WebhookDestination
 from workflows.nylas.errors import (
     NylasAuthError,
     NylasBadResponse,
@@ -23,4 +23,5 @@ __all__ = [
     "NylasUnavailable",
     "RemoteAccount",
     "UnsupportedOperation",
+    "WebhookDestination",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from workflows.nylas.errors import (
     parse_delay,
     redact,
 )
+
+log = logging.getLogger("reauthbot.nylas")
 
 API_VERSIONS = ("v2", "v3")
 
@@ -57,6 +60,22 @@ class RemoteAccount:
     credential_id: str | None
     # Kept out of hash() so accounts can go in sets; equality still compares it.
     raw: dict[str, Any] = field(repr=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDestination:
+    """One webhook destination (v3) or webhook (v2) of the application, as Nylas reports it."""
+
+    id: str
+    api_version: str
+    url: str
+    # v3 status (active, failing, failed, pause) or v2 state (active, inactive, failed), as
+    # given: a value Nylas adds later is kept, not mapped to one reauthbot knows.
+    status: str
+    triggers: tuple[str, ...]
+    # v3 only: when the status last changed (aware UTC); None for v2 and when not given.
+    status_updated_at: datetime | None = None
+    description: str | None = None
 
 
 class NylasClient:
@@ -131,6 +150,32 @@ class NylasClient:
             if not items or (self._api_version == "v3" and len(items) < limit):
                 return
             offset += len(items)
+
+    async def list_webhook_destinations(self) -> list[WebhookDestination]:
+        """List the application's webhook destinations, skipping (and logging) malformed ones."""
+        if self._api_version == "v2":
+            path = f"/a/{self._client_id}/webhooks"
+            rows = await self._request("GET", path)
+            if not isinstance(rows, list):
+                raise NylasBadResponse(f"Nylas answered GET {path} without a JSON list.")
+        else:
+            path = "/v3/webhooks"
+            body = await self._request("GET", path)
+            rows = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(rows, list):
+                raise NylasBadResponse(f"Nylas answered GET {path} without a list in 'data'.")
+        found = []
+        for index, row in enumerate(rows):
+            try:
+                found.append(self._parse_destination(row))
+            except ValueError as exc:
+                # One odd row must not hide the state of the others.
+                log.warning(
+                    "skipped a malformed webhook destination: %s",
+                    exc,
+                    extra={"path": path, "index": index},
+                )
+        return found
 
     async def downgrade(self, account_id: str) -> None:
         """Cancel a v2 account: Nylas stops syncing and billing it."""
@@ -247,6 +292,43 @@ class NylasClient:
             updated_at=None if updated is None else datetime.fromtimestamp(updated, UTC),
             credential_id=data.get("credential_id"),
             raw=data,
+        )
+
+    def _parse_destination(self, row: Any) -> WebhookDestination:
+        """Read one row of a webhook list; ValueError says what is wrong with it."""
+        if not isinstance(row, dict):
+            raise ValueError("not a JSON object")
+        v2 = self._api_version == "v2"
+        names = (
+            ("callback_url", "state", "triggers")
+            if v2
+            else ("webhook_url", "status", "trigger_types")
+        )
+        url_name, status_name, triggers_name = names
+        for name in ("id", url_name, status_name):
+            if not isinstance(row.get(name), str) or not row[name]:
+                raise ValueError(f"no text '{name}'")
+        triggers = row.get(triggers_name)
+        if not isinstance(triggers, list) or not all(isinstance(t, str) for t in triggers):
+            raise ValueError(f"'{triggers_name}' is not a list of text")
+        description = row.get("description")
+        if not isinstance(description, str | None):
+            raise ValueError("'description' is not text")
+        changed = None if v2 else row.get("status_updated_at")
+        if changed is not None and (isinstance(changed, bool) or not isinstance(changed, int)):
+            raise ValueError("'status_updated_at' is not a number of seconds")
+        try:
+            since = None if changed is None else datetime.fromtimestamp(changed, UTC)
+        except (OverflowError, OSError) as exc:
+            raise ValueError("'status_updated_at' is out of range") from exc
+        return WebhookDestination(
+            id=row["id"],
+            api_version=self._api_version,
+            url=row[url_name],
+            status=row[status_name],
+            triggers=tuple(triggers),
+            status_updated_at=since,
+            description=description,
         )
 
     async def _request(
