@@ -1,12 +1,20 @@
 """Structured logging: one line per record, plain ``key=value`` or JSON, scrubbed of secrets.
 
 Fields are passed with ``extra=``: ``log.info("alert posted", extra={"case": 12})``.
+
+A log line may quote what a stranger sent (a header, a payload field), so every record is
+made safe before it is written: secrets are masked first, then each piece of text is clipped
+(``MAX_MESSAGE``, ``MAX_FIELD``) and its control characters written as escapes, so that no
+input can plant a line of its own or grow the log without bound. In the plain format, the
+lines of a traceback are indented: every line that does not start with a time belongs to the
+record above it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -14,6 +22,23 @@ from typing import Any, TextIO
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _MASK = "***"
+MAX_MESSAGE = 2000  # characters of a message kept
+MAX_FIELD = 500  # characters of a field's text kept
+# Line breaks of any kind, and every other control character, are written as escapes.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A plain field value is quoted when it holds anything but these.
+_BARE = re.compile(r"[^\s\"'=\\]+")
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` clipped to ``limit`` characters, with its control characters escaped."""
+    if len(text) > limit:
+        text = text[:limit] + f"…[{len(text) - limit} more]"
+    return _CONTROL.sub(_escape_control, text)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -23,15 +48,26 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 class _Formatter(logging.Formatter):
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        # Longest first, so a secret that contains another is masked whole.
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        # Longest first, so a secret that contains another is masked whole. Every secret
+        # counts, however short: a short one is a weak secret, not one to print.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, _MASK)
         return text
 
+    def text(self, value: object, limit: int) -> str:
+        """One piece of a line: masked first (a clipped secret would show its start)."""
+        return one_line(self.scrub(str(value)), limit)
+
+    def traceback(self, record: logging.LogRecord) -> str | None:
+        if not record.exc_info:
+            return None
+        return self.scrub(self.formatException(record.exc_info))
+
     def format(self, record: logging.LogRecord) -> str:
+        # The whole line once more: a secret may straddle two pieces.
         return self.scrub(self.render(record))
 
     def render(self, record: logging.LogRecord) -> str:
@@ -44,13 +80,17 @@ class _Formatter(logging.Formatter):
 
 class PlainFormatter(_Formatter):
     def render(self, record: logging.LogRecord) -> str:
-        parts = [self._time(record), record.levelname, record.name, record.getMessage()]
+        message = self.text(record.getMessage(), MAX_MESSAGE)
+        parts = [self._time(record), record.levelname, self.text(record.name, 100), message]
         line = " ".join(parts)
-        fields = " ".join(f"{k}={_plain(v)}" for k, v in _fields(record).items())
+        fields = " ".join(
+            f"{self.text(k, 64)}={_plain(self.text(v, MAX_FIELD))}"
+            for k, v in _fields(record).items()
+        )
         if fields:
             line += " " + fields
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if (trace := self.traceback(record)) is not None:
+            line += "".join(f"\n  {one_line(row, MAX_MESSAGE)}" for row in trace.splitlines())
         return line
 
 
@@ -60,19 +100,21 @@ class JsonFormatter(_Formatter):
             "time": self._time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": self.text(record.getMessage(), MAX_MESSAGE),
         }
         for key, value in _fields(record).items():
             # A field named like the line's own keys ("level", "message"…) must not hide them.
-            data[f"{key}_" if key in data else key] = value
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+            name = self.text(key, 64)
+            if not (value is None or isinstance(value, int | float | bool)):
+                value = self.text(value, MAX_FIELD)
+            data[f"{name}_" if name in data else name] = value
+        if (trace := self.traceback(record)) is not None:
+            data["exception"] = "\n".join(one_line(row, MAX_MESSAGE) for row in trace.splitlines())
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
-def _plain(value: Any) -> str:
-    text = str(value)
-    return json.dumps(text, ensure_ascii=False) if (" " in text or not text) else text
+def _plain(text: str) -> str:
+    return text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
 
 
 def configure(

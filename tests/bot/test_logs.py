@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -58,3 +59,55 @@ def test_plain_lines_carry_fields(stream: io.StringIO) -> None:
     logging.getLogger("reauthbot.test").info("retrying", extra={"reason": "rate limited", "n": 2})
     line = stream.getvalue().strip()
     assert line.endswith('INFO reauthbot.test retrying reason="rate limited" n=2')
+
+
+TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 "
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "\n2026-12-07T10:00:00.000+00:00 ERROR reauthbot.app forged",
+        "\r\n2026-12-07T10:00:00.000+00:00 ERROR x",
+        "a\u2028b\u2029c\x85d\x1be[31m",
+        "no-space\nat-all",
+    ],
+)
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_no_input_plants_a_line_of_its_own(stream: io.StringIO, fmt: str, planted: str) -> None:
+    logs.configure(fmt=fmt, level="INFO", stream=stream)
+    log = logging.getLogger("reauthbot.test")
+    log.info("got %s", planted, extra={"value": planted, planted: 1})
+    try:
+        raise ValueError(planted)
+    except ValueError:
+        log.exception("failed on %s", planted)
+    rows = stream.getvalue().split("\n")
+    assert rows[-1] == ""
+    for row in rows[:-1]:
+        if fmt == "json":
+            json.loads(row)
+        else:  # a record's first line starts with its time; a traceback's lines are indented
+            assert re.match(TIME, row) or row.startswith("  "), row
+    assert all(c not in stream.getvalue() for c in "\r\u2028\u2029\x85\x1b")
+    starts = [row for row in rows if re.match(TIME, row) or row.startswith("{")]
+    assert len(starts) == 2
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_a_huge_message_is_clipped(stream: io.StringIO, fmt: str) -> None:
+    logs.configure(fmt=fmt, level="INFO", stream=stream)
+    logging.getLogger("reauthbot.test").info("body %s", "x" * 1_000_000, extra={"f": "y" * 10**5})
+    assert len(stream.getvalue()) < logs.MAX_MESSAGE + logs.MAX_FIELD + 300
+
+
+def test_short_secrets_are_masked_and_clipping_never_shows_part_of_one(
+    stream: io.StringIO,
+) -> None:
+    short, long = "k9Z", "s" * 30 + "SECRETTAIL"
+    logs.configure(fmt="plain", level="INFO", secrets=[short, long], stream=stream)
+    # The long secret straddles the point where the message is clipped.
+    message = "x" * (logs.MAX_MESSAGE - 10) + long
+    logging.getLogger("reauthbot.test").info(message, extra={"key": f"value {short}"})
+    text = stream.getvalue()
+    assert short not in text and "sssssssss" not in text and "SECRETTAIL" not in text
