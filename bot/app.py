@@ -25,6 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import routes, webhook
+from bot.bodies import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, quiet_client_faults
 from bot.inbox_writer import InboxWriter, Load
 from bot.loops import Worker
 from bot.metrics import Metrics
@@ -94,17 +95,21 @@ def create_app(
     sink: Sink | None = None,
     migrate: bool = True,
     scheduled_jobs: bool = True,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
 ) -> web.Application:
     """Build the aiohttp application; pass fakes for any part to test it.
 
     ``scheduled_jobs=False`` leaves out the periodic jobs (reconciliation, retention), for
-    tests that must see only the effects of what they send.
+    tests that must see only the effects of what they send. ``read_timeout`` bounds the
+    seconds a request may take to send its body.
 
     Serve it with ``SERVER_OPTIONS`` (``web.run_app(app, **SERVER_OPTIONS)``).
     """
     runtime = Runtime(settings=settings, clock=clock or system_clock, metrics=Metrics())
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[routes.count_requests])
     app[RUNTIME] = runtime
+    app[READ_TIMEOUT] = read_timeout
+    quiet_client_faults()
     routes.register(app)
     webhook.register(app)
     bolt = None
@@ -112,7 +117,9 @@ def create_app(
         settings.require_slack()
         client = slack_client or slack_app.build_client(settings)
         bolt = slack_app.build_bolt(runtime, client)
-        slack_app.register(app, bolt, http=not settings.socket_mode)
+        secret = settings.slack_signing_secret
+        signing = None if settings.socket_mode or secret is None else secret.get_secret_value()
+        slack_app.register(app, bolt, signing_secret=signing)
         revoke_enabled = settings.policy.permissions.revoke is not None
         sink = sink or SlackSink(client, revoke_enabled=revoke_enabled)
     app.cleanup_ctx.append(_database(runtime, engine, migrate))

@@ -59,6 +59,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=runtime.metrics.render(), headers=headers)
 
 
+# The status counted for a request whose client closed the connection before the answer
+# (nginx's convention); no answer is sent.
+CLIENT_CLOSED = 499
+
+
 @web.middleware
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count every answer by route and status, errors included."""
@@ -71,6 +76,11 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        # The server cancels a handler whose client went away: nobody waits for an answer,
+        # and it is no failure of ours.
+        status = CLIENT_CLOSED
         raise
     finally:
         metrics = request.app[RUNTIME].metrics

@@ -13,6 +13,7 @@ import logging
 
 from aiohttp import web
 
+from bot.bodies import BodyError, read_body
 from bot.runtime import RUNTIME
 from workflows.nylas import webhooks
 
@@ -22,12 +23,20 @@ RETRY_AFTER_SECONDS = "30"
 JSON = "application/json"
 
 
+# Nylas' challenge is a short token; anything longer is not Nylas asking.
+MAX_CHALLENGE = 256
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
 async def challenge(request: web.Request) -> web.Response:
     """Echo Nylas' challenge as plain text, which activates the webhook."""
     value = request.query.get("challenge")
     if value is None:
         return web.json_response({"status": "error", "message": "missing challenge"}, status=400)
-    return web.Response(text=value, content_type="text/plain")
+    if len(value) > MAX_CHALLENGE:
+        return _error(400, f"challenge is longer than {MAX_CHALLENGE} characters")
+    # Echoed as given: a browser must not read it as HTML.
+    return web.Response(text=value, content_type="text/plain", headers=NOSNIFF)
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -41,10 +50,10 @@ async def receive(request: web.Request) -> web.Response:
         count("too_large")
         return _error(413, "body is larger than 1 MiB")
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        count("too_large")
-        return _error(413, "body is larger than 1 MiB")
+        raw = await read_body(request)
+    except BodyError as exc:
+        count("too_large" if exc.status == 413 else "unreadable")
+        return _error(exc.status, str(exc))
     try:
         entries = _verified_entries(request, raw, runtime.webhook_secrets)
     except webhooks.WebhookError as exc:

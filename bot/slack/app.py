@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.bodies import BodyError, read_body
 from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.slack import actions, commands, home, ids, incident_actions
@@ -23,6 +27,7 @@ from bot.slack.groups import GroupDirectory
 log = logging.getLogger("reauthbot.slack")
 
 BOLT = web.AppKey("bolt", AsyncApp)
+VERIFIER = web.AppKey("slack_verifier", SignatureVerifier)
 
 # What Bolt raises when it reads a missing or mistyped field of a payload while routing it.
 MALFORMED = (LookupError, TypeError, ValueError, AttributeError)
@@ -101,24 +106,55 @@ async def refuse_nul_characters(
 
 
 async def slack_events(request: web.Request) -> web.Response:
-    """Events, interactivity and slash commands, verified and dispatched by Bolt."""
+    """Events, interactivity and slash commands, verified and dispatched by Bolt.
+
+    The signature is checked on the raw bytes before anything parses them: a stranger's
+    body is never decoded (a JSON array nested a thousand deep would exhaust the parser's
+    recursion) nor quoted in a log line.
+    """
     bolt = request.app[BOLT]
     try:
-        response = await bolt.async_dispatch(await to_bolt_request(request))
-    except MALFORMED as exc:
+        raw = await read_body(request)
+    except BodyError as exc:
+        return _refuse(exc.status, str(exc))
+    timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+    signature = request.headers.get("X-Slack-Signature", "")
+    if not signed(request.app[VERIFIER], raw, timestamp, signature):
+        log.info("Slack request refused: missing, old or wrong signature")
+        return _refuse(401, "invalid signature")
+    try:
+        text = raw.decode("utf-8")
+        bolt_request = AsyncBoltRequest(
+            body=text, query=request.query_string, headers=cast(Any, request.headers)
+        )
+        response = await bolt.async_dispatch(bolt_request)
+    except (*MALFORMED, RecursionError) as exc:
         # Bolt reads payload fields while routing; a request with a missing or mistyped
         # field must get a clear 400, not a 500 (and changes nothing).
-        log.warning("malformed Slack payload: %s: %s", type(exc).__name__, exc)
-        return web.json_response({"error": "malformed payload"}, status=400)
+        log.warning("malformed Slack payload: %s", type(exc).__name__)
+        return _refuse(400, "malformed payload")
     return await to_aiohttp_response(response)
 
 
-def register(app: web.Application, bolt: AsyncApp, *, http: bool = True) -> None:
-    """Keep the Bolt app on ``app``; with ``http``, serve it at ``/slack/events`` too.
+def signed(verifier: SignatureVerifier, raw: bytes, timestamp: str, signature: str) -> bool:
+    """Whether Slack signed ``raw`` within the last five minutes (any malformed header: no)."""
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+        return False
+    # compare_digest refuses text that is not ASCII rather than saying it differs.
+    return signature.isascii() and verifier.is_valid(raw, timestamp, signature)
 
-    Socket Mode passes ``http=False``: Bolt checks no signatures there, so the route would
-    act on anyone's unsigned requests, and Slack sends nothing to it anyway.
+
+def _refuse(status: int, error: str) -> web.Response:
+    return web.json_response({"error": error}, status=status)
+
+
+def register(app: web.Application, bolt: AsyncApp, *, signing_secret: str | None) -> None:
+    """Keep the Bolt app on ``app``; with a signing secret, serve it at ``/slack/events`` too.
+
+    Socket Mode has no signing secret: Bolt checks no signatures there, so the route would act
+    on anyone's unsigned requests, and Slack sends nothing to it anyway.
     """
     app[BOLT] = bolt
-    if http:
+    if signing_secret is not None:
+        app[VERIFIER] = SignatureVerifier(signing_secret)
         app.router.add_post(ids.EVENTS_PATH, slack_events)

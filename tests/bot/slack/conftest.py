@@ -29,7 +29,13 @@ async def start(
 ) -> AsyncIterator[Callable[..., Awaitable[TestClient]]]:
     clients: list[TestClient] = []
 
-    async def make(policy: str = "", *, clock: Any = None, **overrides: Any) -> TestClient:
+    async def make(
+        policy: str = "",
+        *,
+        clock: Any = None,
+        app_options: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> TestClient:
         config = tmp_path / "policy.toml"
         config.write_text(policy)
         settings = load_settings(
@@ -43,7 +49,12 @@ async def start(
             **overrides,
         )
         client = await start_app(
-            settings, engine=engine, scheduled_jobs=False, migrate=False, clock=clock
+            settings,
+            engine=engine,
+            scheduled_jobs=False,
+            migrate=False,
+            clock=clock,
+            **(app_options or {}),
         )
         clients.append(client)
         return client
