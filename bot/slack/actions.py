@@ -136,7 +136,8 @@ def link_builder(runtime: Runtime) -> actions.LinkBuilder | None:
 
     def build(account: Account) -> str:
         assert nylas is not None and account.email is not None
-        return nylas.reauth_url(email=account.email, redirect_uri=redirect, state=account.id)
+        # No state: the account id in it would let anyone who sees the link guess others.
+        return nylas.reauth_url(email=account.email, redirect_uri=redirect)
 
     return build
 

@@ -233,6 +233,8 @@ async def test_reauth_link_is_shown_privately(
     assert reply["response_type"] == "ephemeral"
     assert "https://api.us.nylas.com/v3/connect/auth?client_id=cid-42" in reply["text"]
     assert "login_hint=ana%2Bwork%40example.com" in reply["text"]
+    # No guessable state: the account id is not in the link.
+    assert "state=" not in reply["text"] and "g-1" not in reply["text"]
     (line,) = await thread_lines(slack, 1)
     assert line == "Re-authentication link made by <@U0ALICE>; waiting on the end user."
     async with sessions() as session:

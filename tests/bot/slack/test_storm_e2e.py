@@ -244,4 +244,5 @@ async def test_re_auth_links_for_a_whole_storm_come_as_csv(
         f"user{n}@west.example" for n in range(6)
     ]
     assert all("/v3/connect/auth?" in r and "login_hint=" in r for r in rows[1:])
+    assert not any("state=" in r for r in rows[1:])
     assert {c.status for c in await all_cases(sessions)} == {CaseStatus.WAITING_ON_USER}
