@@ -531,7 +531,7 @@ async def _reread_before_revoke(
         return ActionResult(
             "unavailable",
             f"Nothing was revoked for case #{case.id}: Nylas could not be asked whether the "
-            f"account is still broken ({exc}).",
+            f"account is still broken. {exc}",
             case,
         )
     if not _syncing_again(case, account, remote):

@@ -278,8 +278,8 @@ async def posted_case(app: TestClient, sessions: Sessions, fake: FakeNylas, kind
             "5xx",
             # Revoke reads the account first; when that fails nothing is revoked.
             "Nothing was revoked for case #1: Nylas could not be asked whether the account "
-            "is still broken (Nylas failed to answer GET /a/app-client-id/accounts/a-old "
-            "(HTTP 503",
+            "is still broken. Nylas failed to answer GET /a/app-client-id/accounts/a-old "
+            "after 2 attempts (HTTP 503",
             id="revoke, Nylas failing",
         ),
         pytest.param(
