@@ -88,7 +88,11 @@ SLACK_DEADLINE = 3.0
 TOLD_WITHIN = 120.0  # a held request times out after 15 s; room for the retries of a GET
 POLL_TIMEOUT = 600.0
 PROGRESS_EVERY = 10.0
-FAILURE_REPLY = re.compile(r"^(Retry of|Revoking for) case #\d+ failed: Nylas ")
+# Revoke reads the account before revoking; when Nylas is away that read fails first.
+FAILURE_REPLY = re.compile(
+    r"^((Retry of|Revoking for) case #\d+ failed: Nylas "
+    r"|Nothing was revoked for case #\d+: Nylas could not be asked)"
+)
 POLL_STOPPED = "reauthbot: reconciliation stopped: Nylas "
 
 

@@ -21,7 +21,7 @@ from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
 from workflows.notify import record_change
 from workflows.nylas import NylasClient, NylasError, NylasNotFound, RemoteAccount
-from workflows.states import classify
+from workflows.states import SEND_ONLY_RESOLUTION, Health, classify
 
 SNOOZE_CHOICES = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "24h": timedelta(hours=24)}
 MAX_NOTE = 1000
@@ -178,6 +178,66 @@ async def resolve(
         )
 
     return await _act(sessions, case_id=case_id, actor=actor, now=now, change=change)
+
+
+async def mark_send_only(
+    sessions: Sessions, *, case_id: int, actor: str, now: datetime
+) -> ActionResult:
+    """Say a stuck-initializing account only sends: resolve the case, never alert it again."""
+
+    async def change(
+        session: AsyncSession, case: Case
+    ) -> tuple[str, dict[str, object], str, str] | ActionResult:
+        if case.kind != CaseKind.STUCK or case.state != "initializing":
+            return ActionResult(
+                "refused", f"Case #{case_id} is not about an account stuck initializing.", case
+            )
+        account = await session.get(Account, case.account_id, with_for_update=True)
+        assert account is not None, "a case's account is never deleted"
+        account.send_only, account.updated_at = True, now
+        session.add(account)
+        case.status, case.resolved_at, case.resolved_by = CaseStatus.RESOLVED, now, actor
+        case.resolution = SEND_ONLY_RESOLUTION
+        return (
+            "marked_send_only",
+            {"reason": SEND_ONLY_RESOLUTION},
+            f"Marked send-only by {who(actor)}: staying initializing is expected; resolved.",
+            f"Case #{case_id} is resolved and {account.email or account.id} is marked "
+            "send-only: it is not alerted for initializing again (undo from /reauth show).",
+        )
+
+    return await _act(sessions, case_id=case_id, actor=actor, now=now, change=change)
+
+
+async def undo_send_only(
+    sessions: Sessions, *, case_id: int, actor: str, now: datetime
+) -> ActionResult:
+    """Take back a send-only mark: the case's account is alerted for initializing again."""
+    async with sessions() as session, session.begin():
+        # The case is resolved (that is what marking did): lock it without asking it be open.
+        case = await session.get(Case, case_id, with_for_update=True)
+        if case is None:
+            return ActionResult("missing", f"Case #{case_id} does not exist.")
+        account = await session.get(Account, case.account_id, with_for_update=True)
+        assert account is not None, "a case's account is never deleted"
+        who_ = account.email or account.id
+        if not account.send_only:
+            return ActionResult("already", f"{who_} is not marked send-only.", case)
+        account.send_only, account.updated_at = False, now
+        session.add(account)
+        await record_change(
+            session,
+            case,
+            actor=actor,
+            action="unmarked_send_only",
+            now=now,
+            line=f"Send-only mark taken back by {who(actor)}: initializing is alerted again.",
+        )
+    return ActionResult(
+        "done",
+        f"{who_} is no longer marked send-only: if it stays initializing, it is alerted again.",
+        case,
+    )
 
 
 LinkBuilder = Callable[[Account], str]
@@ -363,6 +423,12 @@ async def revoke(
             "refused", "Type the account's email exactly to delete its grant.", case
         )
     method = "delete-grant" if v3 else "revoke-all"
+    # The end user may have re-authenticated since the alert: revoking now would undo that.
+    fresh = await _reread_before_revoke(
+        sessions, nylas, case=case, account=account, actor=actor, now=now, method=method
+    )
+    if fresh is not None:
+        return fresh
     try:
         if v3:
             await nylas.delete_account(account.id)
@@ -403,6 +469,93 @@ async def revoke(
         event=deleted if v3 else None,
     )
     return ActionResult("done", f"Done: {line}", case)
+
+
+def _syncing_again(case: Case, account: Account, remote: RemoteAccount) -> bool:
+    """Whether the account as Nylas reports it now would close the case: it syncs again."""
+    state = remote.sync_state or "unknown"
+    health = classify(account.api_version, state).health
+    if health is Health.HEALTHY:
+        return True
+    # Connecting or catching up after a re-authentication; but a stuck case is about exactly
+    # that state lasting.
+    return health is Health.TRANSIENT and not (case.kind == CaseKind.STUCK and case.state == state)
+
+
+async def _reread_before_revoke(
+    sessions: Sessions,
+    nylas: NylasClient,
+    *,
+    case: Case,
+    account: Account,
+    actor: str,
+    now: datetime,
+    method: str,
+) -> ActionResult | None:
+    """Read the account again; an ActionResult when nothing must be revoked, else None."""
+    assert case.id is not None
+    try:
+        remote = await nylas.get_account(account.id)
+    except NylasNotFound:
+        gone = AccountEvent(
+            account_id=account.id,
+            api_version=account.api_version,
+            event_type="revoke",
+            state="deleted",
+            occurred_at=now,
+            source="revoke",
+        )
+        await _finish(
+            sessions,
+            case_id=case.id,
+            actor=actor,
+            now=now,
+            action="revoke_skipped",
+            details={"method": method, "reason": "the account no longer exists in Nylas"},
+            line=f"Revoke by {who(actor)} not needed: the account no longer exists in Nylas.",
+            event=gone,
+        )
+        return ActionResult(
+            "done", "Nothing was revoked: the account no longer exists in Nylas.", case
+        )
+    except NylasError as exc:
+        await _finish(
+            sessions,
+            case_id=case.id,
+            actor=actor,
+            now=now,
+            action="revoke_failed",
+            details={"method": method, "error": str(exc), "step": "re-read"},
+            line=f"Revoke by {who(actor)} not done: Nylas could not be asked about the account.",
+        )
+        return ActionResult(
+            "unavailable",
+            f"Nothing was revoked for case #{case.id}: Nylas could not be asked whether the "
+            f"account is still broken. {exc}",
+            case,
+        )
+    if not _syncing_again(case, account, remote):
+        return None
+    state = remote.sync_state or "unknown"
+    await _finish(
+        sessions,
+        case_id=case.id,
+        actor=actor,
+        now=now,
+        action="revoke_skipped",
+        details={"method": method, "state": state, "reason": "the account syncs again"},
+        line=(
+            f"Revoke by {who(actor)} not done: the account is {state} again (the end user "
+            "re-authenticated), so nothing was revoked."
+        ),
+        event=_reported(account, remote, now, "revoke"),
+    )
+    return ActionResult(
+        "done",
+        f"Nothing was revoked: the account of case #{case.id} is {state} again, so the end "
+        "user re-authenticated meanwhile and revoking would undo it.",
+        case,
+    )
 
 
 async def _release(sessions: Sessions, *, case_id: int) -> None:

@@ -27,7 +27,10 @@ from workflows.domains import PUBLIC_MAIL_DOMAINS
 REVOKE_LOOKBACK = timedelta(hours=24)
 CLOCK_SKEW = timedelta(minutes=5)  # a revoke logged just after the account went bad still counts
 SAME_TIME = timedelta(minutes=30)
-STUCK_PARTIAL = timedelta(hours=24)  # Nylas: a partial state lasting longer needs a ticket
+# Nylas: an existing account partial for longer needs a ticket; a newly authenticated one may
+# stay partial for up to a week during its first sync. The [stuck] policy defaults agree.
+STUCK_PARTIAL = timedelta(hours=24)
+NEW_ACCOUNT_PARTIAL = timedelta(days=7)
 
 CREDENTIAL_KINDS = frozenset({CaseKind.REAUTH, CaseKind.STOPPED, CaseKind.UNKNOWN})
 WENT_BAD_KINDS = frozenset({CaseKind.REAUTH, CaseKind.STOPPED})
@@ -74,6 +77,8 @@ class Facts:
     broken_since: datetime
     now: datetime
     state_since: datetime | None = None
+    # When reauthbot first saw the account or it was last (re)connected, whichever is later.
+    connected_since: datetime | None = None
     revocation: Revocation | None = None
     domain_peers: int = 0  # other accounts of the domain that went bad within SAME_TIME
     domain_peer_first: datetime | None = None
@@ -316,14 +321,21 @@ TICKET_HINT = (
 )
 
 
+def _partial_too_long(facts: Facts) -> bool:
+    """Partial past the day Nylas allows an existing account; a new one gets a week."""
+    if facts.state != "partial" or facts.state_since is None:
+        return False
+    new = facts.connected_since is not None and (
+        facts.now - facts.connected_since < NEW_ACCOUNT_PARTIAL
+    )
+    limit = max(STUCK_PARTIAL, NEW_ACCOUNT_PARTIAL) if new else STUCK_PARTIAL
+    return facts.now - facts.state_since > limit
+
+
 def _support(facts: Facts) -> Finding | None:
     since = facts.state_since or facts.broken_since
     lasted = facts.now - since
-    partial_too_long = (
-        facts.state == "partial"
-        and facts.state_since is not None
-        and facts.now - facts.state_since > STUCK_PARTIAL
-    )
+    partial_too_long = _partial_too_long(facts)
     if facts.kind == CaseKind.SUPPORT:
         what = SUPPORT_STATES.get(facts.state or "", "Nylas reports an error syncing the account")
     elif partial_too_long and facts.kind != CaseKind.DUPLICATE:
@@ -387,6 +399,7 @@ async def gather(session: AsyncSession, *, case: Case, account: Account, now: da
         now=now,
         # How long the account has been in the case's state, if it still is in it.
         state_since=account.state_since if account.sync_state == state else None,
+        connected_since=max(account.first_seen_at, account.connected_at or account.first_seen_at),
         revocation=_revocation(revoke),
         domain_peers=peers.accounts,
         domain_peer_first=peers.first,

@@ -3,6 +3,10 @@
 ``apply_event`` runs inside the caller's transaction and writes everything the event causes
 (account snapshot, case, audit events, outbox rows) so that all of it commits or none does.
 An event older than the state the snapshot holds is recorded in the audit log, not applied.
+
+A v2 account that is stopped and no longer billed (``cancelled`` or ``deleted``) was stopped
+on purpose: it gets no case, and an open case of it is resolved as such. An event saying the
+account was (re)connected sets ``Account.connected_at``: a new account may stay partial longer.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases
 from storage.models import Account, Case, CaseKind, CaseStatus
 from workflows import duplicates
+from workflows.billing import on_purpose_words, stopped_on_purpose
 from workflows.diagnosis import refresh
 from workflows.events import AccountEvent
 from workflows.notify import record_change
@@ -25,6 +30,17 @@ from workflows.states import Health, classify
 __all__ = ["Outcome", "Router", "actor_of", "apply_event", "open_case_for"]
 
 log = logging.getLogger("reauthbot.lifecycle")
+
+
+# Triggers that say the account was connected, or connected again, just now.
+CONNECTING = ("account.connected", "grant.created")
+
+
+def connects(event: AccountEvent) -> bool:
+    """Whether the event says the account was (re)connected: its first sync starts again."""
+    if event.event_type in CONNECTING:
+        return True
+    return event.event_type == "grant.updated" and bool(event.details.get("reauthenticated"))
 
 
 def actor_of(event: AccountEvent) -> str:
@@ -80,6 +96,8 @@ async def apply_event(
         if value is not None:
             setattr(account, name, value)
     account.updated_at = now
+    if connects(event):
+        account.connected_at = min(event.occurred_at, now)
     if event.state is not None:
         if account.sync_state != event.state or account.state_since is None:
             account.state_since = event.occurred_at
@@ -114,6 +132,9 @@ async def apply_event(
     await session.flush()
 
     rule = classify(account.api_version, event.state)
+    duplicate = open_case is not None and open_case.kind == CaseKind.DUPLICATE
+    if rule.health is Health.BROKEN and stopped_on_purpose(account) and not duplicate:
+        return await _stopped_on_purpose(session, account, open_case, event, now=now, audit=audit)
     if rule.health is Health.BROKEN:
         assert rule.kind is not None
         if open_case is None:
@@ -134,7 +155,6 @@ async def apply_event(
         if open_case.state == event.state and open_case.kind == kind:
             return Outcome("unchanged", open_case.id)
         return await _update(session, open_case, event, kind, now=now, audit=audit)
-    duplicate = open_case is not None and open_case.kind == CaseKind.DUPLICATE
     if open_case is not None and duplicate and rule.health is not Health.GONE:
         if open_case.state == event.state:
             return Outcome("unchanged", open_case.id)
@@ -143,8 +163,36 @@ async def apply_event(
         # A stuck case is about this very state lasting too long: a repeat of it is no news.
         if open_case.kind == CaseKind.STUCK and open_case.state == event.state:
             return Outcome("unchanged", open_case.id)
-        return await _resolve(session, open_case, event, rule.words, now=now, audit=audit)
+        reason = _recovery(event, rule.words)
+        return await _resolve(session, open_case, event, reason, now=now, audit=audit)
     return Outcome("unchanged")
+
+
+async def _stopped_on_purpose(
+    session: AsyncSession,
+    account: Account,
+    case: Case | None,
+    event: AccountEvent,
+    *,
+    now: datetime,
+    audit: dict[str, object],
+) -> Outcome:
+    if case is None:
+        await cases.record_event(
+            session,
+            actor=actor_of(event),
+            action="stopped_on_purpose",
+            at=now,
+            account_id=account.id,
+            details={**audit, "billing_state": account.billing_state},
+        )
+        return Outcome("recorded")
+    if case.busy_until is not None and case.busy_until > now:
+        # A retry downgrades the account before it upgrades it again: that stop is ours, and
+        # the retry applies what it ends in.
+        return Outcome("unchanged", case.id)
+    reason = on_purpose_words(account)
+    return await _resolve(session, case, event, reason, now=now, audit=audit)
 
 
 async def _update(
@@ -174,22 +222,24 @@ async def _update(
     return Outcome("updated", case.id)
 
 
+def _recovery(event: AccountEvent, words: str) -> str:
+    if event.state == "deleted":
+        return "The account was deleted in Nylas."
+    if event.details.get("reauthenticated"):
+        return "The end user re-authenticated."
+    return f"The account recovered: {words} ({event.state})."
+
+
 async def _resolve(
     session: AsyncSession,
     case: Case,
     event: AccountEvent,
-    words: str,
+    reason: str,
     *,
     now: datetime,
     audit: dict[str, object],
 ) -> Outcome:
     assert case.id is not None
-    if event.state == "deleted":
-        reason = "The account was deleted in Nylas."
-    elif event.details.get("reauthenticated"):
-        reason = "The end user re-authenticated."
-    else:
-        reason = f"The account recovered: {words} ({event.state})."
     case.status, case.resolved_at, case.resolved_by = CaseStatus.RESOLVED, now, actor_of(event)
     case.resolution = reason
     await record_change(

@@ -43,6 +43,23 @@ def parse_duration(value: Any) -> timedelta:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
+OFF = "off"
+
+
+def parse_limit(value: Any) -> timedelta | None:
+    """Parse a duration, or "off" (None): a check that never fires."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == OFF):
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f'{value!r} is not a duration like 30s, 15m, 2h or 1d, nor "{OFF}"'
+        ) from None
+
+
+DurationOrOff = Annotated[timedelta | None, BeforeValidator(parse_limit)]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -153,28 +170,43 @@ class Stuck(_Section):
     """How long a v2 account may stay in each transient sync state before a case opens.
 
     The defaults follow Nylas: an account partial for more than 24 hours is a matter for
-    Nylas Support, a historical sync (downloading) may take up to a week, and connecting to
-    the folders (initializing) takes minutes unless the account lacks scopes.
+    Nylas Support, but a new one (first seen, connected or re-authenticated less than
+    ``partial_new`` ago) may stay partial for up to a week during its first sync; a historical
+    sync (downloading) may take up to a week; and connecting to the folders (initializing)
+    takes minutes unless the account only sends. ``initializing = "off"`` is for applications
+    whose accounts all only send (the email.send scope): they stay initializing for good.
     """
 
     partial: Duration = timedelta(hours=24)
+    partial_new: Duration = timedelta(days=7)
     downloading: Duration = timedelta(days=7)
-    initializing: Duration = timedelta(hours=1)
+    initializing: DurationOrOff = timedelta(hours=1)
 
-    @field_validator("partial", "downloading", "initializing")
+    @field_validator("partial", "partial_new", "downloading", mode="before")
     @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
+    def _not_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == OFF:
+            raise ValueError(
+                f"{value!r} is not a duration like 30s, 15m, 2h or 1d "
+                f'(only initializing can be "{OFF}")'
+            )
+        return value
+
+    @field_validator("partial", "partial_new", "downloading", "initializing")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
             raise ValueError("must be longer than 0s")
         return value
 
-    def limit_for(self, state: str | None) -> timedelta | None:
-        """How long ``state`` may last; None for a state that is never stuck."""
-        return {
-            "partial": self.partial,
-            "downloading": self.downloading,
-            "initializing": self.initializing,
-        }.get(state or "")
+    def limit_for(self, state: str | None, *, new: bool = False) -> timedelta | None:
+        """How long ``state`` may last; None for a state that is never stuck (or not watched).
+
+        ``new``: the account was first seen or (re)connected less than ``partial_new`` ago.
+        """
+        if state == "partial":
+            return max(self.partial, self.partial_new) if new else self.partial
+        return {"downloading": self.downloading, "initializing": self.initializing}.get(state or "")
 
 
 class Policy(_Section):

@@ -103,16 +103,22 @@ STUCK_SUPPORT_STEP = (
 )
 STUCK_STEPS: dict[str, str] = {
     "partial": (
-        "A newly authenticated account may stay partial for up to a week during its first "
-        f"sync; otherwise: {STUCK_SUPPORT_STEP}"
+        "An account newly connected or re-authenticated may stay partial for up to a week "
+        "during its first sync, an existing one for a day; this one has been partial longer. "
+        f"{STUCK_SUPPORT_STEP}"
     ),
     "downloading": STUCK_SUPPORT_STEP,
     "initializing": (
         "Check the scopes the account was authenticated with: an account with only the "
-        "email.send scope always stays initializing. Re-authenticate it with the scopes "
-        "your application needs."
+        "email.send scope always stays initializing. Re-authenticate it with the scopes your "
+        "application needs or, if it only sends, press Expected (send-only)."
     ),
 }
+
+# How a stuck initializing case is closed when an operator says the account only sends.
+SEND_ONLY_RESOLUTION = (
+    "Expected: the account only sends (the email.send scope), so it stays initializing."
+)
 
 
 def classify(api_version: str, state: str) -> StateRule:

@@ -2,10 +2,12 @@
 
 ``partial``, ``downloading`` and ``initializing`` usually pass on their own, so the lifecycle
 never opens a case for them. Nylas' account sync-state guide sets the bounds: an existing
-account partial for more than 24 hours wants Nylas Support, a historical sync may keep an
-account busy for up to a week, and an account with only the ``email.send`` scope always
-stays initializing. The ``[stuck]`` policy holds the limits; ``open_stuck_cases`` runs on a
-schedule and opens a ``stuck`` case for each account over its limit.
+account partial for more than 24 hours wants Nylas Support, a newly authenticated one may stay
+partial for up to a week, a historical sync may keep an account busy for up to a week, and an
+account with only the ``email.send`` scope always stays initializing (an operator marks it
+send-only, or the policy turns the initializing check off). The ``[stuck]`` policy holds the
+limits; ``open_stuck_cases`` runs on a schedule and opens a ``stuck`` case for each account
+over its limit.
 
 The clock is ``Account.state_since``, which repeats of the same state do not reset. One stuck
 case is opened per stay in a state: once an operator resolves it, it is not opened again until
@@ -22,7 +24,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import and_, exists, or_
+from sqlalchemy import ColumnElement, and_, exists, or_
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -33,6 +35,7 @@ from storage.models import Account, Case, CaseKind, CaseStatus
 from workflows.clock import how_long
 from workflows.lifecycle import Router, open_case_for
 from workflows.policy import Stuck
+from workflows.states import SEND_ONLY_RESOLUTION
 
 log = logging.getLogger("reauthbot.stuck")
 
@@ -42,21 +45,54 @@ Sessions = async_sessionmaker[AsyncSession]
 STUCK_STATES = ("partial", "downloading", "initializing")
 
 
+def is_new(account: Account, limits: Stuck, now: datetime) -> bool:
+    """Whether the account was first seen or (re)connected less than ``partial_new`` ago."""
+    began = max(account.first_seen_at, account.connected_at or account.first_seen_at)
+    return began > now - limits.partial_new
+
+
+def _over(limits: Stuck, now: datetime) -> list[ColumnElement[bool]]:
+    """Per state, the accounts in it for longer than its limit allows, in SQL."""
+    in_state = {state: col(Account.sync_state) == state for state in STUCK_STATES}
+    since = col(Account.state_since)
+    new_limit = limits.limit_for("partial", new=True)
+    assert new_limit is not None
+    # Bounds are computed here, so both engines only compare timestamps.
+    settled = now - limits.partial_new
+    old_account = and_(
+        col(Account.first_seen_at) <= settled,
+        or_(col(Account.connected_at).is_(None), col(Account.connected_at) <= settled),
+    )
+    over = [
+        and_(in_state["partial"], since <= now - limits.partial, old_account),
+        and_(in_state["partial"], since <= now - new_limit),
+        and_(in_state["downloading"], since <= now - limits.downloading),
+    ]
+    if limits.initializing is not None:
+        # A send-only account stays initializing for good: an operator said so.
+        receives = col(Account.send_only).is_not(True)
+        over.append(and_(in_state["initializing"], receives, since <= now - limits.initializing))
+    return over
+
+
 def _due(limits: Stuck, now: datetime, *, after: str | None, limit: int) -> SelectOfScalar[Account]:
-    """Accounts over their state's limit that have no open case and no stuck case of this stay."""
-    over = []
-    for state in STUCK_STATES:
-        bound = limits.limit_for(state)
-        assert bound is not None
-        over.append(and_(col(Account.sync_state) == state, col(Account.state_since) <= now - bound))
+    """Accounts over their state's limit that have no open case and no stuck case of this stay.
+
+    A stuck case closed as send-only does not count once the mark is undone: the operator took
+    back what closed it.
+    """
     known = exists().where(
         col(Case.account_id) == col(Account.id),
         or_(
             col(Case.status) != CaseStatus.RESOLVED,
-            and_(col(Case.kind) == CaseKind.STUCK, col(Case.opened_at) >= col(Account.state_since)),
+            and_(
+                col(Case.kind) == CaseKind.STUCK,
+                col(Case.opened_at) >= col(Account.state_since),
+                or_(col(Case.resolution).is_(None), col(Case.resolution) != SEND_ONLY_RESOLUTION),
+            ),
         ),
     )
-    stmt = select(Account).where(col(Account.api_version) == "v2", or_(*over), ~known)
+    stmt = select(Account).where(col(Account.api_version) == "v2", or_(*_over(limits, now)), ~known)
     if after is not None:
         stmt = stmt.where(col(Account.id) > after)
     return stmt.order_by(col(Account.id)).limit(limit).with_for_update(skip_locked=True)
@@ -105,7 +141,7 @@ async def open_stuck_case(
     Runs in a savepoint: when it fails, nothing of it stays and the caller's transaction goes on.
     """
     state, since, account_id = account.sync_state, account.state_since, account.id
-    bound = limits.limit_for(state)
+    bound = limits.limit_for(state, new=is_new(account, limits, now))
     assert since is not None and bound is not None, "not an account in a transient state"
     audit: dict[str, object] = {
         "state": state,

@@ -212,6 +212,33 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             tell_on_success=True,
         )
 
+    @bolt.action(ids.SEND_ONLY)
+    async def on_send_only(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        await run_action(
+            runtime,
+            groups,
+            body,
+            respond,
+            permission="resolve",
+            workflow=actions.mark_send_only,
+            tell_on_success=True,
+        )
+
+    @bolt.action(ids.UNDO_SEND_ONLY)
+    async def on_undo_send_only(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        # Pressed on a private /reauth show card, which is not updated: say what happened.
+        await run_action(
+            runtime,
+            groups,
+            body,
+            respond,
+            permission="resolve",
+            workflow=actions.undo_send_only,
+            tell_on_success=True,
+        )
+
     @bolt.action(ids.REVOKE)
     async def on_revoke(
         ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, client: AsyncWebClient
@@ -312,7 +339,10 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         if not result.changed:
             await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: result.message[:150]})
             return
-        await ack()
+        # Say what happened: the grant may have been kept (the end user re-authenticated).
+        await ack(
+            response_action="update", view=blocks.notice_modal("Delete the grant", result.message)
+        )
         runtime.wake_senders()
 
     @bolt.view(ids.RESOLVE_MODAL)

@@ -13,7 +13,7 @@ from typing import Any
 from bot.slack import ids
 from storage.models import Account, Case, CaseStatus
 from workflows import states
-from workflows.billing import billing_words
+from workflows.billing import billing_words, restart_warning, retry_restarts_billing
 from workflows.diagnosis import MENTION, Finding
 from workflows.escalation import RESEND_WINDOW
 from workflows.states import classify
@@ -263,17 +263,47 @@ def _buttons(
         }
     )
     if account.api_version == "v2" and case.kind == "stopped":
-        elements.append(_button(ids.RETRY, "Retry sync", case))
+        elements.append(retry_button(case, account))
     elif account.api_version == "v3":
         elements.append(_button(ids.RETRY, "Check again", case))
     if ticket:
         elements.append(_button(ids.SUPPORT_TICKET, "Support ticket", case))
+    if account.api_version == "v2" and case.kind == "stuck" and case.state == "initializing":
+        elements.append(_button(ids.SEND_ONLY, "Expected (send-only)", case))
     elements.append(_button(ids.RESOLVE, "Resolve", case))
     if case.kind == "duplicate":
         elements.append(delete_old_button(case, account, revoke_enabled=revoke_enabled))
     else:
         elements.append(revoke_button(case, account, revoke_enabled=revoke_enabled))
     return elements
+
+
+def retry_button(case: Case, account: Account) -> dict[str, Any]:
+    """Retry sync of a v2 stopped account; confirmed first when it would restart billing."""
+    button = _button(ids.RETRY, "Retry sync", case)
+    if retry_restarts_billing(case, account):
+        button["confirm"] = {
+            "title": {"type": "plain_text", "text": "Restart billing?"},
+            "text": {"type": "mrkdwn", "text": clip(escape(restart_warning(account)), 300)},
+            "confirm": {"type": "plain_text", "text": "Retry sync"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+        }
+    return button
+
+
+def undo_send_only_button(case: Case) -> dict[str, Any]:
+    """Take back the send-only mark of the case's account."""
+    return _button(ids.UNDO_SEND_ONLY, "Undo send-only", case)
+
+
+def notice_modal(title_text: str, text: str) -> dict[str, Any]:
+    """A modal that only tells something, replacing the one just submitted."""
+    return {
+        "type": "modal",
+        "title": {"type": "plain_text", "text": clip(title_text, 24)},
+        "close": {"type": "plain_text", "text": "Close"},
+        "blocks": [section(escape(text))],
+    }
 
 
 def delete_old_button(case: Case, account: Account, *, revoke_enabled: bool) -> dict[str, Any]:

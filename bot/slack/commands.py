@@ -2,7 +2,8 @@
 
 Sub-commands that change a case go through the same permission check and workflows as the
 alert's buttons (``bot.slack.actions.run_action``); ``revoke`` answers with the alert's own
-revoke button, so its confirmation is the same too. Wrong input gets a usage line.
+revoke button, so its confirmation is the same too, and so does ``retry`` when it would make
+Nylas bill a stopped account again. Wrong input gets a usage line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bot.slack.groups import GroupDirectory
 from storage import cases, reports
 from storage.models import Account, Case, CaseStatus, Incident
 from workflows import actions
+from workflows.billing import retry_restarts_billing
 from workflows.diagnosis import diagnose, gather
 from workflows.policy import parse_duration
 from workflows.stats import case_stats
@@ -159,6 +161,32 @@ async def on_revoke(
     await _say(respond, f"Revoke case #{case.id}?", replies.revoke_prompt(case, account))
 
 
+async def on_retry(
+    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+) -> None:
+    found = await _find(runtime, respond, command.target or "")
+    if found is None:
+        return
+    case, account = found
+    assert case.id is not None
+    if case.status == CaseStatus.RESOLVED or not retry_restarts_billing(case, account):
+        await _retry_now(runtime, groups, command, body, respond)
+        return
+    user_id = str(body.get("user_id", ""))
+    if not await buttons.permitted(runtime, groups, "retry", user_id):
+        result = await actions.refuse(
+            runtime.db(),
+            case_id=case.id,
+            action="retry",
+            actor=actions.slack_actor(user_id),
+            now=runtime.clock(),
+        )
+        await _say(respond, result.message)
+        return
+    # Retry would make Nylas bill the account again: answer with the confirmed button.
+    await _say(respond, f"Retry case #{case.id}?", replies.retry_prompt(case, account))
+
+
 async def on_stats(
     runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
@@ -205,13 +233,15 @@ async def on_help(
     await _say(respond, text, [section(text)])
 
 
+_retry_now = _acting(
+    "retry", lambda runtime, command: partial(actions.retry_sync, nylas=runtime.nylas)
+)
+
 HANDLERS: dict[str, Handler] = {
     "list": on_list,
     "show": on_show,
     "ack": _acting("ack", lambda runtime, command: actions.acknowledge),
-    "retry": _acting(
-        "retry", lambda runtime, command: partial(actions.retry_sync, nylas=runtime.nylas)
-    ),
+    "retry": on_retry,
     "link": _acting(
         "link",
         lambda runtime, command: partial(

@@ -13,6 +13,8 @@ RETRY = "case_retry"
 REVOKE = "case_revoke"  # v2: confirm dialog; v3: opens the revoke modal
 DELETE_OLD = "case_delete_old"  # a duplicate's old account id; confirm dialog
 SUPPORT_TICKET = "case_support_ticket"  # answers privately with the ticket text
+SEND_ONLY = "case_send_only"  # a stuck initializing account only sends: resolve, stop alerting
+UNDO_SEND_ONLY = "case_undo_send_only"  # on /reauth show of a send-only account's case
 
 # The next page of `/reauth list`; the value carries the filters and the offset.
 LIST_MORE = "cases_more"
@@ -32,6 +34,8 @@ ACTIONS = (
     REVOKE,
     DELETE_OLD,
     SUPPORT_TICKET,
+    SEND_ONLY,
+    UNDO_SEND_ONLY,
     LIST_MORE,
     INCIDENT_ACK,
     INCIDENT_LINKS,

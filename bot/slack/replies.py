@@ -15,14 +15,17 @@ from bot.slack.blocks import (
     context,
     escape,
     mention,
+    retry_button,
     revoke_button,
     section,
     slack_ago,
     slack_date,
     title,
+    undo_send_only_button,
 )
 from storage.models import Account, Case, CaseEvent, CaseStatus
 from storage.reports import Tally
+from workflows.billing import restart_warning
 from workflows.clock import how_long
 from workflows.diagnosis import Finding
 from workflows.escalation import plan
@@ -131,8 +134,25 @@ def case_card(
     revoke_enabled: bool,
     findings: Sequence[Finding] | None = None,
 ) -> list[dict[str, Any]]:
-    """The alert as it is now, with its buttons, and the case's history below."""
+    """The alert as it is now, with its buttons, and the case's history below.
+
+    A send-only account's card offers to take the mark back, whatever state its case is in.
+    """
     blocks = alert_blocks(case, account, revoke_enabled=revoke_enabled, findings=findings)
+    if account.send_only:
+        blocks.append(
+            context(
+                f"{escape(account.email or account.id)} is marked send-only: it is never "
+                "alerted for staying initializing."
+            )
+        )
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": f"send-only-{case.id}",
+                "elements": [undo_send_only_button(case)],
+            }
+        )
     shown = list(history)[-MAX_HISTORY:]
     lines = [_event_line(e) for e in shown] or ["No history yet."]
     blocks.append({"type": "divider"})
@@ -152,6 +172,21 @@ def revoke_prompt(case: Case, account: Account) -> list[dict[str, Any]]:
             "type": "actions",
             "block_id": f"case-{case.id}",
             "elements": [revoke_button(case, account, revoke_enabled=True)],
+        },
+    ]
+
+
+def retry_prompt(case: Case, account: Account) -> list[dict[str, Any]]:
+    """Retry sync that would restart billing goes through the alert's confirmed button."""
+    return [
+        section(
+            f"Case #{case.id}: {escape(account.email or account.id)}. "
+            f"{escape(restart_warning(account))} To retry anyway, press the button and confirm."
+        ),
+        {
+            "type": "actions",
+            "block_id": f"case-{case.id}",
+            "elements": [retry_button(case, account)],
         },
     ]
 

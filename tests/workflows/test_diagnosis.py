@@ -124,6 +124,23 @@ ROWS = [
     row("v2 exception", "support", kind="support", state="exception", provider="imap"),
     row("stuck partial 30 h", "support", kind="stuck", state="partial", state_since=T0 - 30 * H),
     row("stuck partial 3 h", "", kind="stuck", state="partial", state_since=T0 - 3 * H),
+    # A new account (first seen or reconnected in the last week) may be partial for a week.
+    row(
+        "new account partial 30 h",
+        "",
+        kind="stuck",
+        state="partial",
+        state_since=T0 - 30 * H,
+        connected_since=T0 - 30 * H,
+    ),
+    row(
+        "account partial 30 h, connected 8 d ago",
+        "support",
+        kind="stuck",
+        state="partial",
+        state_since=T0 - 30 * H,
+        connected_since=T0 - 8 * D,
+    ),
     row("stuck downloading", "support", kind="stuck", state="downloading", state_since=T0 - 8 * D),
     row("stuck initializing", "", kind="stuck", state="initializing", state_since=T0 - 8 * D),
     row("partial 25 h", "oauth support", kind="unknown", state="partial", state_since=T0 - 25 * H),

@@ -202,3 +202,89 @@ async def test_a_new_episode_opens_a_new_case(sessions: Sessions) -> None:
     second = await apply(sessions, "v2", "invalid", T0 + timedelta(hours=2))
     assert first.action == second.action == "opened"
     assert first.case_id != second.case_id
+
+
+# --- stopped on purpose ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("billing", ["cancelled", "deleted"])
+async def test_a_downgraded_stopped_account_gets_no_case(sessions: Sessions, billing: str) -> None:
+    await apply(sessions, "v2", "running", T0, email="ana@acme.com", billing_state="paid")
+    outcome = await apply(
+        sessions, "v2", "stopped", T0 + timedelta(minutes=1), billing_state=billing
+    )
+    assert outcome == Outcome("recorded")
+    async with sessions() as session:
+        assert await cases.get_open_case(session, account_id="acc-1") is None
+        actions = [e.action for e in (await session.exec(select(CaseEvent))).all()]
+    assert actions == ["stopped_on_purpose"]
+    assert await outbox_kinds(sessions) == []
+
+
+async def test_a_stopped_account_still_billed_or_of_unknown_billing_gets_a_case(
+    sessions: Sessions,
+) -> None:
+    paid = await apply(sessions, "v2", "stopped", T0, account_id="paid", billing_state="paid")
+    unknown = await apply(sessions, "v2", "stopped", T0, account_id="unknown")
+    assert (paid.action, unknown.action) == ("opened", "opened")
+
+
+async def test_an_open_stopped_case_is_resolved_when_the_account_was_downgraded(
+    sessions: Sessions,
+) -> None:
+    opened = await apply(sessions, "v2", "stopped", T0, email="ana@acme.com", billing_state="paid")
+    outcome = await apply(
+        sessions, "v2", "stopped", T0 + timedelta(hours=1), billing_state="cancelled"
+    )
+    assert outcome == Outcome("resolved", opened.case_id)
+    async with sessions() as session:
+        case = await cases.get_case(session, case_id=opened.case_id or 0)
+    assert case is not None and case.status == CaseStatus.RESOLVED
+    assert case.resolution is not None and case.resolution.startswith("Stopped on purpose")
+    assert "billing state cancelled" in case.resolution
+
+
+async def test_a_retry_in_progress_keeps_its_case_through_its_own_downgrade(
+    sessions: Sessions,
+) -> None:
+    opened = await apply(sessions, "v2", "stopped", T0, billing_state="paid")
+    async with sessions() as session, session.begin():
+        case = await cases.get_case(session, case_id=opened.case_id or 0)
+        assert case is not None
+        case.busy_with, case.busy_until = "A retry", T0 + timedelta(hours=2)
+        session.add(case)
+    outcome = await apply(
+        sessions, "v2", "stopped", T0 + timedelta(minutes=1), billing_state="cancelled"
+    )
+    assert outcome == Outcome("unchanged", opened.case_id)
+
+
+# --- when an account was (re)connected ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "trigger", "state", "details", "connects"),
+    [
+        ("v2", "account.connected", "partial", {"trigger_state": "initializing"}, True),
+        ("v2", "account.running", "running", {"trigger_state": "running"}, False),
+        ("v2", "poll", "partial", {}, False),
+        ("v3", "grant.created", "valid", {}, True),
+        ("v3", "grant.updated", "valid", {"reauthenticated": True}, True),
+        ("v3", "grant.updated", None, {"reauthenticated": False}, False),
+    ],
+)
+async def test_connection_time_is_kept_from_the_events_that_say_so(
+    sessions: Sessions,
+    version: str,
+    trigger: str,
+    state: str | None,
+    details: dict[str, object],
+    connects: bool,
+) -> None:
+    await apply(sessions, version, "running" if version == "v2" else "valid", T0)
+    at = T0 + timedelta(days=3)
+    await apply(sessions, version, state, at, event_type=trigger, details=details)
+    async with sessions() as session:
+        account = await cases.get_account(session, account_id="acc-1")
+    assert account is not None
+    assert account.connected_at == (at if connects else None)

@@ -196,3 +196,24 @@ async def test_nylas_down_mid_listing_changes_nothing_further(
         resolved = (await session.exec(select(Case).where(col(Case.status) == "resolved"))).all()
     assert resolved == []
     assert len(await open_cases(sessions)) == 30
+
+
+async def test_reconciliation_resolves_a_stopped_case_once_the_account_was_downgraded(
+    sessions: Sessions, nylas_fake: FakeNylas, http: httpx.AsyncClient, clock: FrozenClock
+) -> None:
+    nylas_fake.add_v2_account(id="a-1", email="ana@example.com", sync_state="stopped")
+    nylas_fake.add_v2_account(
+        id="a-2", email="bo@example.com", sync_state="stopped", billing_state="cancelled"
+    )
+    nylas = client_for(nylas_fake, http, "v2")
+    report = await run(sessions, nylas, clock)
+    assert report.opened == 1 and set(await open_cases(sessions)) == {"a-1"}
+
+    nylas_fake.v2_accounts["a-1"]["billing_state"] = "deleted"  # downgraded in the Dashboard
+    clock.advance(minutes=15)
+    assert (await run(sessions, nylas, clock)).resolved == 1
+    assert await open_cases(sessions) == {}
+    async with sessions() as session:
+        (case,) = (await session.exec(select(Case))).all()
+    assert case.resolution is not None and "Stopped on purpose" in case.resolution
+    assert "billing state deleted" in case.resolution

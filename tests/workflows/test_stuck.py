@@ -37,7 +37,19 @@ async def apply(
     account_id: str = "acc-1",
     version: str = "v2",
     email: str | None = None,
+    known_since: datetime | None = None,
 ) -> Outcome:
+    """Apply a poll event; a first one to an account known for a month unless ``known_since``.
+
+    A new account may stay partial for a week, so an account is made old unless a test is
+    about new ones.
+    """
+    async with sessions() as session, session.begin():
+        if await session.get(Account, account_id) is None:
+            seen = known_since or at - timedelta(days=30)
+            session.add(
+                Account(id=account_id, api_version=version, first_seen_at=seen, updated_at=seen)
+            )
     # One mailbox per account id: a second id for one email would be a duplicate case.
     event = AccountEvent(
         account_id=account_id,
@@ -314,3 +326,112 @@ def test_other_cases_keep_their_state_s_next_step() -> None:
     assert states.next_step("reauth", "v2", "invalid") == states.REAUTH_STEP
     assert states.next_step("stopped", "v2", "stopped") == states.V2_STATES["stopped"].next_step
     assert states.next_step("unknown", "v2", None) == states.classify("v2", "unknown").next_step
+
+
+# --- a new account may stay partial for a week -------------------------------------------------
+
+
+async def test_a_new_account_may_stay_partial_for_a_week(sessions: Sessions) -> None:
+    await apply(sessions, "partial", T0, account_id="new", known_since=T0)
+    await apply(sessions, "partial", T0, account_id="old")
+
+    assert await sweep(sessions, T0 + timedelta(hours=25)) == 1
+    assert [c.account_id for c in await all_cases(sessions)] == ["old"]
+    assert await sweep(sessions, T0 + timedelta(days=6, hours=23)) == 0
+    assert await sweep(sessions, T0 + timedelta(days=7, hours=1)) == 1
+
+    new_case = (await all_cases(sessions))[-1]
+    assert (new_case.account_id, new_case.state) == ("new", "partial")
+    async with sessions() as session:
+        (opened,) = await cases.case_events(session, case_id=new_case.id or 0)
+    assert opened.details["limit"] == "1 d"  # no longer new: the day for existing accounts
+
+
+async def test_a_reconnected_account_is_new_again(sessions: Sessions) -> None:
+    await apply(sessions, "running", T0 - timedelta(days=1))
+    connected = AccountEvent(
+        account_id="acc-1",
+        api_version="v2",
+        event_type="account.connected",
+        state="partial",
+        occurred_at=T0,
+        source="webhook",
+        details={"trigger_state": "initializing"},
+    )
+    async with sessions() as session, session.begin():
+        await apply_event(session, connected, now=T0, route=route)
+    assert (await account(sessions)).connected_at == T0
+
+    assert await sweep(sessions, T0 + timedelta(days=2)) == 0
+    assert await sweep(sessions, T0 + timedelta(days=7, minutes=1)) == 1
+
+
+async def test_the_week_comes_from_the_policy(sessions: Sessions) -> None:
+    limits = Stuck(partial_new=timedelta(days=2))
+    await apply(sessions, "partial", T0, known_since=T0)
+
+    assert await sweep(sessions, T0 + timedelta(hours=47), limits) == 0
+    assert await sweep(sessions, T0 + timedelta(hours=49), limits) == 1
+
+
+# --- send-only accounts ------------------------------------------------------------------------
+
+
+async def stuck_initializing(sessions: Sessions, account_id: str = "acc-1") -> Case:
+    await apply(sessions, "initializing", T0, account_id=account_id)
+    assert await sweep(sessions, T0 + timedelta(hours=2)) == 1
+    return (await all_cases(sessions))[-1]
+
+
+async def test_a_send_only_account_is_never_alerted_for_initializing_until_undone(
+    sessions: Sessions,
+) -> None:
+    case = await stuck_initializing(sessions)
+    done = await actions.mark_send_only(
+        sessions, case_id=case.id or 0, actor="slack:U0ALICE", now=T0 + timedelta(hours=3)
+    )
+    assert done.outcome == "done"
+    (case,) = await all_cases(sessions)
+    assert (case.status, case.resolution) == ("resolved", states.SEND_ONLY_RESOLUTION)
+    assert (await account(sessions)).send_only
+
+    # Out of initializing and back: a new stay, still not alerted.
+    await apply(sessions, "running", T0 + timedelta(days=1))
+    await apply(sessions, "initializing", T0 + timedelta(days=2))
+    assert await sweep(sessions, T0 + timedelta(days=30)) == 0
+
+    undone = await actions.undo_send_only(
+        sessions, case_id=case.id or 0, actor="slack:U0ALICE", now=T0 + timedelta(days=30)
+    )
+    assert undone.outcome == "done" and not (await account(sessions)).send_only
+    assert await sweep(sessions, T0 + timedelta(days=30, minutes=5)) == 1
+    again = await actions.undo_send_only(
+        sessions, case_id=case.id or 0, actor="slack:U0ALICE", now=T0 + timedelta(days=31)
+    )
+    assert again.outcome == "already"
+    async with sessions() as session:
+        trail = [e.action for e in await cases.case_events(session, case_id=case.id or 0)]
+    assert trail == ["opened", "marked_send_only", "unmarked_send_only"]
+
+
+async def test_only_a_case_stuck_initializing_can_be_called_send_only(sessions: Sessions) -> None:
+    await apply(sessions, "partial", T0)
+    await sweep(sessions, T0 + timedelta(hours=25))
+    (case,) = await all_cases(sessions)
+
+    result = await actions.mark_send_only(
+        sessions, case_id=case.id or 0, actor="slack:U0ALICE", now=T0 + timedelta(hours=26)
+    )
+
+    assert result.outcome == "refused"
+    assert not (await account(sessions)).send_only
+    assert (await all_cases(sessions))[0].status == "open"
+
+
+async def test_initializing_off_opens_nothing_for_initializing(sessions: Sessions) -> None:
+    limits = Stuck(initializing=None)
+    await apply(sessions, "initializing", T0, account_id="i")
+    await apply(sessions, "partial", T0, account_id="p")
+
+    assert await sweep(sessions, T0 + timedelta(days=30), limits) == 1
+    assert [c.account_id for c in await all_cases(sessions)] == ["p"]

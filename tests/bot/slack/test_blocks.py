@@ -203,3 +203,41 @@ def test_card_shows_how_long_it_is_broken_and_the_v3_resend_deadline() -> None:
     v2_case, v2_account = make()
     v2_note = json.dumps(alert_blocks(v2_case, v2_account))
     assert "Broken since" in v2_note and "resends" not in v2_note
+
+
+def _elements(blocks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["action_id"]: e for b in blocks if b["type"] == "actions" for e in b["elements"]}
+
+
+@pytest.mark.parametrize(
+    ("billing", "asks"), [("paid", False), ("cancelled", True), ("deleted", True)]
+)
+def test_retry_sync_asks_first_when_it_would_restart_billing(billing: str, asks: bool) -> None:
+    case, account = make(kind="stopped", state="stopped", billing_state=billing)
+    blocks = alert_blocks(case, account)
+    validate(blocks)
+    retry = _elements(blocks)[ids.RETRY]
+    assert ("confirm" in retry) is asks
+    if asks:
+        assert f"billing state is {billing}" in retry["confirm"]["text"]["text"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "state", "version", "offered"),
+    [
+        ("stuck", "initializing", "v2", True),
+        ("stuck", "partial", "v2", False),
+        ("reauth", "invalid", "v2", False),
+        ("stuck", "initializing", "v3", False),
+    ],
+)
+def test_expected_send_only_is_offered_only_for_a_stuck_initializing_account(
+    kind: str, state: str, version: str, offered: bool
+) -> None:
+    case, account = make(kind=kind, state=state, api_version=version)
+    blocks = alert_blocks(case, account)
+    validate(blocks)
+    button = _elements(blocks).get(ids.SEND_ONLY)
+    assert (button is not None) is offered
+    if button is not None:
+        assert (button["text"]["text"], button["value"]) == ("Expected (send-only)", "7")

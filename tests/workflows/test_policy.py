@@ -1,0 +1,83 @@
+"""The [stuck] policy: durations, "off" for initializing, and the week for new accounts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from workflows.policy import Stuck, load_policy
+
+
+def stuck(tmp_path: Path, text: str) -> Stuck:
+    path = tmp_path / "policy.toml"
+    path.write_text(f"[stuck]\n{text}\n")
+    return load_policy(path).stuck
+
+
+def test_defaults_follow_nylas() -> None:
+    limits = Stuck()
+    assert (limits.partial, limits.partial_new, limits.downloading, limits.initializing) == (
+        timedelta(hours=24),
+        timedelta(days=7),
+        timedelta(days=7),
+        timedelta(hours=1),
+    )
+
+
+@pytest.mark.parametrize("value", ['"off"', '"OFF"', '" off "'])
+def test_initializing_can_be_turned_off(tmp_path: Path, value: str) -> None:
+    limits = stuck(tmp_path, f"initializing = {value}")
+    assert limits.initializing is None
+    assert limits.limit_for("initializing") is None
+    assert limits.limit_for("partial") == timedelta(hours=24)  # the others keep theirs
+
+
+def test_partial_new_is_a_duration(tmp_path: Path) -> None:
+    limits = stuck(tmp_path, 'partial = "12h"\npartial_new = "3d"')
+    assert limits.limit_for("partial") == timedelta(hours=12)
+    assert limits.limit_for("partial", new=True) == timedelta(days=3)
+    assert limits.limit_for("downloading", new=True) == timedelta(days=7)
+
+
+def test_a_new_account_never_gets_less_than_an_old_one(tmp_path: Path) -> None:
+    limits = stuck(tmp_path, 'partial = "2d"\npartial_new = "1d"')
+    assert limits.limit_for("partial", new=True) == timedelta(days=2)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            'initializing = "never"',
+            """stuck.initializing: 'never' is not a duration like 30s, 15m, 2h or 1d, nor "off\"""",
+        ),
+        (
+            "initializing = 5",
+            """stuck.initializing: 5 is not a duration like 30s, 15m, 2h or 1d, nor "off\"""",
+        ),
+        ('initializing = "0s"', "stuck.initializing: must be longer than 0s"),
+        (
+            'partial = "off"',
+            "stuck.partial: 'off' is not a duration like 30s, 15m, 2h or 1d "
+            '(only initializing can be "off")',
+        ),
+        (
+            'partial_new = "off"',
+            "stuck.partial_new: 'off' is not a duration like 30s, 15m, 2h or 1d "
+            '(only initializing can be "off")',
+        ),
+        (
+            'downloading = "off"',
+            "stuck.downloading: 'off' is not a duration like 30s, 15m, 2h or 1d "
+            '(only initializing can be "off")',
+        ),
+        ('partial_new = "a week"', "stuck.partial_new: 'a week' is not a duration like 30s"),
+        ('partial_new = "0d"', "stuck.partial_new: must be longer than 0s"),
+    ],
+)
+def test_bad_values_are_named(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        stuck(tmp_path, text)
+    assert f"policy.toml: {error}" in str(caught.value)
