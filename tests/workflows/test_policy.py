@@ -1,4 +1,5 @@
-"""The [stuck] policy: durations, "off" for initializing, and the week for new accounts."""
+"""The policy file: [stuck] durations, "off" for initializing, the week for new accounts, and
+the [storms] bars."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows.policy import Stuck, load_policy
+from workflows.policy import Storms, Stuck, load_policy
 
 
 def stuck(tmp_path: Path, text: str) -> Stuck:
@@ -80,4 +81,36 @@ def test_a_new_account_never_gets_less_than_an_old_one(tmp_path: Path) -> None:
 def test_bad_values_are_named(tmp_path: Path, text: str, error: str) -> None:
     with pytest.raises(ValueError) as caught:
         stuck(tmp_path, text)
+    assert f"policy.toml: {error}" in str(caught.value)
+
+
+def storms(tmp_path: Path, text: str) -> Storms:
+    path = tmp_path / "policy.toml"
+    path.write_text(f"[storms]\n{text}\n")
+    return load_policy(path).storms
+
+
+def test_storm_bars_default_to_a_high_one_for_integrations(tmp_path: Path) -> None:
+    defaults = storms(tmp_path, "")
+    assert (defaults.threshold, defaults.window) == (5, timedelta(minutes=10))
+    assert (defaults.provider_threshold, defaults.provider_domains) == (50, 10)
+    assert defaults.max_age == timedelta(hours=6)
+    chosen = storms(tmp_path, 'provider_threshold = 400\nprovider_domains = 40\nmax_age = "2h"')
+    assert (chosen.provider_threshold, chosen.provider_domains) == (400, 40)
+    assert chosen.max_age == timedelta(hours=2)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("provider_domains = 60", "storms: provider_domains cannot exceed provider_threshold"),
+        ("provider_threshold = 1", "storms.provider_threshold: Input should be greater than"),
+        ('max_age = "0s"', "storms.max_age: must be longer than 0s"),
+        ('max_age = "forever"', "storms.max_age: 'forever' is not a duration"),
+        ("provider_bar = 3", "storms.provider_bar: is not a known setting"),
+    ],
+)
+def test_bad_storm_values_are_named(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        storms(tmp_path, text)
     assert f"policy.toml: {error}" in str(caught.value)
