@@ -46,9 +46,11 @@ class Runtime:
     )
     # The keys Nylas signs webhooks with, read once: every delivery needs them.
     webhook_secrets: dict[str, str] = field(init=False)
+    webhook_versions: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.webhook_secrets = self.settings.webhook_secrets()
+        self.webhook_versions = self.settings.webhook_versions()
 
     def wake_senders(self) -> None:
         """Tell the Slack and PagerDuty drains that the outbox has new rows."""

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     nylas_client_secret: SecretStr | None = None
     nylas_webhook_secret: SecretStr | None = None
     nylas_redirect_uri: str | None = None
+    # v3 mode only: also take v2 deliveries (signed with the client secret) while migrating.
+    nylas_accept_v2_webhooks: bool = False
 
     database_url: str = "sqlite+aiosqlite:///./reauthbot.db"
     host: str = "0.0.0.0"
@@ -174,6 +176,16 @@ class Settings(BaseSettings):
         """The keys Nylas signs webhooks with: the v3 webhook secret, the v2 client secret."""
         found = {"v3": self.nylas_webhook_secret, "v2": self.nylas_client_secret}
         return {v: s.get_secret_value() for v, s in found.items() if s is not None}
+
+    def webhook_versions(self) -> frozenset[str]:
+        """The API versions whose webhook deliveries are stored and acted on.
+
+        A v2 delivery is signed with the client secret, which a v3 deployment holds for other
+        reasons (re-auth links); in v3 mode it is taken only when a migration asks for it.
+        """
+        if self.nylas_api_version == "v2" or self.nylas_accept_v2_webhooks:
+            return frozenset({"v2", "v3"})
+        return frozenset({"v3"})
 
     def secrets(self) -> list[str]:
         """Return every secret value, so logs can be scrubbed of them."""

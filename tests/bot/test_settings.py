@@ -30,6 +30,15 @@ def test_v2_default_url_and_plain_database_urls_get_async_drivers() -> None:
     assert "pw" in settings.secrets()
 
 
+def test_v2_webhooks_are_taken_by_a_v2_service_or_when_a_migration_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(**CLEAN).webhook_versions() == {"v3"}
+    assert load_settings(**CLEAN, nylas_api_version="v2").webhook_versions() == {"v2", "v3"}
+    monkeypatch.setenv("NYLAS_ACCEPT_V2_WEBHOOKS", "true")
+    assert load_settings(**CLEAN).webhook_versions() == {"v2", "v3"}
+
+
 @pytest.mark.parametrize(
     ("values", "variable", "hint"),
     [
