@@ -416,7 +416,7 @@ async def _reconcile(runtime: Runtime) -> None:
         route=runtime.route,
         storms=runtime.settings.policy.storms,
     )
-    for outcome in ("seen", "new", "changed", "missing"):
+    for outcome in ("seen", "new", "changed", "missing", "skipped"):
         runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
     runtime.wake_senders()
 

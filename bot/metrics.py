@@ -60,7 +60,8 @@ class Metrics:
         )
         self.reconciled_accounts = Counter(
             "reauthbot_reconciled_accounts",
-            "Accounts compared by reconciliation, by outcome (seen, new, changed, missing)",
+            "Accounts compared by reconciliation, by outcome "
+            "(seen, new, changed, missing, skipped)",
             ["outcome"],
             registry=self.registry,
         )
