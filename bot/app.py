@@ -249,6 +249,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         if settings.local_mode:
             log.warning(LOCAL_MODE_BANNER)
         sessions = runtime.db()
+        stop = asyncio.Event()
         notifier = Notifier(
             sessions,
             sink or LogSink(),
@@ -256,6 +257,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             metrics=runtime.metrics,
             readers=runtime.reader(),
             not_channel=PAGER_CHANNEL,
+            stopping=stop.is_set,
         )
         assert runtime.engine is not None
         inbox_writer = InboxWriter(runtime.engine, clock=runtime.clock)
@@ -296,9 +298,9 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
                 metrics=runtime.metrics,
                 readers=runtime.reader(),
                 channel=PAGER_CHANNEL,
+                stopping=stop.is_set,
             )
             runtime.page = Worker("pager", paging.drain_once)
-        stop = asyncio.Event()
         workers = [w for w in (runtime.ingest, runtime.notify, runtime.page) if w is not None]
         tasks = [asyncio.create_task(worker.run(stop), name=worker.name) for worker in workers]
         tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
