@@ -105,7 +105,8 @@ def create_app(
     runtime = Runtime(settings=settings, clock=clock or system_clock, metrics=Metrics())
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[routes.count_requests])
     app[RUNTIME] = runtime
-    routes.register(app)
+    listen = settings.metrics_listen
+    routes.register(app, operational=listen is None)
     webhook.register(app)
     bolt = None
     if slack_client is not None or not settings.local_mode:
@@ -120,6 +121,13 @@ def create_app(
     app.cleanup_ctx.append(_workers(runtime, sink, scheduled_jobs))
     if bolt is not None and settings.socket_mode:
         app.cleanup_ctx.append(_socket_mode(settings, bolt))
+    if listen is not None:
+
+        def bound(host: str, port: int) -> None:
+            runtime.metrics_address = (host, port)
+
+        # Last in, first out: it stops answering before the workers and the database stop.
+        app.cleanup_ctx.append(routes.metrics_listener(*listen, bound))
     return app
 
 

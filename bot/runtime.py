@@ -39,6 +39,8 @@ class Runtime:
     inbox_writer: InboxWriter | None = None
     scheduler: AsyncIOScheduler | None = None  # the periodic jobs, started or not
     migrated: bool = False
+    # Where /metrics and /readyz are served apart from the public port, once listening.
+    metrics_address: tuple[str, int] | None = None
     notes: list[str] = field(default_factory=list)
     # Names this process among replicas (leases, logs): host, pid and a random suffix.
     instance: str = field(

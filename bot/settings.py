@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=3000, ge=1, le=65535)
 
+    # host:port of a listener of its own for /metrics and /readyz; unset: the public port.
+    metrics_addr: str | None = Field(default=None, validation_alias="REAUTHBOT_METRICS_ADDR")
+
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_api_url: str = "https://events.pagerduty.com"
 
@@ -101,6 +104,13 @@ class Settings(BaseSettings):
             if not match:
                 raise ValueError(f"{value!r} is not a time of day like 09:00 (UTC)")
             return time(int(match.group(1)), int(match.group(2)))
+        return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_address(value)
         return value
 
     @field_validator("nylas_api_version", mode="before")
@@ -156,6 +166,11 @@ class Settings(BaseSettings):
     @property
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None
+
+    @property
+    def metrics_listen(self) -> tuple[str, int] | None:
+        """The (host, port) of the metrics listener, or None to serve them on the public port."""
+        return None if self.metrics_addr is None else _split_address(self.metrics_addr)
 
     @property
     def nylas_base_url(self) -> str:
@@ -238,6 +253,14 @@ class Settings(BaseSettings):
         ):
             if value is None:
                 raise ConfigError(name, "is required for the Nylas v2 API (NYLAS_API_VERSION=v2)")
+
+
+def _split_address(value: str) -> tuple[str, int]:
+    host, colon, port = value.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:9100
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not an address like 127.0.0.1:9100")
+    return host, int(port)
 
 
 def _env_name(settings_cls: type[Settings], field: str) -> str:
