@@ -110,7 +110,8 @@ def create_app(
     app[RUNTIME] = runtime
     app[READ_TIMEOUT] = read_timeout
     quiet_client_faults()
-    routes.register(app)
+    listen = settings.metrics_listen
+    routes.register(app, operational=listen is None)
     webhook.register(app)
     bolt = None
     if slack_client is not None or not settings.local_mode:
@@ -127,6 +128,13 @@ def create_app(
     app.cleanup_ctx.append(_workers(runtime, sink, scheduled_jobs))
     if bolt is not None and settings.socket_mode:
         app.cleanup_ctx.append(_socket_mode(settings, bolt))
+    if listen is not None:
+
+        def bound(host: str, port: int) -> None:
+            runtime.metrics_address = (host, port)
+
+        # Last in, first out: it stops answering before the workers and the database stop.
+        app.cleanup_ctx.append(routes.metrics_listener(*listen, bound))
     return app
 
 
@@ -256,6 +264,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         if settings.local_mode:
             log.warning(LOCAL_MODE_BANNER)
         sessions = runtime.db()
+        stop = asyncio.Event()
         notifier = Notifier(
             sessions,
             sink or LogSink(),
@@ -263,6 +272,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             metrics=runtime.metrics,
             readers=runtime.reader(),
             not_channel=PAGER_CHANNEL,
+            stopping=stop.is_set,
         )
         assert runtime.engine is not None
         inbox_writer = InboxWriter(runtime.engine, clock=runtime.clock)
@@ -303,9 +313,9 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
                 metrics=runtime.metrics,
                 readers=runtime.reader(),
                 channel=PAGER_CHANNEL,
+                stopping=stop.is_set,
             )
             runtime.page = Worker("pager", paging.drain_once)
-        stop = asyncio.Event()
         workers = [w for w in (runtime.ingest, runtime.notify, runtime.page) if w is not None]
         tasks = [asyncio.create_task(worker.run(stop), name=worker.name) for worker in workers]
         tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
@@ -423,7 +433,7 @@ async def _reconcile(runtime: Runtime) -> None:
         route=runtime.route,
         storms=runtime.settings.policy.storms,
     )
-    for outcome in ("seen", "new", "changed", "missing"):
+    for outcome in ("seen", "new", "changed", "missing", "skipped"):
         runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
     runtime.wake_senders()
 

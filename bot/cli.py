@@ -233,6 +233,11 @@ async def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
     if secret is None:
         variable = "NYLAS_WEBHOOK_SECRET" if version == "v3" else "NYLAS_CLIENT_SECRET"
         raise ConfigError(variable, f"is needed to sign a sample {version} delivery")
+    if version not in settings.webhook_versions():
+        raise ConfigError(
+            "NYLAS_ACCEPT_V2_WEBHOOKS",
+            "is false, so the service refuses v2 deliveries in v3 mode; set it to true to send one",
+        )
     account = args.account or f"sample-{uuid.uuid4().hex[:12]}"
     if version == "v3":
         payload = samples.v3_notification(

@@ -42,15 +42,27 @@ class Metrics:
         )
         self.inbox_rows = Gauge(
             "reauthbot_inbox_rows",
-            "Webhook inbox rows by status",
+            "Webhook inbox rows pending or failed, by status (counted up to 10,000)",
             ["status"],
             registry=self.registry,
         )
         self.outbox_rows = Gauge(
-            "reauthbot_outbox_rows", "Outbox rows by status", ["status"], registry=self.registry
+            "reauthbot_outbox_rows",
+            "Outbox rows pending or failed, by status (counted up to 10,000)",
+            ["status"],
+            registry=self.registry,
         )
         self.open_cases = Gauge(
-            "reauthbot_open_cases", "Open cases by kind", ["kind"], registry=self.registry
+            "reauthbot_open_cases",
+            "Open cases by kind (counted up to 10,000)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.table_rows = Gauge(
+            "reauthbot_table_rows_estimate",
+            "Estimated rows of the inbox, outbox and cases tables",
+            ["table"],
+            registry=self.registry,
         )
         self.webhook_deliveries = Counter(
             "reauthbot_webhook_deliveries",
@@ -60,7 +72,8 @@ class Metrics:
         )
         self.reconciled_accounts = Counter(
             "reauthbot_reconciled_accounts",
-            "Accounts compared by reconciliation, by outcome (seen, new, changed, missing)",
+            "Accounts compared by reconciliation, by outcome "
+            "(seen, new, changed, missing, skipped)",
             ["outcome"],
             registry=self.registry,
         )
@@ -83,8 +96,13 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def set_depths(self, depths: dict[str, dict[str, int]], open_cases: dict[str, int]) -> None:
-        """Replace the queue and case gauges with fresh counts."""
+    def set_depths(
+        self,
+        depths: dict[str, dict[str, int]],
+        open_cases: dict[str, int],
+        table_sizes: dict[str, int],
+    ) -> None:
+        """Replace the queue, case and table-size gauges with fresh counts."""
         pairs = ((self.inbox_rows, depths["inbox"]), (self.outbox_rows, depths["outbox"]))
         for gauge, counts in pairs:
             gauge.clear()
@@ -93,6 +111,9 @@ class Metrics:
         self.open_cases.clear()
         for kind, count in open_cases.items():
             self.open_cases.labels(kind=kind).set(count)
+        self.table_rows.clear()
+        for table, rows in table_sizes.items():
+            self.table_rows.labels(table=table).set(rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,12 +3,16 @@
 Each message is leased before it is sent and marked sent afterwards, so a crash between the two
 leaves it to be retried when the lease runs out rather than lost. Temporary sink errors are
 retried with backoff; permanent ones are recorded on the case and counted, and never retried.
+On shutdown the notifier stops between two messages and hands back the leases of the rest of
+its batch, so another replica (or the next start) sends them at once instead of after the
+lease: a batch of posts paced at one a second would otherwise hold the shutdown for a minute.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -144,8 +148,10 @@ class Notifier:
         readers: async_sessionmaker[AsyncSession] | None = None,
         channel: str | None = None,
         not_channel: str | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._sessions = sessions
+        self._stopping = stopping
         self._channel = channel
         self._not_channel = not_channel
         self._readers = readers or sessions
@@ -185,7 +191,10 @@ class Notifier:
             await outbox.mark_superseded(
                 session, message_ids=redundant, owner=self._owner, now=self._clock()
             )
-        for message in claimed:
+        for index, message in enumerate(claimed):
+            if self._stopping():
+                await self._release(claimed[index:], redundant)
+                break
             if message.id in redundant:
                 self._metrics.notifier_messages.labels(
                     sink=self._sink.name, kind=message.kind, outcome="coalesced"
@@ -193,6 +202,12 @@ class Notifier:
                 continue
             await self._deliver(message)
         return len(claimed)
+
+    async def _release(self, rest: list[OutboxMessage], redundant: list[int]) -> None:
+        ids = [m.id for m in rest if m.id is not None and m.id not in redundant]
+        async with self._sessions() as session, session.begin():
+            released = await outbox.release(session, message_ids=ids, owner=self._owner)
+        log.info("stopping: %d leased messages handed back unsent", released)
 
     async def _deliver(self, message: OutboxMessage) -> None:
         assert message.id is not None

@@ -1,9 +1,14 @@
-"""Operational HTTP routes: liveness, readiness and Prometheus metrics."""
+"""Operational HTTP routes: liveness, readiness and Prometheus metrics.
+
+They are served on the public port, or, when REAUTHBOT_METRICS_ADDR names an address, by a
+listener of their own there (``metrics_listener``), and the public port keeps only /healthz.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -51,9 +56,12 @@ async def metrics(request: web.Request) -> web.Response:
             async with asyncio.timeout(DB_CHECK_TIMEOUT), runtime.readers() as session:
                 depths = await maintenance.queue_depths(session)
                 open_cases = await maintenance.open_cases_by_kind(session)
-            runtime.metrics.set_depths(depths, open_cases)
+                sizes = await maintenance.table_sizes(session)
+            runtime.metrics.set_depths(depths, open_cases, sizes)
             runtime.metrics.database_up.set(1)
-        except Exception:
+        except Exception as exc:
+            log.warning("metrics cannot read the database: %s", type(exc).__name__)
+            log.debug("metrics query failed", exc_info=True)
             runtime.metrics.database_up.set(0)
     headers = {"Content-Type": CONTENT_TYPE_LATEST}
     return web.Response(body=runtime.metrics.render(), headers=headers)
@@ -87,7 +95,35 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         metrics.child(metrics.http_requests, name, str(status)).inc()
 
 
-def register(app: web.Application) -> None:
+def register(app: web.Application, *, operational: bool = True) -> None:
+    """Add /healthz, and /readyz and /metrics unless a listener of their own serves them."""
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    if operational:
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics)
+
+
+def metrics_listener(
+    host: str, port: int, bound: Callable[[str, int], None]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Serve /metrics, /readyz and /healthz on ``host:port``, apart from the public port.
+
+    ``bound`` is told the address actually listened on (port 0 picks a free one).
+    """
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        operational = web.Application(middlewares=[count_requests])
+        operational[RUNTIME] = app[RUNTIME]
+        register(operational)
+        runner = web.AppRunner(operational, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            address = runner.addresses[0]
+            bound(str(address[0]), int(address[1]))
+            log.info("metrics listening", extra={"url": f"http://{host}:{address[1]}"})
+            yield
+        finally:
+            await runner.cleanup()
+
+    return ctx

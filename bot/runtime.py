@@ -39,6 +39,8 @@ class Runtime:
     inbox_writer: InboxWriter | None = None
     scheduler: AsyncIOScheduler | None = None  # the periodic jobs, started or not
     migrated: bool = False
+    # Where /metrics and /readyz are served apart from the public port, once listening.
+    metrics_address: tuple[str, int] | None = None
     notes: list[str] = field(default_factory=list)
     # Names this process among replicas (leases, logs): host, pid and a random suffix.
     instance: str = field(
@@ -46,9 +48,11 @@ class Runtime:
     )
     # The keys Nylas signs webhooks with, read once: every delivery needs them.
     webhook_secrets: dict[str, str] = field(init=False)
+    webhook_versions: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.webhook_secrets = self.settings.webhook_secrets()
+        self.webhook_versions = self.settings.webhook_versions()
 
     def wake_senders(self) -> None:
         """Tell the Slack and PagerDuty drains that the outbox has new rows."""

@@ -54,10 +54,15 @@ class Settings(BaseSettings):
     nylas_client_secret: SecretStr | None = None
     nylas_webhook_secret: SecretStr | None = None
     nylas_redirect_uri: str | None = None
+    # v3 mode only: also take v2 deliveries (signed with the client secret) while migrating.
+    nylas_accept_v2_webhooks: bool = False
 
     database_url: str = "sqlite+aiosqlite:///./reauthbot.db"
     host: str = "0.0.0.0"
     port: int = Field(default=3000, ge=1, le=65535)
+
+    # host:port of a listener of its own for /metrics and /readyz; unset: the public port.
+    metrics_addr: str | None = Field(default=None, validation_alias="REAUTHBOT_METRICS_ADDR")
 
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_api_url: str = "https://events.pagerduty.com"
@@ -99,6 +104,13 @@ class Settings(BaseSettings):
             if not match:
                 raise ValueError(f"{value!r} is not a time of day like 09:00 (UTC)")
             return time(int(match.group(1)), int(match.group(2)))
+        return value
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_address(value)
         return value
 
     @field_validator("nylas_api_version", mode="before")
@@ -156,6 +168,11 @@ class Settings(BaseSettings):
         return self.slack_app_token is not None
 
     @property
+    def metrics_listen(self) -> tuple[str, int] | None:
+        """The (host, port) of the metrics listener, or None to serve them on the public port."""
+        return None if self.metrics_addr is None else _split_address(self.metrics_addr)
+
+    @property
     def nylas_base_url(self) -> str:
         return (self.nylas_api_url or NYLAS_DEFAULT_URLS[self.nylas_api_version]).rstrip("/")
 
@@ -174,6 +191,16 @@ class Settings(BaseSettings):
         """The keys Nylas signs webhooks with: the v3 webhook secret, the v2 client secret."""
         found = {"v3": self.nylas_webhook_secret, "v2": self.nylas_client_secret}
         return {v: s.get_secret_value() for v, s in found.items() if s is not None}
+
+    def webhook_versions(self) -> frozenset[str]:
+        """The API versions whose webhook deliveries are stored and acted on.
+
+        A v2 delivery is signed with the client secret, which a v3 deployment holds for other
+        reasons (re-auth links); in v3 mode it is taken only when a migration asks for it.
+        """
+        if self.nylas_api_version == "v2" or self.nylas_accept_v2_webhooks:
+            return frozenset({"v2", "v3"})
+        return frozenset({"v3"})
 
     def secrets(self) -> list[str]:
         """Return every secret value, so logs can be scrubbed of them."""
@@ -226,6 +253,14 @@ class Settings(BaseSettings):
         ):
             if value is None:
                 raise ConfigError(name, "is required for the Nylas v2 API (NYLAS_API_VERSION=v2)")
+
+
+def _split_address(value: str) -> tuple[str, int]:
+    host, colon, port = value.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:9100
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not an address like 127.0.0.1:9100")
+    return host, int(port)
 
 
 def _env_name(settings_cls: type[Settings], field: str) -> str:

@@ -55,7 +55,7 @@ async def receive(request: web.Request) -> web.Response:
         count("too_large" if exc.status == 413 else "unreadable")
         return _error(exc.status, str(exc))
     try:
-        entries = _verified_entries(request, raw, runtime.webhook_secrets)
+        entries = _verified_entries(request, raw, runtime.webhook_secrets, runtime.webhook_versions)
     except webhooks.WebhookError as exc:
         count(type(exc).__name__)
         log.warning("webhook rejected: %s", exc, extra={"status": exc.status})
@@ -84,7 +84,7 @@ def _accepted(stored: int, duplicates: int) -> str:
 
 
 def _verified_entries(
-    request: web.Request, raw: bytes, secrets: dict[str, str]
+    request: web.Request, raw: bytes, secrets: dict[str, str], accepted: frozenset[str]
 ) -> list[webhooks.InboxEntry]:
     gzipped = request.headers.get("Content-Encoding", "").strip().lower() == "gzip"
     signature = request.headers.get("X-Nylas-Signature")
@@ -98,6 +98,7 @@ def _verified_entries(
             raise
         body = webhooks.decompress(raw)
         version = webhooks.verify(body, signature, secrets)
+    webhooks.check_accepted(version, accepted)
     return webhooks.split(version, body)
 
 

@@ -191,6 +191,30 @@ async def retry_later(
     )
 
 
+async def release(session: AsyncSession, *, message_ids: Sequence[int], owner: str) -> int:
+    """Hand back leased messages that were not attempted, due again at once; return how many.
+
+    The claim counted an attempt that did not happen: it is taken back, so the next sender
+    does not look for an earlier copy of a message that was never sent.
+    """
+    if not message_ids:
+        return 0
+    result = await session.exec(
+        update(OutboxMessage)
+        .where(
+            col(OutboxMessage.id).in_(message_ids),
+            col(OutboxMessage.lease_owner) == owner,
+            col(OutboxMessage.status) == OutboxStatus.PENDING,
+        )
+        .values(
+            lease_owner=None,
+            lease_until=None,
+            attempts=col(OutboxMessage.attempts) - 1,
+        )
+    )
+    return result.rowcount
+
+
 async def mark_failed(session: AsyncSession, *, message_id: int, owner: str, error: str) -> bool:
     """Give up on a message that can never be delivered (a permanent error)."""
     return await _finish(

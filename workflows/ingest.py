@@ -22,7 +22,7 @@ from storage import inbox
 from storage.models import InboxDelivery
 from workflows.clock import Clock
 from workflows.events import AccountEvent
-from workflows.lifecycle import Router, apply_event
+from workflows.lifecycle import Router, apply_event, record_not_applied
 from workflows.nylas import (
     NylasClient,
     NylasError,
@@ -42,6 +42,12 @@ WAIT_FOR_NYLAS = timedelta(hours=24)
 NYLAS_AWAY = (NylasUnavailable, NylasRateLimited)
 # v2 account lookups in flight at once (Nylas allows 500 requests/s per application).
 ENRICH_CONCURRENCY = 8
+# Why a v2 delivery is kept in the audit log only when there is no v2 client to re-read the
+# account with (v3 mode with NYLAS_ACCEPT_V2_WEBHOOKS, or v2 credentials missing).
+NOT_REREAD = (
+    "a v2 delivery is applied only after re-reading the account from the Nylas v2 API, "
+    "and no v2 API client is configured"
+)
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -54,12 +60,14 @@ async def enrich(event: AccountEvent, nylas: NylasClient | None) -> AccountEvent
 
     v2 webhooks carry only the account id, and the state they announce may already be stale;
     the account as Nylas reports it now is what counts. Raises NylasError when Nylas cannot
-    say (the delivery is then retried), except 404: the account is gone.
+    say (the delivery is then retried), except 404: the account is gone. Without a v2 client
+    the event comes back marked ``reread: False``, to be recorded and not applied: a signed
+    delivery alone must not change an account.
     """
     if event.api_version != "v2":
         return event
     if nylas is None or nylas.api_version != "v2":
-        return dataclasses.replace(event, details={**event.details, "enriched": False})
+        return dataclasses.replace(event, details={**event.details, "reread": False})
     try:
         remote = await nylas.get_account(event.account_id)
     except NylasNotFound:
@@ -118,6 +126,9 @@ class _Batch:
         assert delivery.id is not None
         if not await inbox.claim_delivery(session, delivery_id=delivery.id, now=now):
             return 0  # another worker took it
+        if event.details.get("reread") is False:
+            await record_not_applied(session, event, now=now, reason=NOT_REREAD)
+            return 1
         await apply_event(session, event, now=now, route=self.route, storms=self.storms)
         return 1
 

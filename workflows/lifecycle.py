@@ -2,7 +2,9 @@
 
 ``apply_event`` runs inside the caller's transaction and writes everything the event causes
 (account snapshot, case, audit events, outbox rows) so that all of it commits or none does.
-An event older than the state the snapshot holds is recorded in the audit log, not applied.
+An event older than the state the snapshot holds is recorded in the audit log, not applied;
+so is an event of the other API version than the account's (v2 account ids and v3 grant ids
+are separate spaces: a v2 delivery never changes a v3 grant, nor a v3 one a v2 account).
 
 A v2 account that is stopped and no longer billed (``cancelled`` or ``deleted``) was stopped
 on purpose: it gets no case, and an open case of it is resolved as such. An event saying the
@@ -27,7 +29,14 @@ from workflows.opening import Outcome, Router, open_case_for
 from workflows.policy import Storms
 from workflows.states import Health, classify
 
-__all__ = ["Outcome", "Router", "actor_of", "apply_event", "open_case_for"]
+__all__ = [
+    "Outcome",
+    "Router",
+    "actor_of",
+    "apply_event",
+    "open_case_for",
+    "record_not_applied",
+]
 
 log = logging.getLogger("reauthbot.lifecycle")
 
@@ -48,6 +57,43 @@ def actor_of(event: AccountEvent) -> str:
     return "nylas" if event.source == "webhook" else event.source
 
 
+def _audit(event: AccountEvent) -> dict[str, object]:
+    return {
+        "event": event.event_type,
+        "state": event.state,
+        "source": event.source,
+        "occurred_at": event.occurred_at.isoformat(),
+        **event.details,
+    }
+
+
+async def record_not_applied(
+    session: AsyncSession,
+    event: AccountEvent,
+    *,
+    now: datetime,
+    reason: str,
+    case_id: int | None = None,
+) -> Outcome:
+    """Record in the audit log (and the log) an event that is deliberately left unapplied."""
+    log.warning(
+        "%s event not applied: %s",
+        event.api_version,
+        reason,
+        extra={"account": event.account_id[:64], "event": event.event_type},
+    )
+    await cases.record_event(
+        session,
+        actor=actor_of(event),
+        action="event_not_applied",
+        at=now,
+        case_id=case_id,
+        account_id=event.account_id,
+        details={**_audit(event), "api_version": event.api_version, "reason": reason},
+    )
+    return Outcome("not_applied", case_id)
+
+
 async def apply_event(
     session: AsyncSession,
     event: AccountEvent,
@@ -66,13 +112,13 @@ async def apply_event(
     else:
         open_case = await cases.get_open_case(session, account_id=event.account_id)
     case_id = open_case.id if open_case else None
-    audit = {
-        "event": event.event_type,
-        "state": event.state,
-        "source": event.source,
-        "occurred_at": event.occurred_at.isoformat(),
-        **event.details,
-    }
+    if account.api_version != event.api_version:
+        reason = (
+            f"account {account.id} is a {account.api_version} account; "
+            f"a {event.api_version} event never changes it"
+        )
+        return await record_not_applied(session, event, now=now, reason=reason, case_id=case_id)
+    audit = _audit(event)
 
     if account.state_at is not None and event.occurred_at < account.state_at:
         await cases.record_event(

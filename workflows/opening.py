@@ -23,7 +23,8 @@ Router = Callable[[str | None], str]
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    action: str  # "opened", "updated", "resolved", "stale", "recorded", "unchanged"
+    # "opened", "updated", "resolved", "stale", "recorded", "unchanged", "not_applied"
+    action: str
     case_id: int | None = None
 
 

@@ -4,6 +4,8 @@ apply the differences through the same lifecycle as webhooks, so a missed webhoo
 Accounts are read a page at a time; only the page in hand and the set of ids seen (needed to
 notice accounts that disappeared) are held in memory. Accounts missing from a *complete*
 listing are treated as deleted, unless so many are missing that the listing itself is suspect.
+A row Nylas lists but reauthbot cannot read or store (a 409-character email, a NUL) is skipped,
+logged and counted; its id still counts as seen, so the account is not taken for deleted.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from workflows import duplicates
 from workflows.clock import Clock
 from workflows.events import AccountEvent
 from workflows.lifecycle import Router, apply_event
-from workflows.nylas import NylasClient, RemoteAccount
+from workflows.nylas import NylasClient, RemoteAccount, SkippedAccount
 from workflows.policy import Storms
 from workflows.states import Health, classify
 
@@ -40,6 +42,7 @@ class ReconcileReport:
     new: int = 0
     changed: int = 0
     missing: int = 0
+    skipped: int = 0  # rows of the listing that could not be read or stored
     opened: int = 0
     resolved: int = 0
     complete: bool = False
@@ -50,6 +53,8 @@ class ReconcileReport:
             f"{self.seen} accounts checked: {self.new} new, {self.changed} changed, "
             f"{self.missing} gone; {self.opened} cases opened, {self.resolved} resolved"
         )
+        if self.skipped:
+            text += f"; {self.skipped} unusable rows skipped"
         if self.skipped_missing:
             text += " (missing accounts not applied: the listing looked incomplete)"
         return text
@@ -72,7 +77,13 @@ async def reconcile(
     report = ReconcileReport()
     seen: set[str] = set()
     page: list[RemoteAccount] = []
-    async for remote in nylas.iter_accounts():
+
+    def skip(bad: SkippedAccount) -> None:
+        report.skipped += 1
+        if bad.id is not None:
+            seen.add(bad.id)
+
+    async for remote in nylas.iter_accounts(skipped=skip):
         page.append(remote)
         if len(page) >= page_size:
             await _apply_page(sessions, page, report, seen, clock=clock, route=route, storms=storms)

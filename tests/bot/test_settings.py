@@ -30,6 +30,24 @@ def test_v2_default_url_and_plain_database_urls_get_async_drivers() -> None:
     assert "pw" in settings.secrets()
 
 
+def test_v2_webhooks_are_taken_by_a_v2_service_or_when_a_migration_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(**CLEAN).webhook_versions() == {"v3"}
+    assert load_settings(**CLEAN, nylas_api_version="v2").webhook_versions() == {"v2", "v3"}
+    monkeypatch.setenv("NYLAS_ACCEPT_V2_WEBHOOKS", "true")
+    assert load_settings(**CLEAN).webhook_versions() == {"v2", "v3"}
+
+
+def test_metrics_address() -> None:
+    assert load_settings(**CLEAN).metrics_listen is None
+    assert load_settings(**CLEAN, metrics_addr="127.0.0.1:9100").metrics_listen == (
+        "127.0.0.1",
+        9100,
+    )
+    assert load_settings(**CLEAN, metrics_addr="[::1]:0").metrics_listen == ("::1", 0)
+
+
 @pytest.mark.parametrize(
     ("values", "variable", "hint"),
     [
@@ -44,6 +62,8 @@ def test_v2_default_url_and_plain_database_urls_get_async_drivers() -> None:
         ({"slack_alert_channel": "#alerts"}, "SLACK_ALERT_CHANNEL", "not a channel id"),
         ({"slack_api_url": "slack.com/api"}, "SLACK_API_URL", "http(s) URL"),
         ({"log_format": "xml"}, "REAUTHBOT_LOG_FORMAT", "'plain' or 'json'"),
+        ({"metrics_addr": "9100"}, "REAUTHBOT_METRICS_ADDR", "like 127.0.0.1:9100"),
+        ({"metrics_addr": "host:99999"}, "REAUTHBOT_METRICS_ADDR", "like 127.0.0.1:9100"),
     ],
 )
 def test_bad_values_name_their_variable(

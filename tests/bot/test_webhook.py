@@ -20,13 +20,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.settings import load_settings
 from storage import cases
 from storage.engine import create_engine
-from storage.models import Case, InboxDelivery
+from storage.models import Case, CaseEvent, InboxDelivery
 from tests.appclient import start_app
 from tests.conftest import NYLAS_API_KEY, NYLAS_CLIENT_ID, NYLAS_CLIENT_SECRET, WEBHOOK_SECRET
 from tests.fakes.nylas import FakeNylas
 from tests.waiting import eventually
 from workflows.nylas import NylasClient, samples
-from workflows.nylas.webhooks import sign
+from workflows.nylas.webhooks import MAX_DELTAS, sign
 
 Sessions = async_sessionmaker[AsyncSession]
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -145,7 +145,8 @@ async def test_v3_expiry_opens_a_case(app: TestClient, sessions: Sessions) -> No
     )
 
 
-async def test_repeated_deliveries_are_stored_once(app: TestClient, sessions: Sessions) -> None:
+async def test_repeated_deliveries_are_stored_once(make_app: MakeApp, sessions: Sessions) -> None:
+    app = await make_app(nylas_accept_v2_webhooks=True)
     v3 = encode(expired(notification_id="n-1"))
     v2 = encode(samples.v2_delivery("account.invalid", account_id="a-1", at=NOW))
     assert (await post(app, v3))[1]["stored"] == 1
@@ -159,8 +160,9 @@ async def test_repeated_deliveries_are_stored_once(app: TestClient, sessions: Se
 
 
 async def test_v2_delivery_with_several_deltas_stores_each(
-    app: TestClient, sessions: Sessions
+    make_app: MakeApp, sessions: Sessions
 ) -> None:
+    app = await make_app(version="v2")
     deltas = [
         samples.v2_delivery(trigger, account_id=f"a-{i}", at=NOW)["deltas"][0]
         for i, trigger in enumerate(["account.invalid", "account.stopped"])
@@ -203,9 +205,11 @@ async def test_gzip_delivery_is_verified_over_the_compressed_bytes(
     ],
 )
 async def test_triggers_not_acted_on_get_200_and_are_not_stored(
-    app: TestClient, sessions: Sessions, payload: dict[str, Any]
+    make_app: MakeApp, sessions: Sessions, payload: dict[str, Any]
 ) -> None:
-    secret = NYLAS_CLIENT_SECRET if "deltas" in payload else WEBHOOK_SECRET
+    v2 = "deltas" in payload
+    app = await make_app(version="v2" if v2 else "v3")
+    secret = NYLAS_CLIENT_SECRET if v2 else WEBHOOK_SECRET
     assert await post(app, encode(payload), secret=secret) == (
         200,
         {"status": "ignored", "message": "trigger not acted on"},
@@ -257,6 +261,141 @@ async def test_a_v2_body_signed_with_the_v3_secret_is_read_as_v3_and_rejected(
     status, body = await post(app, raw, secret=WEBHOOK_SECRET)
     assert status == 400 and "id must be" in body["message"]
     assert await inbox_rows(sessions) == []
+
+
+# --- v2 deliveries to a v3 service -------------------------------------------------------------
+
+
+async def audit_actions(sessions: Sessions, account_id: str) -> list[tuple[str, str]]:
+    async with sessions() as session:
+        rows = (
+            await session.exec(
+                select(CaseEvent)
+                .where(CaseEvent.account_id == account_id)
+                .order_by(col(CaseEvent.id))
+            )
+        ).all()
+    return [(row.action, str(row.details.get("reason", ""))) for row in rows]
+
+
+async def expired_grant_with_a_case(
+    app: TestClient, sessions: Sessions, *, cases_open: int = 1
+) -> None:
+    assert (await post(app, encode(expired())))[0] == 200
+
+    async def opened() -> bool:
+        return len(await open_cases(sessions)) == cases_open
+
+    await eventually(opened)
+
+
+async def test_a_v3_service_refuses_v2_deliveries_by_default(
+    app: TestClient, sessions: Sessions, nylas_fake: FakeNylas
+) -> None:
+    await expired_grant_with_a_case(app, sessions)
+    # The client secret signs it, but in v3 mode it must not bring the grant back to running.
+    running = encode(samples.v2_delivery("account.running", account_id="g-1", at=NOW))
+    status, body = await post(app, running, secret=NYLAS_CLIENT_SECRET)
+    assert status == 403 and "NYLAS_ACCEPT_V2_WEBHOOKS" in body["message"]
+    assert [row.source for row in await inbox_rows(sessions)] == ["nylas-v3"]
+    async with sessions() as session:
+        account = await cases.get_account(session, account_id="g-1")
+    assert account is not None and account.sync_state == "invalid"
+    assert len(await open_cases(sessions)) == 1
+    assert nylas_fake.calls == []
+
+
+async def test_v2_deliveries_taken_while_migrating_never_change_a_v3_grant(
+    make_app: MakeApp, sessions: Sessions, nylas_fake: FakeNylas
+) -> None:
+    app = await make_app(nylas_accept_v2_webhooks=True)
+    await expired_grant_with_a_case(app, sessions)
+    later = NOW.replace(minute=45)
+    deltas = [
+        samples.v2_delivery("account.running", account_id="g-1", at=later)["deltas"][0],
+        samples.v2_delivery("account.invalid", account_id="a-9", at=later)["deltas"][0],
+    ]
+    assert (await post(app, encode({"deltas": deltas}), secret=NYLAS_CLIENT_SECRET))[1][
+        "stored"
+    ] == 2
+
+    async def processed() -> bool:
+        return [r.status for r in await inbox_rows(sessions)] == ["done"] * 3
+
+    await eventually(processed)
+    async with sessions() as session:
+        grant = await cases.get_account(session, account_id="g-1")
+        unknown = await cases.get_account(session, account_id="a-9")
+    assert grant is not None and (grant.api_version, grant.sync_state) == ("v3", "invalid")
+    assert unknown is None  # a v2 account is not even created without re-reading it
+    assert [c.account_id for c in await open_cases(sessions)] == ["g-1"]
+    for account_id in ("g-1", "a-9"):
+        action, reason = (await audit_actions(sessions, account_id))[-1]
+        assert action == "event_not_applied" and "re-reading the account" in reason
+    assert nylas_fake.calls_to("GET", r"/a/") == []
+
+
+async def test_a_v2_service_keeps_v2_accounts_and_v3_grants_apart(
+    make_app: MakeApp, sessions: Sessions, nylas_fake: FakeNylas
+) -> None:
+    nylas_fake.add_v2_account(id="a-1", email="bo@example.org", sync_state="stopped")
+    app = await make_app(version="v2")
+    stopped = encode(samples.v2_delivery("account.stopped", account_id="a-1", at=NOW))
+    await post(app, stopped, secret=NYLAS_CLIENT_SECRET)
+
+    async def opened() -> bool:
+        return len(await open_cases(sessions)) == 1
+
+    await eventually(opened)
+    deleted = samples.v3_notification(
+        "grant.deleted", grant_id="a-1", email="bo@example.org", at=NOW.replace(minute=45)
+    )
+    assert (await post(app, encode(deleted)))[0] == 200
+
+    async def processed() -> bool:
+        return [r.status for r in await inbox_rows(sessions)] == ["done"] * 2
+
+    await eventually(processed)
+    assert [c.account_id for c in await open_cases(sessions)] == ["a-1"]
+    assert ("event_not_applied", "account a-1 is a v2 account; a v3 event never changes it") in (
+        await audit_actions(sessions, "a-1")
+    )
+
+    # The other way round: the v2 API does not know grant g-1 (404 reads as "deleted").
+    await expired_grant_with_a_case(app, sessions, cases_open=2)
+    running = samples.v2_delivery("account.running", account_id="g-1", at=NOW.replace(minute=50))
+    await post(app, encode(running), secret=NYLAS_CLIENT_SECRET)
+
+    async def all_processed() -> bool:
+        return [r.status for r in await inbox_rows(sessions)] == ["done"] * 4
+
+    await eventually(all_processed)
+    assert sorted(c.account_id for c in await open_cases(sessions)) == ["a-1", "g-1"]
+    assert ("event_not_applied", "account g-1 is a v3 account; a v2 event never changes it") in (
+        await audit_actions(sessions, "g-1")
+    )
+
+
+async def test_a_v2_delivery_over_the_delta_limit_is_refused_whole(
+    make_app: MakeApp, sessions: Sessions
+) -> None:
+    app = await make_app(version="v2")
+
+    def delivery(count: int) -> bytes:
+        return encode(
+            {
+                "deltas": [
+                    samples.v2_delivery("account.invalid", account_id=f"a-{i}", at=NOW)["deltas"][0]
+                    for i in range(count)
+                ]
+            }
+        )
+
+    status, body = await post(app, delivery(MAX_DELTAS + 1), secret=NYLAS_CLIENT_SECRET)
+    assert status == 413 and f"at most {MAX_DELTAS} deltas" in body["message"]
+    assert await inbox_rows(sessions) == []
+    status, body = await post(app, delivery(MAX_DELTAS), secret=NYLAS_CLIENT_SECRET)
+    assert (status, body["stored"]) == (200, MAX_DELTAS)
 
 
 # --- malformed and oversized --------------------------------------------------------------------
@@ -315,8 +454,9 @@ async def test_text_that_is_not_unicode_is_400_and_a_surrogate_pair_is_a_charact
     ],
 )
 async def test_malformed_v2_deliveries_are_400(
-    app: TestClient, sessions: Sessions, payload: Any, message: str
+    make_app: MakeApp, sessions: Sessions, payload: Any, message: str
 ) -> None:
+    app = await make_app(version="v2")
     status, body = await post(app, encode(payload), secret=NYLAS_CLIENT_SECRET)
     assert status == 400 and message in body["message"]
     assert await inbox_rows(sessions) == []

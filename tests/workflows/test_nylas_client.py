@@ -24,8 +24,10 @@ from workflows.nylas import (
     NylasRateLimited,
     NylasRequestError,
     NylasUnavailable,
+    SkippedAccount,
     UnsupportedOperation,
 )
+from workflows.nylas.client import clip_id
 from workflows.nylas.errors import decipher_response
 
 CLIENT_ID = "cid"
@@ -245,6 +247,40 @@ async def test_malformed_success_body_raises_bad_response(fake, http, sleeps) ->
         [account async for account in client.iter_accounts()]
     with pytest.raises(NylasBadResponse):
         await client.get_account("g1")
+
+
+@pytest.mark.parametrize("version", ["v3", "v2"])
+async def test_unusable_rows_of_the_listing_are_skipped_and_reported(
+    fake, http, sleeps, version
+) -> None:
+    add = fake.add_grant if version == "v3" else fake.add_v2_account
+    add(id="ok-1", email="ann@example.com")
+    add(id="long-email", email="x" * 409)
+    add(id="nul-email", email="bo\x00@example.com")
+    add(id="odd-provider", email="cy@example.com", provider="\ud800")
+    add(id="i" * 300, email="di@example.com")
+    add(id="ok-2", email="ed@example.com")
+    skipped: list[SkippedAccount] = []
+    client = make_client(fake.url, http, version, sleeps)
+
+    listed = [account.id async for account in client.iter_accounts(skipped=skipped.append)]
+
+    assert listed == ["ok-1", "ok-2"]
+    assert [(s.id, s.reason) for s in skipped] == [
+        ("long-email", "'email' is longer than 320 characters (409)"),
+        ("nul-email", "'email' holds a control character or text that is not valid Unicode"),
+        ("odd-provider", "'provider' holds a control character or text that is not valid Unicode"),
+        ("i" * 300, "'id' is longer than 255 characters (300)"),
+    ]
+    with pytest.raises(NylasBadResponse, match="longer than 320"):
+        await client.get_account("long-email")
+
+
+def test_ids_in_log_lines_are_clipped_and_escaped() -> None:
+    assert clip_id("g-1") == "g-1"
+    assert clip_id("a\x00b") == "a\\x00b"
+    assert clip_id("i" * 300) == "i" * 40 + "…"
+    assert clip_id(None) == "(none)"
 
 
 # -- retries ---------------------------------------------------------------------------

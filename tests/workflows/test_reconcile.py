@@ -217,3 +217,55 @@ async def test_reconciliation_resolves_a_stopped_case_once_the_account_was_downg
         (case,) = (await session.exec(select(Case))).all()
     assert case.resolution is not None and "Stopped on purpose" in case.resolution
     assert "billing state deleted" in case.resolution
+
+
+@pytest.mark.parametrize("version", ["v3", "v2"])
+async def test_unusable_rows_are_skipped_and_a_vanished_account_is_still_noticed(
+    sessions: Sessions,
+    nylas_fake: FakeNylas,
+    http: httpx.AsyncClient,
+    clock: FrozenClock,
+    version: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listed = nylas_fake.grants if version == "v3" else nylas_fake.v2_accounts
+    order = nylas_fake._grant_order if version == "v3" else nylas_fake._v2_order
+    add = nylas_fake.add_grant if version == "v3" else nylas_fake.add_v2_account
+    broken = "invalid" if version == "v3" else "invalid-credentials"
+    for i in range(12):
+        add(id=f"acct-{i}", email=f"user{i}@example.com")
+    add(id="gone", email="gone@example.com", **{_state(version): broken})
+    nylas = client_for(nylas_fake, http, version)
+    await run(sessions, nylas, clock)
+    assert list(await open_cases(sessions)) == ["gone"]
+
+    # The account vanishes; another known one now lists an email no column holds; new rows
+    # carry a NUL, a lone surrogate, an id too long to store.
+    del listed["gone"]
+    order.remove("gone")
+    listed["acct-3"]["email"] = "x" * 409
+    add(id="nul", email="nul\x00@example.com", **{_state(version): broken})
+    add(id="surrogate", email="s@example.com", provider="\udc80")
+    add(id="i" * 300, email="long@example.com")
+    clock.advance(minutes=15)
+    report = await run(sessions, nylas, clock)
+
+    assert report.complete and report.skipped == 4
+    assert (report.missing, report.resolved) == (1, 1)
+    assert "4 unusable rows skipped" in report.summary()
+    assert await open_cases(sessions) == {}
+    async with sessions() as session:
+        gone = await cases.get_account(session, account_id="gone")
+        kept = await cases.get_account(session, account_id="acct-3")
+        nul = await cases.get_account(session, account_id="nul")
+    assert gone is not None and gone.sync_state == "deleted"
+    # Listed, though unreadable: not taken for deleted, and left as it was.
+    assert kept is not None and (kept.sync_state, kept.email) != ("deleted", "x" * 409)
+    assert nul is None
+    warnings = [r for r in caplog.records if "skipped an unusable account" in r.getMessage()]
+    assert len(warnings) == 4
+    assert {r.__dict__["account"] for r in warnings} >= {"acct-3", "i" * 40 + "…"}
+
+
+def _state(version: str) -> str:
+    return "grant_status" if version == "v3" else "sync_state"

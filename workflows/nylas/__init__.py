@@ -1,6 +1,6 @@
 """Nylas API client (v2 accounts and v3 grants); depends only on httpx and the stdlib."""
 
-from workflows.nylas.client import NylasClient, RemoteAccount, WebhookDestination
+from workflows.nylas.client import NylasClient, RemoteAccount, SkippedAccount, WebhookDestination
 from workflows.nylas.errors import (
     NylasAuthError,
     NylasBadResponse,
@@ -22,6 +22,7 @@ __all__ = [
     "NylasRequestError",
     "NylasUnavailable",
     "RemoteAccount",
+    "SkippedAccount",
     "UnsupportedOperation",
     "WebhookDestination",
 ]

@@ -18,6 +18,7 @@ from workflows.nylas.errors import (
     NylasBadResponse,
     NylasUnavailable,
     UnsupportedOperation,
+    UnusableAccount,
     decipher_response,
     parse_delay,
     redact,
@@ -41,6 +42,20 @@ _REPLAYABLE_METHODS = frozenset({"GET", "DELETE"})
 
 _V2_SCOPES = "email,calendar,contacts"
 
+# The accounts table's column sizes: a longer value, a NUL or a lone surrogate would fail the
+# whole page's transaction on PostgreSQL, so such a row is refused here, as webhooks are.
+_TEXT_LIMITS = {
+    "id": 255,
+    "email": 320,
+    "provider": 64,
+    "sync_state": 64,
+    "grant_status": 64,
+    "billing_state": 32,
+    "credential_id": 255,
+}
+# How much of an unusable id a log line shows.
+_ID_SHOWN = 40
+
 
 @dataclass(frozen=True, slots=True)
 class RemoteAccount:
@@ -60,6 +75,38 @@ class RemoteAccount:
     credential_id: str | None
     # Kept out of hash() so accounts can go in sets; equality still compares it.
     raw: dict[str, Any] = field(repr=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedAccount:
+    """A row of the account listing that could not be read, and why."""
+
+    # The row's id as given when it is text (it may be long or hold odd characters): an
+    # account listed under it still exists, whatever else is wrong with the row.
+    id: str | None
+    reason: str
+
+
+def clip_id(value: str | None) -> str:
+    """Show an id from Nylas in a log line: short, and escaped if it holds odd characters."""
+    if value is None:
+        return "(none)"
+    shown = ascii(value[:_ID_SHOWN])[1:-1]
+    return shown + "…" if len(value) > _ID_SHOWN else shown
+
+
+def _unusable(data: dict[str, Any]) -> str | None:
+    """Say what keeps a listed account out of the database, or None when nothing does."""
+    for name, limit in _TEXT_LIMITS.items():
+        value = data.get(name)
+        if not isinstance(value, str):
+            continue
+        if len(value) > limit:
+            return f"'{name}' is longer than {limit} characters ({len(value)})"
+        # Printable: no NUL (PostgreSQL refuses it in text) and no lone surrogate (not UTF-8).
+        if not value.isprintable():
+            return f"'{name}' holds a control character or text that is not valid Unicode"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +181,14 @@ class NylasClient:
             body = body.get("data") if isinstance(body, dict) else None
         return self._parse_account(body, what=f"GET {path}")
 
-    async def iter_accounts(self) -> AsyncIterator[RemoteAccount]:
-        """Yield every account or grant of the application, one page in memory at a time."""
+    async def iter_accounts(
+        self, *, skipped: Callable[[SkippedAccount], None] | None = None
+    ) -> AsyncIterator[RemoteAccount]:
+        """Yield every account or grant of the application, one page in memory at a time.
+
+        A row that cannot be read or stored (no id, a 409-character email, a NUL) is logged,
+        passed to ``skipped`` and left out: one bad row must not stop the listing.
+        """
         path = f"/a/{self._client_id}/accounts" if self._api_version == "v2" else "/v3/grants"
         what = f"GET {path}"
         offset = 0
@@ -144,7 +197,22 @@ class NylasClient:
             body = await self._request("GET", path, params=params)
             items, limit = self._page_items(body, what=what)
             for item in items:
-                yield self._parse_account(item, what=what)
+                try:
+                    remote = self._parse_account(item, what=what)
+                except UnusableAccount as exc:
+                    row_id = item.get("id") if isinstance(item, dict) else None
+                    bad = SkippedAccount(
+                        id=row_id if isinstance(row_id, str) else None, reason=exc.reason
+                    )
+                    log.warning(
+                        "skipped an unusable account in the listing: %s",
+                        bad.reason,
+                        extra={"account": clip_id(bad.id), "path": path},
+                    )
+                    if skipped is not None:
+                        skipped(bad)
+                    continue
+                yield remote
             # v3 echoes the limit it applied, so a short page is the last one. v2 documents no
             # maximum limit and may cap ours silently: only an empty page proves the end.
             if not items or (self._api_version == "v3" and len(items) < limit):
@@ -254,19 +322,19 @@ class NylasClient:
         return data, self._page_size
 
     def _parse_account(self, data: Any, *, what: str) -> RemoteAccount:
-        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
-            raise NylasBadResponse(f"Nylas answered {what} with an account that has no id.")
-        fields = (
-            "email",
-            "provider",
-            "sync_state",
-            "billing_state",
-            "grant_status",
-            "credential_id",
-        )
-        for name in fields:
+        """Read one account; raise UnusableAccount if it cannot be read or stored."""
+
+        def bad(reason: str) -> UnusableAccount:
+            return UnusableAccount(what, reason)
+
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
+            raise bad("id is missing")
+        for name in _TEXT_LIMITS:
             if not isinstance(data.get(name), str | None):
-                raise NylasBadResponse(f"Nylas answered {what} with a non-text '{name}'.")
+                raise bad(f"'{name}' is not text")
+        reason = _unusable(data)
+        if reason is not None:
+            raise bad(reason)
         if self._api_version == "v2":
             return RemoteAccount(
                 id=data["id"],
@@ -281,7 +349,11 @@ class NylasClient:
             )
         updated = data.get("updated_at")
         if updated is not None and (isinstance(updated, bool) or not isinstance(updated, int)):
-            raise NylasBadResponse(f"Nylas answered {what} with a non-numeric 'updated_at'.")
+            raise bad("'updated_at' is not a number")
+        try:
+            updated_at = None if updated is None else datetime.fromtimestamp(updated, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise bad("'updated_at' is out of range") from None
         return RemoteAccount(
             id=data["id"],
             api_version="v3",
@@ -289,7 +361,7 @@ class NylasClient:
             provider=data.get("provider"),
             sync_state=data.get("grant_status"),
             billing_state=None,
-            updated_at=None if updated is None else datetime.fromtimestamp(updated, UTC),
+            updated_at=updated_at,
             credential_id=data.get("credential_id"),
             raw=data,
         )

@@ -10,6 +10,7 @@ what we asked" in one place::
     ├── NylasUnavailable      5xx, timeouts or connection errors that outlasted the retries
     ├── NylasRequestError     any other 4xx: Nylas says the request itself is wrong
     ├── NylasBadResponse      the body is not the JSON shape the API documents
+    │   └── UnusableAccount   one account in it cannot be read or stored; .reason says why
     └── UnsupportedOperation  the operation does not exist in the configured API version
 
 Each message is one sentence meant for an operator. Messages never contain the API key or
@@ -70,6 +71,14 @@ class NylasRequestError(NylasError):
 
 class NylasBadResponse(NylasError):
     """Nylas answered with a body that is not the documented JSON shape."""
+
+
+class UnusableAccount(NylasBadResponse):
+    """One account in Nylas' answer has no id, or text that does not fit the database."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"Nylas answered {what} with an account whose {reason}.")
+        self.reason = reason
 
 
 class UnsupportedOperation(NylasError):

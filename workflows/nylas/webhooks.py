@@ -5,8 +5,9 @@ one per v3 grant notification) with a stable deduplication key, and later turned
 ``AccountEvent`` by ``parse_entry``. Deliveries of triggers reauthbot does not act on are
 valid and produce no entries.
 
-Errors: ``WebhookError`` carries the HTTP status to answer: ``BadSignature`` (401) and
-``MalformedDelivery`` (400).
+Errors: ``WebhookError`` carries the HTTP status to answer: ``BadSignature`` (401),
+``NotAccepted`` (403: signed, but for an API version the service does not take),
+``MalformedDelivery`` (400) and ``TooLarge`` (413: too many bytes or too many deltas).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ MAX_BODY_BYTES = 1024 * 1024
 REAUTH_CODE = 25027
 # Ids end up in 255-character columns and deduplication keys (with a prefix and a date).
 MAX_ID_CHARS = 200
+# Nylas sends one delta per POST in practice; a delivery carrying more is refused whole, so one
+# signed body cannot open an unbounded number of cases.
+MAX_DELTAS = 100
 
 
 class WebhookError(Exception):
@@ -38,6 +42,10 @@ class WebhookError(Exception):
 
 class BadSignature(WebhookError):
     status = 401
+
+
+class NotAccepted(WebhookError):
+    status = 403
 
 
 class MalformedDelivery(WebhookError):
@@ -79,6 +87,18 @@ def verify(raw: bytes, signature: str | None, secrets: Mapping[str, str]) -> str
     if matched is None:
         raise BadSignature("X-Nylas-Signature does not match the body")
     return matched
+
+
+def check_accepted(version: str, accepted: frozenset[str]) -> None:
+    """Refuse a verified delivery of an API version the service does not take."""
+    if version in accepted:
+        return
+    if version == "v2":
+        raise NotAccepted(
+            "v2 webhook deliveries are not accepted when NYLAS_API_VERSION=v3; "
+            "set NYLAS_ACCEPT_V2_WEBHOOKS=true while migrating"
+        )
+    raise NotAccepted(f"{version} webhook deliveries are not accepted by this service")
 
 
 def sign(secret: str, raw: bytes) -> str:
@@ -187,6 +207,8 @@ def _split_v2(payload: dict[str, Any]) -> list[InboxEntry]:
     deltas = payload.get("deltas")
     if not isinstance(deltas, list) or not deltas:
         raise MalformedDelivery("a v2 delivery needs a non-empty 'deltas' list")
+    if len(deltas) > MAX_DELTAS:
+        raise TooLarge(f"a v2 delivery carries at most {MAX_DELTAS} deltas, not {len(deltas)}")
     entries = []
     for i, delta in enumerate(deltas):
         where = f"deltas[{i}]"
