@@ -123,7 +123,9 @@ async def run_action(
     if result.changed:
         runtime.wake_senders()
     if not result.changed or tell_on_success:
-        await respond(text=result.message, response_type="ephemeral", replace_original=False)
+        await respond(
+            text=blocks.words(result.words), response_type="ephemeral", replace_original=False
+        )
     return result
 
 

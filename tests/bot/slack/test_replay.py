@@ -164,6 +164,13 @@ async def test_an_exact_replay_within_the_window_acts_once(
     now = int(time.time())
     assert await send(app, request, now) == 200
     await eventually(request.done)
+
+    async def settled() -> bool:  # the alert's update and thread line are sent
+        async with engine.connect() as conn:
+            left = await conn.execute(text("SELECT count(*) FROM outbox WHERE status != 'sent'"))
+            return left.scalar_one() == 0
+
+    await eventually(settled)
     before, calls = await snapshot(engine), len(slack.calls)
     assert await send(app, request, now) == 200
     await app.get("/healthz")  # anything the copy wrongly started has a moment to show
