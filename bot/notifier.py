@@ -102,11 +102,10 @@ class LogSink:
             verb = "storm" if message.kind == OutboxKind.POST else "storm updated"
             self._log.warning("%s: %s", verb, render.incident_text(incident), extra=fields)
         elif message.kind == OutboxKind.THREAD:
-            quote = message.payload.get("quote")
-            line = str(message.payload.get("text", "")) + (f" {quote}" if quote else "")
+            line = render.thread_line(message.payload)
             self._log.info("alert thread: %s", line, extra=fields)
         elif message.kind == OutboxKind.DM:
-            line = str(message.payload.get("text", ""))
+            line = render.inline(str(message.payload.get("text", "")))
             self._log.warning("alert for %s: %s", message.channel, line, extra=fields)
         elif message.payload.get("about") == WEBHOOK_DESTINATION:
             self._log.warning("webhook alert: %s", render.webhook_notice_text(message.payload))

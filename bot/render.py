@@ -1,4 +1,9 @@
-"""Plain-text rendering of cases, used by the log sink and the CLI."""
+"""Plain-text rendering of cases, used by the log sink and the CLI.
+
+Nothing here is Slack markup, so nothing is escaped for Slack; but outside text (emails,
+provider names, states, notes) is kept to one line (``inline``), so that an email with a line
+break in it cannot add a line to the log that looks like the service wrote it.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,13 @@ KIND_WORDS = {
 }
 
 
+def inline(text: str) -> str:
+    """Outside text on one line: unprintable characters (line breaks, tabs…) as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def when(value: datetime | None) -> str:
     """Format a timestamp the same way everywhere: ISO 8601 in UTC, to the second."""
     return "-" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -27,30 +39,39 @@ def when(value: datetime | None) -> str:
 
 def alert_text(case: Case, account: Account) -> str:
     """Describe a case in one paragraph: who, what, since when, and its status."""
-    who = account.email or account.id
-    what = KIND_WORDS.get(case.kind, case.kind)
+    who = inline(account.email or account.id)
+    what = KIND_WORDS.get(case.kind, inline(case.kind))
+    provider = inline(account.provider or "unknown")
     lines = [
         f"Case #{case.id}: {who} {what}",
-        f"account {account.id} ({account.api_version}, provider {account.provider or 'unknown'})",
-        f"state {case.state or '-'} since {when(case.opened_at)}; status {case.status}",
+        f"account {inline(account.id)} ({account.api_version}, provider {provider})",
+        f"state {inline(case.state or '-')} since {when(case.opened_at)}; status {case.status}",
     ]
     if case.resolution:
-        lines.append(f"resolution: {case.resolution}")
+        lines.append(f"resolution: {inline(case.resolution)}")
     return "\n".join(lines)
+
+
+def thread_line(payload: Mapping[str, Any]) -> str:
+    """A thread line in plain text (people by their id), then what someone typed, on one line."""
+    quote = payload.get("quote")
+    return inline(str(payload.get("text", "")) + (f" {quote}" if quote else ""))
 
 
 def incident_text(view: IncidentView) -> str:
     """Describe an incident in one paragraph: the storm, and where its cases are now."""
     incident = view.incident
     lines = [
-        f"Incident #{incident.id}: {headline(incident, view.total)}",
+        f"Incident #{incident.id}: {inline(headline(incident, view.total))}",
         f"{view.unresolved} of {view.total} unresolved; "
         + ", ".join(f"{n} {status}" for status, n in sorted(view.by_status.items())),
     ]
     if view.sample:
         lines.append(
             "accounts: "
-            + ", ".join(m.label + (" (already posted)" if m.posted else "") for m in view.sample)
+            + ", ".join(
+                inline(m.label) + (" (already posted)" if m.posted else "") for m in view.sample
+            )
         )
     if incident.status == IncidentStatus.ENDED:
         lines.append(f"ended {when(incident.ended_at)}")

@@ -12,6 +12,9 @@
 - ``WebhookAlert``: one episode of a Nylas webhook destination that does not deliver account
   events, from the first check that saw it to the one that saw it active again.
 - ``PostedNotice``: where a notice that is later updated in place (a webhook alert) was posted.
+- ``SlackRequest``: the signature of every Slack request served in the last minutes, so that
+  a copy replayed within Slack's 5-minute signature window is served once, by any replica.
+- ``SlackView``: the modals the app opened, so that only their submissions are accepted.
 
 All timestamps are aware UTC datetimes. The uniqueness rules that make deduplication hold under
 concurrency live here as constraints, not in application code:
@@ -394,3 +397,23 @@ class PostedNotice(SQLModel, table=True):
     channel: str = Field(max_length=64)
     ts: str = Field(max_length=32)
     posted_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+
+
+class SlackRequest(SQLModel, table=True):
+    """A signed Slack request already served (storage.slack_requests)."""
+
+    __tablename__ = "slack_requests"
+
+    signature: str = Field(primary_key=True, max_length=128)
+    # X-Slack-Request-Timestamp: once it is over 5 minutes old the signature check refuses
+    # the request anyway, so the row can go.
+    timestamp: int = Field(sa_type=sa.BigInteger(), index=True)
+
+
+class SlackView(SQLModel, table=True):
+    """A modal the app opened, whose submission it expects until ``expires_at``."""
+
+    __tablename__ = "slack_views"
+
+    view_id: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime(), nullable=False, index=True)

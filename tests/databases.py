@@ -30,6 +30,8 @@ TABLES = [
     "leases",
     "webhook_alerts",
     "posted_notices",
+    "slack_requests",
+    "slack_views",
 ]
 
 

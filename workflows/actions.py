@@ -22,6 +22,7 @@ from workflows.lifecycle import apply_event
 from workflows.notify import record_change
 from workflows.nylas import NylasClient, NylasError, NylasNotFound, RemoteAccount
 from workflows.states import SEND_ONLY_RESOLUTION, Health, classify
+from workflows.words import Line, Person, Text, line, names_someone, plain
 
 SNOOZE_CHOICES = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "24h": timedelta(hours=24)}
 MAX_NOTE = 1000
@@ -32,28 +33,40 @@ Sessions = async_sessionmaker[AsyncSession]
 @dataclass(frozen=True, slots=True)
 class ActionResult:
     outcome: str  # "done", "already", "stale", "missing", "refused", "unavailable"
-    message: str  # one sentence for the operator who acted, shown privately
+    message: str  # one sentence for the operator who acted, shown privately; plain text
     case: Case | None = None
+    said: Line | None = None  # the message with the people it names, when it names any
 
     @property
     def changed(self) -> bool:
         return self.outcome == "done"
+
+    @property
+    def words(self) -> Text:
+        """The message as a renderer shows it: with its people when it names any."""
+        return self.said if self.said is not None else self.message
+
+
+def result(outcome: str, text: Text, case: Case | None = None) -> ActionResult:
+    """An outcome told in words that may name people."""
+    said = text if names_someone(text) and not isinstance(text, str) else None
+    return ActionResult(outcome, plain(text), case, said)
 
 
 def slack_actor(user_id: str) -> str:
     return f"slack:{user_id}"
 
 
-def who(actor: str) -> str:
-    """How an actor appears in Slack: a mention for Slack users."""
-    return f"<@{actor.removeprefix('slack:')}>" if actor.startswith("slack:") else actor
+def who(actor: str) -> Person:
+    """An actor as the person a sentence names (a Slack user is shown as a mention)."""
+    return Person(actor)
 
 
-# A change: given the session and the locked, open case, apply it and return (audit action,
-# details, thread line, message to the operator), or an ActionResult to stop with no change.
-Change = Callable[
-    [AsyncSession, Case], Awaitable["tuple[str, dict[str, object], str, str] | ActionResult"]
-]
+# What a change returns: (audit action, details, thread line, message to the operator).
+Changed = tuple[str, dict[str, object], Text, Text]
+# A change: given the session and the locked, open case, apply it and return what changed,
+# or an ActionResult to stop with no change.
+Change = Callable[[AsyncSession, Case], Awaitable["Changed | ActionResult"]]
 
 
 async def _lock_open_case(session: AsyncSession, case_id: int) -> Case | ActionResult:
@@ -77,7 +90,7 @@ async def _act(
         outcome = await change(session, case)
         if isinstance(outcome, ActionResult):
             return outcome
-        action, details, line, message = outcome
+        action, details, said, message = outcome
         quote = str(details["note"]) if "note" in details else None
         await record_change(
             session,
@@ -85,11 +98,11 @@ async def _act(
             actor=actor,
             action=action,
             now=now,
-            line=line,
+            line=said,
             details=details,
             quote=quote,
         )
-    return ActionResult("done", message, case)
+    return result("done", message, case)
 
 
 async def refuse(
@@ -115,13 +128,11 @@ async def acknowledge(
 ) -> ActionResult:
     """Mark a case as taken care of by ``actor``; further escalation stops."""
 
-    async def change(
-        session: AsyncSession, case: Case
-    ) -> tuple[str, dict[str, object], str, str] | ActionResult:
+    async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         if case.acknowledged_at is not None:
             by = who(case.acknowledged_by or "someone")
-            return ActionResult(
-                "already", f"Case #{case_id} was already acknowledged by {by}.", case
+            return result(
+                "already", line(f"Case #{case_id} was already acknowledged by ", by, "."), case
             )
         if case.status == CaseStatus.OPEN:
             case.status = CaseStatus.ACKNOWLEDGED
@@ -129,7 +140,7 @@ async def acknowledge(
         return (
             "acknowledged",
             {},
-            f"Acknowledged by {who(actor)}.",
+            line("Acknowledged by ", who(actor), "."),
             f"You acknowledged case #{case_id}.",
         )
 
@@ -144,15 +155,13 @@ async def snooze(
         return ActionResult("missing", f"Snooze for {', '.join(SNOOZE_CHOICES)}, not {duration!r}.")
     until = now + SNOOZE_CHOICES[duration]
 
-    async def change(
-        session: AsyncSession, case: Case
-    ) -> tuple[str, dict[str, object], str, str] | ActionResult:
+    async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         case.status, case.snoozed_until = CaseStatus.SNOOZED, until
         stamp = until.strftime("%Y-%m-%d %H:%M UTC")
         return (
             "snoozed",
             {"until": until.isoformat(), "for": duration},
-            f"Snoozed for {duration} by {who(actor)}, until {stamp}.",
+            line(f"Snoozed for {duration} by ", who(actor), f", until {stamp}."),
             f"Case #{case_id} is snoozed until {stamp}.",
         )
 
@@ -165,15 +174,13 @@ async def resolve(
     """Close a case by hand, with the operator's note as its resolution."""
     note = " ".join(note.split())[:MAX_NOTE] or "no note"
 
-    async def change(
-        session: AsyncSession, case: Case
-    ) -> tuple[str, dict[str, object], str, str] | ActionResult:
+    async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         case.status, case.resolved_at, case.resolved_by = CaseStatus.RESOLVED, now, actor
         case.resolution = note
         return (
             "resolved",
             {"note": note},
-            f"Resolved by {who(actor)}:",
+            line("Resolved by ", who(actor), ":"),
             f"You resolved case #{case_id}.",
         )
 
@@ -185,9 +192,7 @@ async def mark_send_only(
 ) -> ActionResult:
     """Say a stuck-initializing account only sends: resolve the case, never alert it again."""
 
-    async def change(
-        session: AsyncSession, case: Case
-    ) -> tuple[str, dict[str, object], str, str] | ActionResult:
+    async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         if case.kind != CaseKind.STUCK or case.state != "initializing":
             return ActionResult(
                 "refused", f"Case #{case_id} is not about an account stuck initializing.", case
@@ -201,7 +206,9 @@ async def mark_send_only(
         return (
             "marked_send_only",
             {"reason": SEND_ONLY_RESOLUTION},
-            f"Marked send-only by {who(actor)}: staying initializing is expected; resolved.",
+            line(
+                "Marked send-only by ", who(actor), ": staying initializing is expected; resolved."
+            ),
             f"Case #{case_id} is resolved and {account.email or account.id} is marked "
             "send-only: it is not alerted for initializing again (undo from /reauth show).",
         )
@@ -231,7 +238,9 @@ async def undo_send_only(
             actor=actor,
             action="unmarked_send_only",
             now=now,
-            line=f"Send-only mark taken back by {who(actor)}: initializing is alerted again.",
+            line=line(
+                "Send-only mark taken back by ", who(actor), ": initializing is alerted again."
+            ),
         )
     return ActionResult(
         "done",
@@ -254,9 +263,7 @@ async def send_reauth_link(
         )
     link: list[str] = []
 
-    async def change(
-        session: AsyncSession, case: Case
-    ) -> tuple[str, dict[str, object], str, str] | ActionResult:
+    async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         account = await cases.get_account(session, account_id=case.account_id)
         if account is None or not account.email:
             return ActionResult(
@@ -267,7 +274,8 @@ async def send_reauth_link(
         return (
             "reauth_link",
             {"email": account.email},
-            f"Re-authentication link made by {who(actor)}; waiting on the end user.",
+            line("Re-authentication link made by ", who(actor), "; waiting on the end user."),
+            # The email is the end user's own text: the renderer escapes it like any other.
             f"Send this link to {account.email} to re-authenticate:\n{link[0]}",
         )
 
@@ -329,7 +337,7 @@ async def _finish(
     now: datetime,
     action: str,
     details: dict[str, object],
-    line: str,
+    said: Text,
     event: AccountEvent | None = None,
 ) -> None:
     """Release the case, record what happened, and apply the account state Nylas reported."""
@@ -338,7 +346,7 @@ async def _finish(
         assert case is not None
         case.busy_with, case.busy_until = None, None
         await record_change(
-            session, case, actor=actor, action=action, now=now, line=line, details=details
+            session, case, actor=actor, action=action, now=now, line=said, details=details
         )
         if event is not None:
             await apply_event(session, event, now=now, route=lambda _: case.slack_channel or "")
@@ -382,7 +390,7 @@ async def retry_sync(
             now=now,
             action="retry_failed",
             details={"error": str(exc)},
-            line=f"Retry sync by {who(actor)} failed: {exc}",
+            said=line("Retry sync by ", who(actor), f" failed: {exc}"),
         )
         return ActionResult("done", f"Retry of case #{case_id} failed: {exc}", case)
     state = remote.sync_state or "unknown"
@@ -394,7 +402,9 @@ async def retry_sync(
         now=now,
         action="retried",
         details={"steps": steps, "state": state},
-        line=f"Retry sync by {who(actor)} ({steps}): the account is now {state}, {words}.",
+        said=line(
+            "Retry sync by ", who(actor), f" ({steps}): the account is now {state}, {words}."
+        ),
         event=_reported(account, remote, now, "retry"),
     )
     return ActionResult("done", f"Retried case #{case_id}: the account is now {state}.", case)
@@ -442,7 +452,7 @@ async def revoke(
             now=now,
             action="revoke_failed",
             details={"method": method, "error": str(exc)},
-            line=f"Revoking by {who(actor)} failed: {exc}",
+            said=line("Revoking by ", who(actor), f" failed: {exc}"),
         )
         return ActionResult("done", f"Revoking for case #{case_id} failed: {exc}", case)
     deleted = AccountEvent(
@@ -453,10 +463,12 @@ async def revoke(
         occurred_at=now,
         source="revoke",
     )
-    line = (
-        f"Grant deleted by {who(actor)}."
+    done = (
+        line("Grant deleted by ", who(actor), ".")
         if v3
-        else f"All access tokens revoked by {who(actor)}; the end user must re-authenticate."
+        else line(
+            "All access tokens revoked by ", who(actor), "; the end user must re-authenticate."
+        )
     )
     await _finish(
         sessions,
@@ -465,10 +477,10 @@ async def revoke(
         now=now,
         action="revoked",
         details={"method": method},
-        line=line,
+        said=done,
         event=deleted if v3 else None,
     )
-    return ActionResult("done", f"Done: {line}", case)
+    return result("done", line("Done: ", *done), case)
 
 
 def _syncing_again(case: Case, account: Account, remote: RemoteAccount) -> bool:
@@ -512,7 +524,9 @@ async def _reread_before_revoke(
             now=now,
             action="revoke_skipped",
             details={"method": method, "reason": "the account no longer exists in Nylas"},
-            line=f"Revoke by {who(actor)} not needed: the account no longer exists in Nylas.",
+            said=line(
+                "Revoke by ", who(actor), " not needed: the account no longer exists in Nylas."
+            ),
             event=gone,
         )
         return ActionResult(
@@ -526,7 +540,9 @@ async def _reread_before_revoke(
             now=now,
             action="revoke_failed",
             details={"method": method, "error": str(exc), "step": "re-read"},
-            line=f"Revoke by {who(actor)} not done: Nylas could not be asked about the account.",
+            said=line(
+                "Revoke by ", who(actor), " not done: Nylas could not be asked about the account."
+            ),
         )
         return ActionResult(
             "unavailable",
@@ -544,9 +560,11 @@ async def _reread_before_revoke(
         now=now,
         action="revoke_skipped",
         details={"method": method, "state": state, "reason": "the account syncs again"},
-        line=(
-            f"Revoke by {who(actor)} not done: the account is {state} again (the end user "
-            "re-authenticated), so nothing was revoked."
+        said=line(
+            "Revoke by ",
+            who(actor),
+            f" not done: the account is {state} again (the end user re-authenticated), so "
+            "nothing was revoked.",
         ),
         event=_reported(account, remote, now, "revoke"),
     )
@@ -600,7 +618,7 @@ async def delete_duplicate(
             now=now,
             action="delete_failed",
             details={"error": str(exc)},
-            line=f"Deleting the old account by {who(actor)} failed: {exc}",
+            said=line("Deleting the old account by ", who(actor), f" failed: {exc}"),
         )
         return ActionResult("done", f"Deleting account {account.id} failed: {exc}", case)
     gone = AccountEvent(
@@ -611,7 +629,7 @@ async def delete_duplicate(
         occurred_at=now,
         source="delete",
     )
-    line = f"Old account {account.id} deleted by {who(actor)}; {kept} is kept."
+    done = line(f"Old account {account.id} deleted by ", who(actor), f"; {kept} is kept.")
     await _finish(
         sessions,
         case_id=case_id,
@@ -619,7 +637,7 @@ async def delete_duplicate(
         now=now,
         action="deleted_duplicate",
         details={"deleted": account.id, "kept": kept},
-        line=line,
+        said=done,
         event=gone,
     )
-    return ActionResult("done", f"Done: {line}", case)
+    return result("done", line("Done: ", *done), case)

@@ -29,6 +29,7 @@ from workflows.actions import LinkBuilder, who
 from workflows.incidents import queue_line, queue_pager, queue_update
 from workflows.notify import record_change
 from workflows.nylas import NylasClient
+from workflows.words import Text, line, plain
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -38,20 +39,40 @@ RETRY_CONCURRENCY = 4  # Nylas calls in flight for "Retry all"
 @dataclass(frozen=True, slots=True)
 class BulkResult:
     outcome: str  # "done", "already", "stale", "missing", "refused", "unavailable"
-    message: str  # for the operator who acted, shown privately
+    message: str  # for the operator who acted, shown privately; plain text
     links: tuple[tuple[str, str], ...] = field(default=())  # (email, link) for "links"
+    said: Text | None = None  # the message with the people it names, when it names any
 
     @property
     def changed(self) -> bool:
         return self.outcome == "done"
 
+    @property
+    def words(self) -> Text:
+        """The message as a renderer shows it: with its people when it names any."""
+        return self.said if self.said is not None else self.message
+
     def links_csv(self) -> str:
-        """The links as CSV (email, link), ready to copy into a mail merge or a file."""
+        """The links as CSV (email, link), ready to copy into a mail merge or a spreadsheet.
+
+        Every cell is quoted (RFC 4180), and a cell a spreadsheet would read as a formula
+        (starting with =, +, -, @, a tab or a carriage return) is prefixed with a single quote,
+        so that an end user's email address cannot run anything when the file is opened.
+        """
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        # Lines end in "\n" rather than RFC 4180's CRLF: the CSV is shown in Slack to be copied.
+        writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(["email", "link"])
-        writer.writerows(self.links)
+        writer.writerows([[inert_cell(email), inert_cell(link)] for email, link in self.links])
         return out.getvalue()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert_cell(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text, never evaluates (OWASP's advice)."""
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
 
 
 async def _lock_members(session: AsyncSession, incident_id: int) -> set[int]:
@@ -111,7 +132,8 @@ async def acknowledge_all(
             return incident
         if incident.acknowledged_at is not None:
             by = who(incident.acknowledged_by or "someone")
-            return BulkResult("already", f"Incident #{incident_id} was acknowledged by {by}.")
+            said = line(f"Incident #{incident_id} was acknowledged by ", by, ".")
+            return BulkResult("already", plain(said), said=said)
         incident.acknowledged_at, incident.acknowledged_by = now, actor
         incident.escalation_due_at = None
         session.add(incident)
@@ -129,11 +151,13 @@ async def acknowledge_all(
                 actor=actor,
                 action="acknowledged",
                 now=now,
-                line=f"Acknowledged by {who(actor)} with all of incident #{incident_id}.",
+                line=line("Acknowledged by ", who(actor), f" with all of incident #{incident_id}."),
                 details={"incident": incident_id},
             )
             count += 1
-        await queue_line(session, incident, f"{count} cases acknowledged by {who(actor)}.", now)
+        await queue_line(
+            session, incident, line(f"{count} cases acknowledged by ", who(actor), "."), now
+        )
         await queue_update(session, incident, now)
     return BulkResult("done", f"You acknowledged incident #{incident_id} and {count} cases.")
 
@@ -169,9 +193,10 @@ async def reauth_links(
                 actor=actor,
                 action="reauth_link",
                 now=now,
-                line=(
-                    f"Re-authentication link made by {who(actor)} with all of incident "
-                    f"#{incident_id}; waiting on the end user."
+                line=line(
+                    "Re-authentication link made by ",
+                    who(actor),
+                    f" with all of incident #{incident_id}; waiting on the end user.",
                 ),
                 details={"email": account.email, "incident": incident_id},
             )
@@ -182,7 +207,11 @@ async def reauth_links(
         await queue_line(
             session,
             incident,
-            f"{len(links)} re-authentication links made by {who(actor)}; waiting on the end users.",
+            line(
+                f"{len(links)} re-authentication links made by ",
+                who(actor),
+                "; waiting on the end users.",
+            ),
             now,
         )
         await queue_update(session, incident, now)
@@ -240,5 +269,6 @@ async def retry_all(
         summary = ", ".join(f"{n} {what}" for what, n in sorted(tally.items()))
         incident = await store.lock_incident(session, incident_id=incident_id)
         if incident is not None:
-            await queue_line(session, incident, f"Retry all by {who(actor)}: {summary}.", now)
+            said = line("Retry all by ", who(actor), f": {summary}.")
+            await queue_line(session, incident, said, now)
     return BulkResult("done", f"Retry all for incident #{incident_id}: {summary}.")

@@ -41,6 +41,7 @@ from workflows.clock import how_long
 from workflows.incidents import scope_words
 from workflows.policy import Escalation, EscalationLevel
 from workflows.states import classify
+from workflows.words import Part, Person, line, payload
 
 log = logging.getLogger("reauthbot.escalation")
 
@@ -130,8 +131,13 @@ def next_due(
     return due
 
 
-def _mentions(ids: list[str]) -> str:
-    return " ".join(f"<!subteam^{i}>" if i.startswith("S") else f"<@{i}>" for i in ids)
+def _people(ids: list[str]) -> list[Part]:
+    """Users and user groups named one after another (the renderer makes them mentions)."""
+    parts: list[Part] = []
+    for i, user in enumerate(ids):
+        parts += [" "] if i else []
+        parts.append(Person(user))
+    return parts
 
 
 async def escalate_due(
@@ -199,18 +205,18 @@ async def _tell(
     channel: str,
     dm_text: str,
     page: dict[str, object],
-    line: str,
+    said: str,
     now: datetime,
-) -> list[str]:
-    """Queue what one level says (thread line, DMs, PagerDuty trigger); return what was done.
+) -> None:
+    """Queue what one level says: a thread line, DMs, a PagerDuty trigger.
 
     ``subject`` names what escalates: ``{"case_id": n}`` or ``{"incident_id": n}``.
     """
-    done: list[str] = []
+    done: list[list[Part]] = []
     if level.mention:
-        done.append(f"mentioned {_mentions(level.mention)}")
+        done.append(["mentioned ", *_people(level.mention)])
     if level.dm:
-        done.append(f"sent to {_mentions(level.dm)}")
+        done.append(["sent to ", *_people(level.dm)])
         for user in level.dm:
             await outbox.enqueue(
                 session,
@@ -221,25 +227,28 @@ async def _tell(
                 **subject,  # type: ignore[arg-type]
             )
     if level.pagerduty:
-        done.append("paged on-call in PagerDuty")
+        done.append(["paged on-call in PagerDuty"])
         await outbox.enqueue_page(
             session,
             now=now,
             payload={"action": "trigger", **page},
             **subject,
         )
-    text = f"{line}; " + ", ".join(done or ["nobody to tell"]) + "."
-    if level.mention:
-        text = f"{_mentions(level.mention)} {text}"
+    told: list[Part] = [*_people(level.mention), " "] if level.mention else []
+    told.append(f"{said}; ")
+    nobody: list[list[Part]] = [["nobody to tell"]]
+    for i, what in enumerate(done or nobody):
+        told += [", "] if i else []
+        told += what
+    told.append(".")
     await outbox.enqueue(
         session,
         channel=channel,
         kind=OutboxKind.THREAD,
         now=now,
-        payload={"text": text, "broadcast": bool(level.mention), "at": now.isoformat()},
+        payload={**payload(line(*told)), "broadcast": bool(level.mention), "at": now.isoformat()},
         **subject,  # type: ignore[arg-type]
     )
-    return done
 
 
 async def _run(
@@ -277,7 +286,7 @@ async def _run(
                 "opened_at": case.opened_at.isoformat(),
             },
         },
-        line=f"Escalated ({step.name}): {why}",
+        said=f"Escalated ({step.name}): {why}",
         now=now,
     )
     if level.pagerduty:
@@ -357,7 +366,7 @@ async def _escalate_incidents(
                         "opened_at": incident.opened_at.isoformat(),
                     },
                 },
-                line=f"Escalated ({step.name}): {why}",
+                said=f"Escalated ({step.name}): {why}",
                 now=now,
             )
             if level.pagerduty:

@@ -48,9 +48,11 @@ from storage.models import (
     OutboxKind,
     domain_of,
 )
+from workflows import words
 from workflows.clock import how_long
 from workflows.domains import is_public
 from workflows.policy import Storms
+from workflows.words import Text
 
 log = logging.getLogger("reauthbot.incidents")
 
@@ -330,16 +332,16 @@ def _forget_committed(session: Session) -> None:
 
 
 async def queue_line(
-    session: AsyncSession, incident: Incident, text: str, now: datetime, *, broadcast: bool = False
+    session: AsyncSession, incident: Incident, text: Text, now: datetime, *, broadcast: bool = False
 ) -> None:
-    """Queue one line in the incident's thread."""
+    """Queue one line in the incident's thread (plain text and the people it names)."""
     await outbox.enqueue(
         session,
         channel=incident.slack_channel or "",
         kind=OutboxKind.THREAD,
         now=now,
         incident_id=incident.id,
-        payload={"text": text, "broadcast": broadcast, "at": now.isoformat()},
+        payload={**words.payload(text), "broadcast": broadcast, "at": now.isoformat()},
     )
 
 

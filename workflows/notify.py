@@ -8,17 +8,19 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
 from storage.models import Case, OutboxKind
+from workflows import words
 from workflows.escalation import queue_pager_follow_up
 from workflows.incidents import member_changed
+from workflows.words import Text
 
 
 async def queue_case_change(
-    session: AsyncSession, case: Case, line: str, now: datetime, *, quote: str | None = None
+    session: AsyncSession, case: Case, line: Text, now: datetime, *, quote: str | None = None
 ) -> None:
     """Queue the in-place update of the case's message and one line in its thread.
 
-    ``line`` is our own wording (it may mention users); ``quote`` is text someone typed, kept
-    apart so that the sink can show it without letting it ping or link anyone.
+    ``line`` is plain text and the people it names (``workflows.words``); ``quote`` is text
+    someone typed, shown after it. The sink escapes both, so neither can ping or link anyone.
     """
     assert case.slack_channel is not None, "a case gets its channel when it opens"
     channel = case.slack_channel
@@ -34,7 +36,7 @@ async def queue_case_change(
         kind=OutboxKind.THREAD,
         now=now,
         case_id=case.id,
-        payload={"text": line, "quote": quote, "at": now.isoformat()},
+        payload={**words.payload(line), "quote": quote, "at": now.isoformat()},
     )
 
 
@@ -45,7 +47,7 @@ async def record_change(
     actor: str,
     action: str,
     now: datetime,
-    line: str,
+    line: Text,
     details: dict[str, object] | None = None,
     quote: str | None = None,
 ) -> None:

@@ -17,9 +17,11 @@ async def is_allowed(
     listed: list[str] | None = getattr(permissions, action)
     if listed is None:
         return action != "revoke"
-    if user_id in listed:
-        return True
     for entry in listed:
-        if entry.startswith("S") and user_id in set(await members(entry)):
+        # A group's id names its members, never itself: a forged user id "S…" must not pass.
+        if entry.startswith("S"):
+            if user_id in set(await members(entry)):
+                return True
+        elif entry == user_id:
             return True
     return False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.runtime import Runtime
 from bot.slack import blocks, ids
 from bot.slack.groups import GroupDirectory
-from storage import cases
+from storage import cases, slack_requests
 from storage.models import Account
 from storage.reports import MAX_CASE_NUMBER
 from workflows import actions
@@ -33,6 +33,11 @@ log = logging.getLogger("reauthbot.slack.actions")
 Workflow = Callable[..., Awaitable[ActionResult]]
 
 MAX_TEXT = 40_000  # Slack cuts a message's text beyond this
+
+# How long a modal the app opened may be submitted; an operator who leaves it open longer
+# clicks the button again.
+VIEW_LIFETIME = timedelta(hours=1)
+UNKNOWN_VIEW = "This form was not opened by reauthbot, or it has expired: click the button again."
 
 REVOKE_OFF = (
     "Revoking tokens is turned off. To allow it, name who may revoke under "
@@ -118,8 +123,37 @@ async def run_action(
     if result.changed:
         runtime.wake_senders()
     if not result.changed or tell_on_success:
-        await respond(text=result.message, response_type="ephemeral", replace_original=False)
+        await respond(
+            text=blocks.words(result.words), response_type="ephemeral", replace_original=False
+        )
     return result
+
+
+async def open_modal(
+    runtime: Runtime, client: AsyncWebClient, trigger_id: str, view: dict[str, Any]
+) -> None:
+    """Open a modal and remember it, so that its submission is the only one accepted."""
+    answer = await client.views_open(trigger_id=trigger_id, view=view)
+    now = runtime.clock()
+    async with runtime.db()() as session, session.begin():
+        await slack_requests.remember_view(
+            session, view_id=str(answer["view"]["id"]), expires_at=now + VIEW_LIFETIME, now=now
+        )
+
+
+async def opened_here(runtime: Runtime, view: dict[str, Any]) -> bool:
+    """Whether a submitted modal is one this app opened (on any replica) and still expects."""
+    view_id = view.get("id")
+    if not isinstance(view_id, str) or not view_id:
+        return False
+    async with runtime.reader()() as session:
+        return await slack_requests.view_opened(session, view_id=view_id, now=runtime.clock())
+
+
+async def close_view(runtime: Runtime, view: dict[str, Any]) -> None:
+    """Forget a modal whose submission was accepted: a second copy of it is refused."""
+    async with runtime.db()() as session, session.begin():
+        await slack_requests.forget_view(session, view_id=str(view["id"]))
 
 
 def ticket_message(text: str) -> str:
@@ -194,9 +228,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
                 text=f"Case #{case_id} {reason}.", response_type="ephemeral", replace_original=False
             )
             return
-        await client.views_open(
-            trigger_id=body["trigger_id"], view=blocks.resolve_modal(case, account)
-        )
+        await open_modal(runtime, client, body["trigger_id"], blocks.resolve_modal(case, account))
 
     @bolt.action(ids.RETRY)
     async def on_retry(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
@@ -257,8 +289,8 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         allowed = await permitted(runtime, groups, "revoke", user_id)
         if allowed and case is not None and account is not None and account.api_version == "v3":
             # Deleting a grant cannot be undone: ask for the email first (see on_revoke_submitted).
-            await client.views_open(
-                trigger_id=body["trigger_id"], view=blocks.revoke_modal(case, account)
+            await open_modal(
+                runtime, client, body["trigger_id"], blocks.revoke_modal(case, account)
             )
             return
         # v2 (the button's own confirm dialog was accepted), refusals and stale clicks.
@@ -320,6 +352,9 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         except (KeyError, ValueError, TypeError):
             await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: "This form is broken."})
             return
+        if not await opened_here(runtime, view):
+            await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: UNKNOWN_VIEW})
+            return
         now, actor = runtime.clock(), actions.slack_actor(user_id)
         if runtime.settings.policy.permissions.revoke is None or not await permitted(
             runtime, groups, "revoke", user_id
@@ -343,6 +378,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         await ack(
             response_action="update", view=blocks.notice_modal("Delete the grant", result.message)
         )
+        await close_view(runtime, view)
         runtime.wake_senders()
 
     @bolt.view(ids.RESOLVE_MODAL)
@@ -355,6 +391,9 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             note = view["state"]["values"][ids.NOTE_BLOCK][ids.NOTE_INPUT].get("value") or ""
         except (KeyError, ValueError, TypeError):
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: "This form is broken."})
+            return
+        if not await opened_here(runtime, view):
+            await ack(response_action="errors", errors={ids.NOTE_BLOCK: UNKNOWN_VIEW})
             return
         now, actor = runtime.clock(), actions.slack_actor(user_id)
         if not await permitted(runtime, groups, "resolve", user_id):
@@ -369,4 +408,5 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: result.message[:150]})
             return
         await ack()
+        await close_view(runtime, view)
         runtime.wake_senders()

@@ -25,6 +25,7 @@ from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.slack import actions, commands, home, ids, incident_actions
 from bot.slack.groups import GroupDirectory
+from bot.slack.guard import Identity, replay_guard
 
 log = logging.getLogger("reauthbot.slack")
 
@@ -58,7 +59,10 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
         request_verification_enabled=not settings.socket_mode,
         logger=logging.getLogger("reauthbot.bolt"),
     )
+    # Refusals that change nothing come first; the replay ledger records only what is served.
+    bolt.use(Identity(client).middleware)
     bolt.use(refuse_nul_characters)
+    bolt.use(replay_guard(runtime))
     groups = GroupDirectory(client)
     actions.register(bolt, runtime, groups)
     incident_actions.register(bolt, runtime, groups)

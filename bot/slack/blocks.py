@@ -1,11 +1,14 @@
 """Block Kit rendering: pure functions from a case and its account to a Slack message.
 
-All text that comes from outside (emails, ids, provider names, notes) goes through
-``escape`` so that ``<!channel>`` or ``<@U…>`` inside it can never ping anyone.
+All text that comes from outside (emails, ids, provider names, notes, Nylas' error messages)
+goes through ``escape``, the one escaping function of the service, so that ``<!channel>``,
+``<@U…>`` or ``<http://…|…>`` inside it can never ping anyone or pose as a link. Mentions are
+written only here, from ids that look like Slack's (``mention``, ``person``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -17,6 +20,7 @@ from workflows.billing import billing_words, restart_warning, retry_restarts_bil
 from workflows.diagnosis import MENTION, Finding
 from workflows.escalation import RESEND_WINDOW
 from workflows.states import classify
+from workflows.words import Person, Text
 
 MAX_SECTION = 3000
 KIND_TITLES = {
@@ -89,8 +93,30 @@ def deadline_note(case: Case, account: Account) -> str:
     return note
 
 
+USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+GROUP_ID = re.compile(r"S[A-Z0-9]{2,}")
+
+
 def mention(user_id: str) -> str:
-    return f"<@{user_id}>" if user_id.isalnum() else escape(user_id)
+    """A Slack user as a mention, if ``user_id`` is shaped like one; else the id, escaped."""
+    return f"<@{user_id}>" if USER_ID.fullmatch(user_id) else escape(user_id)
+
+
+def person(who: Person) -> str:
+    """Someone a sentence names: a mention of a Slack user or user group, else their name."""
+    name = who.id.removeprefix("slack:")
+    if USER_ID.fullmatch(name):
+        return f"<@{name}>"
+    if GROUP_ID.fullmatch(name) and not who.id.startswith("slack:"):
+        return f"<!subteam^{name}>"
+    return escape(str(who))
+
+
+def words(text: Text) -> str:
+    """A sentence from workflows as mrkdwn: people as mentions, every word escaped."""
+    if isinstance(text, str):
+        return escape(text)
+    return "".join(escape(part) if isinstance(part, str) else person(part) for part in text)
 
 
 def why_it_matters(case: Case, account: Account) -> str:

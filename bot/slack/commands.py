@@ -50,7 +50,7 @@ async def _find(runtime: Runtime, respond: AsyncRespond, ref: str) -> tuple[Case
         case = await reports.find_case(session, ref=ref)
         account = await cases.get_account(session, account_id=case.account_id) if case else None
     if case is None or account is None:
-        await _say(respond, f"No case matches `{ref[:80]}`. Try `/reauth list`.")
+        await _say(respond, f"No case matches `{escape(ref[:80])}`. Try `/reauth list`.")
         return None
     return case, account
 
@@ -153,7 +153,7 @@ async def on_revoke(
             actor=actions.slack_actor(user_id),
             now=runtime.clock(),
         )
-        await _say(respond, result.message)
+        await _say(respond, escape(result.message))
         return
     if case.status == CaseStatus.RESOLVED:
         await _say(respond, f"Case #{case.id} is already resolved.")
@@ -291,7 +291,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         try:
             command = parse(str(body.get("text") or ""))
         except UsageError as exc:
-            await _say(respond, str(exc))
+            await _say(respond, escape(str(exc)))
             return
         log.info("command", extra={"command": command.name, "user": body.get("user_id")})
         await HANDLERS[command.name](runtime, groups, command, body, respond)

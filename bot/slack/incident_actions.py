@@ -16,7 +16,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.actions import case_id_of, in_range, link_builder, permitted
-from bot.slack.blocks import MAX_SECTION, section
+from bot.slack.blocks import MAX_SECTION, escape, section, words
 from bot.slack.groups import GroupDirectory
 from workflows import bulk
 from workflows.actions import slack_actor
@@ -40,8 +40,9 @@ def links_blocks(result: BulkResult) -> list[dict[str, Any]]:
     if current:
         chunks.append(current)
     shown = chunks[:MAX_BLOCKS]
-    blocks = [section(result.message)]
-    blocks += [section(f"```{chunk}```") for chunk in shown]
+    blocks = [section(words(result.words))]
+    # In a code block Slack still reads <…> as links and mentions: the cells are escaped too.
+    blocks += [section(f"```{escape(chunk)}```") for chunk in shown]
     if len(chunks) > len(shown):
         rows = sum(chunk.count("\n") for chunk in shown) - 1
         blocks.append(
@@ -98,13 +99,14 @@ async def run_bulk(
         runtime.wake_senders()
     if result.links:
         await respond(
-            text=result.message,
+            text=words(result.words),
             blocks=links_blocks(result),
             response_type="ephemeral",
             replace_original=False,
         )
     else:
-        await respond(text=result.message, response_type="ephemeral", replace_original=False)
+        text = words(result.words)
+        await respond(text=text, response_type="ephemeral", replace_original=False)
     return result
 
 

@@ -10,6 +10,7 @@ from bot.slack.blocks import (
     context,
     escape,
     header,
+    mention,
     permalink,
     section,
     slack_date,
@@ -69,7 +70,7 @@ def incident_blocks(view: IncidentView) -> list[dict[str, Any]]:
         blocks.append(section(_members(view)))
     if incident.acknowledged_by:
         by = incident.acknowledged_by.removeprefix("slack:")
-        blocks.append(context(f"Acknowledged by <@{by}>." if by.isalnum() else "Acknowledged."))
+        blocks.append(context(f"Acknowledged by {mention(by)}."))
     if incident.sealed_at is not None:
         blocks.append(
             context(

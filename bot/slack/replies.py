@@ -238,7 +238,7 @@ def _who(ids_: Sequence[str], members: Mapping[str, Sequence[str]]) -> str:
     for entry in ids_:
         if entry.startswith("S"):
             people = ", ".join(mention(u) for u in members.get(entry, ())) or "nobody"
-            names.append(f"group `{entry}` ({people})")
+            names.append(f"group `{escape(entry)}` ({people})")
         else:
             names.append(mention(entry))
     return ", ".join(names)

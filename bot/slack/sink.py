@@ -27,6 +27,7 @@ from bot.notifier import Posted, SinkError
 from bot.slack import blocks, incidents, notices
 from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxKind, OutboxMessage
+from workflows.words import from_json
 
 log = logging.getLogger("reauthbot.slack.sink")
 
@@ -186,7 +187,7 @@ class SlackSink:
     async def _direct(self, message: OutboxMessage, text: str, body: list[dict[str, Any]]) -> None:
         """Send a message to one person: the escalation's note, then the alert it is about."""
         await self._pace(message.channel)
-        note = str(message.payload.get("text", ""))
+        note = direct_note(message)
         await self._client.chat_postMessage(
             channel=message.channel,
             text=f"{note} {text}",
@@ -308,10 +309,26 @@ def _carries(message: dict[str, Any], wanted: dict[str, Any]) -> bool:
     )
 
 
+def direct_note(message: OutboxMessage) -> str:
+    """The note a direct message starts with, escaped: it names an account by its email."""
+    return blocks.escape(str(message.payload.get("text", "")))
+
+
 def thread_text(message: OutboxMessage) -> str:
-    """Our wording as written, then whatever someone typed, escaped so it cannot ping."""
-    text = str(message.payload.get("text", ""))
-    quote = message.payload.get("quote")
+    """A thread line, then whatever someone typed: escaped, so that neither can ping or link.
+
+    The people a line names (``parts``) are the only mentions; its words may quote an email,
+    a Nylas error or a state Nylas reported, and are escaped like a quote. A line without
+    ``parts`` names no one and is escaped whole.
+    """
+    payload = message.payload
+    parts = payload.get("parts")
+    text = (
+        blocks.words(from_json(parts))
+        if parts is not None
+        else blocks.escape(str(payload.get("text", "")))
+    )
+    quote = payload.get("quote")
     return f"{text} {blocks.escape(str(quote))}" if quote else text
 
 

@@ -5,8 +5,8 @@
         await client.chat_postMessage(channel="C1", text="hi")
         assert slack.calls_to("chat.postMessage")[0].params["text"] == "hi"
 
-Methods: ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
-``views.open``, ``views.push``, ``views.update``, ``views.publish``,
+Methods: ``auth.test``, ``bots.info``, ``chat.postMessage``, ``chat.update``,
+``chat.postEphemeral``, ``views.open``, ``views.push``, ``views.update``, ``views.publish``,
 ``usergroups.users.list``, ``users.info``, ``conversations.info``, ``conversations.history``;
 anything else answers ``unknown_method``. ``POST /response/<n>`` stands in for response_url.
 
@@ -176,6 +176,7 @@ class FakeSlack(LoopbackFake):
         self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, when)
         self._methods: dict[str, Callable[[Params], Params]] = {
             "auth.test": self._auth_test,
+            "bots.info": self._bots_info,
             "chat.postMessage": self._chat_post_message,
             "chat.update": self._chat_update,
             "chat.postEphemeral": self._chat_post_ephemeral,
@@ -447,6 +448,20 @@ class FakeSlack(LoopbackFake):
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
+        }
+
+    def _bots_info(self, params: Params) -> Params:
+        bot_id = _required_argument(params, "bot")
+        if bot_id != self.bot_id:
+            raise _ApiError("bot_not_found")
+        return {
+            "bot": {
+                "id": self.bot_id,
+                "deleted": False,
+                "name": "reauthbot",
+                "app_id": self.app_id,
+                "user_id": self.bot_user_id,
+            }
         }
 
     def _chat_post_message(self, params: Params) -> Params:

@@ -1,6 +1,9 @@
 """POST /slack/events through the real app with hostile but correctly signed payloads: never a
 5xx, and nothing changes (no case, no audit row but ``refused``, no Nylas call, no message)
-unless it is a valid click by an allowed user on an existing case, which these never are."""
+unless it is a valid click by an allowed user on an existing case, which these never are.
+
+Payloads claim the app's own team and app ids, or others (refused with 403); some requests
+are sent twice with the same signature (the copy is served at most once)."""
 
 from __future__ import annotations
 
@@ -157,11 +160,13 @@ async def send_and_check(
     action: str | None = None,
     *,
     well_formed: bool = False,
+    copy: bool = False,
 ) -> None:
     """Send the request as is; check the answer is no 5xx and nothing changed.
 
     A ``well_formed`` request (shaped as Slack sends them) must also be answered: no listener
-    may fail on it after acknowledging, which the operator would see as silence.
+    may fail on it after acknowledging, which the operator would see as silence. A ``copy``
+    of a request sent before is not even noted in the replay ledger.
     """
     before = await snapshot(world.engine)
     writes, nylas_calls = slack_writes(world.slack), len(world.nylas.calls)
@@ -179,12 +184,17 @@ async def send_and_check(
         # Malformed beyond what Slack sends: acknowledged, nothing changed, no answer either.
         event(f"listener failed after ack: {type(error).__name__}: {error}"[:120])
     assert response.status < 500, response.body
+    if response.status == 403:
+        assert response.body == b"forbidden"
     after = await snapshot(world.engine)
     assert world.nylas.calls[nylas_calls:] == []
     assert slack_writes(world.slack) == writes
     for table in TABLES:
-        if table != "case_events":
+        if table not in ("case_events", "slack_requests"):
             assert after[table] == before[table], table
+    # The replay ledger notes the signature of each request it lets through, and only that.
+    noted = [r for r in after["slack_requests"] if r not in before["slack_requests"]]
+    assert len(noted) <= (0 if copy or response.status == 403 else 1), noted
     old, new = before["case_events"], after["case_events"]
     assert after["case_events"][: len(old)] == old
     for audit in new[len(old) :]:
@@ -219,9 +229,16 @@ values = st.one_of(
 
 
 def anything_but_allowed(payload: Any) -> bool:
-    # A user id equal to a listed group id ("S0OPS") passes the permission check too; Slack
-    # never sends one (user ids start with U or W), so that is left out as well.
-    return not any(who in json.dumps(payload) for who in (ALLOWED, "S0OPS"))
+    # A user id equal to a listed group id ("S0OPS") is drawn too: only members of the group
+    # may act, never the group's id itself.
+    return ALLOWED not in json.dumps(payload)
+
+
+# The team and app a request claims: mostly the app's own (see FakeSlack), else another.
+team_ids = mostly(
+    st.just("T0TEST"), st.sampled_from(["T0OTHER", "", "t0test"]) | st.text(max_size=8)
+)
+app_ids = mostly(st.just("A0APP"), st.sampled_from(["A0OTHER", "", "a0app"]) | st.text(max_size=8))
 
 
 @st.composite
@@ -248,9 +265,9 @@ def block_actions(draw: st.DrawFn, slack: FakeSlack) -> dict[str, Any]:
         "type": draw(
             mostly(st.just("block_actions"), st.sampled_from(["interactive_message", "x"]))
         ),
-        "api_app_id": "A0APP",
+        "api_app_id": draw(app_ids),
         "token": "legacy",
-        "team": {"id": "T0TEST", "domain": "acme"},
+        "team": {"id": draw(team_ids), "domain": "acme"},
         "container": {"type": "message", "message_ts": "1.2", "channel_id": CHANNEL},
         "channel": {"id": CHANNEL, "name": "alerts"},
         "trigger_id": draw(st.text(max_size=10)),
@@ -289,6 +306,7 @@ def well_formed(draw: st.DrawFn, slack: FakeSlack, *, allowed: bool) -> dict[str
         "type": "block_actions",
         "user": {"id": user, "username": "someone", "team_id": "T0TEST"},
         "team": {"id": "T0TEST"},
+        "api_app_id": "A0APP",
         "channel": {"id": CHANNEL},
         "container": {"type": "message", "message_ts": "1.2", "channel_id": CHANNEL},
         "trigger_id": "1.2.x",
@@ -314,10 +332,12 @@ def submissions(draw: st.DrawFn) -> dict[str, Any]:
     }
     return {
         "type": "view_submission",
-        "team": {"id": "T0TEST"},
+        "team": {"id": draw(team_ids)},
+        "api_app_id": draw(app_ids),
         "user": {"id": ALLOWED} if allowed else draw(users | user_fields),
         "view": {
-            "id": "V0X",
+            # A view the app never opened, or one like those it opens.
+            "id": draw(st.sampled_from(["V0X", "V00000001", ""]) | st.text(max_size=12)),
             "type": "modal",
             "callback_id": callback,
             "private_metadata": metadata,
@@ -373,7 +393,8 @@ def forms(draw: st.DrawFn, slack: FakeSlack) -> tuple[str, str]:
             "command": draw(mostly(st.just(ids.COMMAND), st.text(max_size=10))),
             "text": draw(command_texts),
             "user_id": draw(users),
-            "team_id": "T0TEST",
+            "team_id": draw(team_ids),
+            "api_app_id": draw(app_ids),
             "channel_id": CHANNEL,
             "trigger_id": "1.2.x",
         }
@@ -395,7 +416,12 @@ def forms(draw: st.DrawFn, slack: FakeSlack) -> tuple[str, str]:
         event_ = {"type": "app_home_opened", "user": draw(users), "tab": "home"}
         for key in draw(st.lists(st.sampled_from(sorted(event_)), max_size=1)):
             event_[key] = draw(json_values)
-        body = {"type": "event_callback", "team_id": "T0TEST", "event": event_}
+        body = {
+            "type": "event_callback",
+            "team_id": draw(team_ids),
+            "api_app_id": draw(app_ids),
+            "event": event_,
+        }
         return json.dumps(body), "application/json"
     return json.dumps(draw(json_values)), draw(
         st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain"])
@@ -428,3 +454,6 @@ async def test_any_request_to_slack_events_changes_nothing(
     body, content_type = data.draw(forms(world.slack).filter(anything_but_allowed), label="body")
     headers = {**data.draw(signatures(body), label="signature"), "Content-Type": content_type}
     await send_and_check(world, body, headers)
+    if data.draw(st.booleans(), label="sent again"):
+        # The same bytes and signature again: served once at most, the copy changes nothing.
+        await send_and_check(world, body, headers, copy=True)

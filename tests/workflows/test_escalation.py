@@ -158,7 +158,9 @@ async def test_levels_fire_once_each_at_their_time(sessions: Sessions, clock: Fr
     assert await escalate_due(sessions, policy=rules, now=clock()) == 0  # not twice
     (mention,) = await queued(sessions, OutboxKind.THREAD)
     assert mention.payload["broadcast"] is True
-    assert mention.payload["text"].startswith("<!subteam^S0ONCALL> Escalated (level 1)")
+    # Workflows write no Slack markup: the people a line names are parts of their own.
+    assert mention.payload["text"].startswith("@S0ONCALL Escalated (level 1)")
+    assert mention.payload["parts"][0] == {"person": "S0ONCALL"}
     assert "no one has acknowledged it for 15 min" in mention.payload["text"]
     assert await queued(sessions, OutboxKind.DM) == []
 

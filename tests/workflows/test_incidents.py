@@ -233,7 +233,8 @@ async def test_an_incident_escalates_as_one_and_stands_down(sessions: Sessions) 
     assert await escalate_due(sessions, policy=POLICY, now=T0 + timedelta(minutes=15)) == 1
     lines = await outbox(sessions, kind=OutboxKind.THREAD, incident_id=incident.id)
     assert lines[-1].payload["broadcast"] is True
-    assert lines[-1].payload["text"].startswith("<!subteam^S0ONCALL> Escalated (level 1)")
+    assert lines[-1].payload["text"].startswith("@S0ONCALL Escalated (level 1)")
+    assert lines[-1].payload["parts"][0] == {"person": "S0ONCALL"}
     assert await escalate_due(sessions, policy=POLICY, now=T0 + timedelta(hours=1)) == 1
     (dm,) = await outbox(sessions, kind=OutboxKind.DM)
     assert (dm.channel, dm.incident_id, dm.case_id) == ("U0LEAD", incident.id, None)
@@ -287,8 +288,8 @@ async def test_links_for_all_are_one_per_end_user(sessions: Sessions) -> None:
     )
     assert result.outcome == "done"
     assert result.links_csv().splitlines() == [
-        "email,link",
-        *(f"user{n}@acme.com,https://auth.example/g-acme.com-{n}" for n in range(3)),
+        '"email","link"',
+        *(f'"user{n}@acme.com","https://auth.example/g-acme.com-{n}"' for n in range(3)),
     ]
     async with sessions() as session:
         waiting = (await session.exec(select(Case.status))).all()
@@ -331,7 +332,8 @@ async def test_retry_all_retries_the_stopped_v2_accounts(sessions: Sessions, nyl
         states = dict((await session.exec(select(Case.account_id, Case.status))).all())
     assert states == {"a-0": "open", "a-1": "resolved", "a-2": "resolved"}
     line = (await outbox(sessions, kind=OutboxKind.THREAD, incident_id=incident.id))[-1]
-    assert line.payload["text"] == "Retry all by <@U0SUE>: 2 recovered, 1 still not syncing."
+    assert line.payload["text"] == "Retry all by @U0SUE: 2 recovered, 1 still not syncing."
+    assert {"person": "slack:U0SUE"} in line.payload["parts"]
 
     # Again: only the account still stopped is retried.
     again = await bulk.retry_all(

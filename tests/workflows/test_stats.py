@@ -384,7 +384,7 @@ async def test_fixed_without_operator_v3(
             nylas=nylas.v3,
             confirmation="cy@globex.com",
         )
-        assert result.message == "Done: Grant deleted by <@U1>."
+        assert result.message == "Done: Grant deleted by @U1."
     else:
         await event(sessions, "g1", "valid", T0 + 2 * H, version="v3", **reauthenticated())
     figures = await stats(sessions)

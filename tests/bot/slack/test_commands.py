@@ -154,6 +154,7 @@ async def test_list_filters_and_pages(
         "type": "block_actions",
         "user": {"id": "U0ANA"},
         "team": {"id": "T0TEST"},
+        "api_app_id": "A0APP",
         "response_url": slack.response_url("more"),
         "actions": [{"action_id": ids.LIST_MORE, "value": button["value"], "type": "button"}],
     }
@@ -182,6 +183,7 @@ async def test_a_forged_more_button_is_refused(run: Any, slack: FakeSlack) -> No
         "type": "block_actions",
         "user": {"id": "U0ANA"},
         "team": {"id": "T0TEST"},
+        "api_app_id": "A0APP",
         "response_url": slack.response_url("forged"),
         "actions": [
             {"action_id": ids.LIST_MORE, "value": '{"offset":-5,"kinds":["x"]}', "type": "button"}
@@ -341,6 +343,7 @@ async def test_unsigned_or_replayed_commands_change_nothing(
             "text": f"ack {case_id}",
             "user_id": "U0ANA",
             "team_id": "T0TEST",
+            "api_app_id": "A0APP",
             "response_url": slack.response_url("x"),
         }
     )
@@ -401,6 +404,7 @@ async def test_slow_work_is_answered_after_the_command_is_acknowledged(
             "text": f"retry {case_id}",
             "user_id": "U0ANA",
             "team_id": "T0TEST",
+            "api_app_id": "A0APP",
             "response_url": slack.response_url("slow"),
         }
     )

@@ -253,14 +253,19 @@ async def test_reauth_link_without_configuration_says_what_to_set(
     assert "NYLAS_CLIENT_ID and NYLAS_REDIRECT_URI" in slack.responses[0]["text"]
 
 
-def view_submission(note: str, case_id: str, user: str = "U0ALICE") -> str:
+def opened_view(slack: FakeSlack, callback_id: str) -> str:
+    """The id Slack gave the modal the app opened last with ``callback_id``."""
+    return [k for k, v in slack.open_views.items() if v["callback_id"] == callback_id][-1]
+
+
+def view_submission(note: str, case_id: str, user: str = "U0ALICE", *, view_id: str = "V1") -> str:
     payload = {
         "type": "view_submission",
         "user": {"id": user},
         "team": {"id": "T0TEST"},
         "api_app_id": "A0APP",
         "view": {
-            "id": "V1",
+            "id": view_id,
             "type": "modal",
             "callback_id": ids.RESOLVE_MODAL,
             "private_metadata": case_id,
@@ -290,7 +295,8 @@ async def test_resolve_opens_a_modal_and_its_note_closes_the_case(
     view = slack.calls_to("views.open")[0].params["view"]
     assert view["callback_id"] == ids.RESOLVE_MODAL and view["private_metadata"] == "1"
 
-    body = view_submission("Customer <!channel> moved to a new mailbox", "1")
+    view_id = opened_view(slack, ids.RESOLVE_MODAL)
+    body = view_submission("Customer <!channel> moved to a new mailbox", "1", view_id=view_id)
     response = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
     assert response.status == 200
     (line,) = await thread_lines(slack, 1)
@@ -310,10 +316,12 @@ async def test_resolve_opens_a_modal_and_its_note_closes_the_case(
         in json.dumps(final)
     )
 
+    # The modal was closed by its accepted submission: the same view is not accepted again.
+    body = view_submission("once more", "1", view_id=view_id)
     again = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
     answer = await again.json()
     assert answer["response_action"] == "errors"
-    assert "already resolved" in answer["errors"][ids.NOTE_BLOCK]
+    assert "not opened by reauthbot" in answer["errors"][ids.NOTE_BLOCK]
 
 
 async def test_snoozes_end_by_themselves(sessions: Sessions, clock: Any) -> None:
@@ -495,8 +503,9 @@ async def test_revoke_v3_needs_the_email_typed_back(
             "type": "view_submission",
             "user": {"id": "U0ADMIN"},
             "team": {"id": "T0TEST"},
+            "api_app_id": "A0APP",
             "view": {
-                "id": "V2",
+                "id": opened_view(slack, ids.REVOKE_MODAL),
                 "type": "modal",
                 "callback_id": ids.REVOKE_MODAL,
                 "private_metadata": "1",
@@ -534,6 +543,7 @@ async def test_signed_but_malformed_payloads_are_400(
         {"type": "view_submission", "view": {"callback_id": ids.RESOLVE_MODAL}},
         {"type": 7},
     ):
+        payload |= {"team": {"id": "T0TEST"}, "api_app_id": "A0APP"}
         body = urlencode({"payload": json.dumps(payload)})
         response = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
         assert response.status in (400, 404), await response.text()
@@ -555,6 +565,7 @@ async def test_nul_characters_are_400_and_change_nothing(
         "type": "view_submission",
         "user": {"id": "\x00", "team_id": "T0TEST"},
         "team": {"id": "T0TEST"},
+        "api_app_id": "A0APP",
         "view": {
             "id": "V0X",
             "type": "modal",
@@ -565,6 +576,7 @@ async def test_nul_characters_are_400_and_change_nothing(
     }
     command = {
         "team_id": "T0TEST",
+        "api_app_id": "A0APP",
         "channel_id": CHANNEL,
         "user_id": "U0ADMIN",
         "command": ids.COMMAND,

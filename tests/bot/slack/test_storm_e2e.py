@@ -239,9 +239,9 @@ async def test_re_auth_links_for_a_whole_storm_come_as_csv(
         b["text"]["text"].strip("`") for b in answer["blocks"][1:] if b["type"] == "section"
     )
     rows = csv_text.strip().splitlines()
-    assert rows[0] == "email,link"
+    assert rows[0] == '"email","link"'
     assert sorted(r.split(",", 1)[0] for r in rows[1:]) == [
-        f"user{n}@west.example" for n in range(6)
+        f'"user{n}@west.example"' for n in range(6)
     ]
     assert all("/v3/connect/auth?" in r and "login_hint=" in r for r in rows[1:])
     assert not any("state=" in r for r in rows[1:])
