@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -61,7 +62,7 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
     )
     # Refusals that change nothing come first; the replay ledger records only what is served.
     bolt.use(Identity(client).middleware)
-    bolt.use(refuse_nul_characters)
+    bolt.use(refuse_unstorable_text)
     bolt.use(replay_guard(runtime))
     groups = GroupDirectory(client)
     actions.register(bolt, runtime, groups)
@@ -82,33 +83,42 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
     return bolt
 
 
-def contains_nul(value: object) -> bool:
-    """Whether a NUL character is anywhere in ``value`` (keys, strings, nested)."""
+# A lone surrogate ("\ud800" in JSON) is no character: it cannot be encoded as UTF-8 to be
+# stored, logged or sent back.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable(value: object) -> str | None:
+    """What in ``value`` (keys, strings, nested) no text column can hold: a NUL character or a
+    lone surrogate; None when there is nothing of the kind."""
     pending = [value]
     while pending:
         item = pending.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                return True
+                return "NUL character"
+            if _SURROGATE.search(item):
+                return "lone surrogate"
         elif isinstance(item, dict):
             pending.extend(item.keys())
             pending.extend(item.values())
         elif isinstance(item, list):
             pending.extend(item)
-    return False
+    return None
 
 
-async def refuse_nul_characters(
+async def refuse_unstorable_text(
     body: dict[str, object], next: Callable[[], Awaitable[BoltResponse]]
 ) -> BoltResponse:
-    """Answer 400 to a payload with a NUL character anywhere in it.
+    """Answer 400 to a payload with a NUL character or a lone surrogate anywhere in it.
 
-    Slack never sends one, and PostgreSQL cannot store one in a text column: a user id or a
-    note carrying it would fail the listener after its answer. Runs after the signature check.
+    Slack never sends either, and neither can be stored in a text column (PostgreSQL refuses
+    NUL, UTF-8 has no lone surrogate): a user id or a note carrying one would fail the listener
+    after its answer. Runs after the signature check.
     """
-    if contains_nul(body):
-        log.warning("malformed Slack payload: a NUL character")
-        return BoltResponse(status=400, body={"error": "malformed payload: NUL character"})
+    if (what := unstorable(body)) is not None:
+        log.warning("malformed Slack payload: a %s", what)
+        return BoltResponse(status=400, body={"error": f"malformed payload: {what}"})
     return await next()
 
 

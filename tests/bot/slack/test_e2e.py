@@ -550,6 +550,28 @@ async def test_signed_but_malformed_payloads_are_400(
     assert await case_events(sessions) == []
 
 
+async def test_lone_surrogates_are_400_and_change_nothing(
+    start: Any, slack: FakeSlack, sessions: Sessions
+) -> None:
+    """A lone surrogate ("\\ud800" in JSON) cannot be encoded to be stored, logged or sent back:
+    a payload carrying one is refused at the door, as a NUL is (found by bench.fuzz_routes)."""
+    app = await start('[permissions]\nresolve = ["U0ADMIN"]\n')
+    await expire(app)
+    await wait_posts(slack, 1)
+    before = await case_events(sessions)
+    posts = len(slack.calls_to("chat.postMessage"))
+    for body in (
+        click_body(slack, ids.ACK, "1", "U0ALICE\ud800"),
+        click_body(slack, ids.SNOOZE, "1:4h\udc80", "U0ALICE"),
+    ):
+        response = await app.post(ids.EVENTS_PATH, data=body, headers=signed(body))
+        assert response.status == 400
+        assert await response.json() == {"error": "malformed payload: lone surrogate"}
+    await asyncio.sleep(0.2)  # anything acting on them would have started by now
+    assert await case_events(sessions) == before
+    assert len(slack.calls_to("chat.postMessage")) == posts
+
+
 async def test_nul_characters_are_400_and_change_nothing(
     start: Any, slack: FakeSlack, sessions: Sessions
 ) -> None:

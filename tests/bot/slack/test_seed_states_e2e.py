@@ -386,12 +386,15 @@ async def test_v3_grant_valid_again_is_not_deleted(
         return bool(slack.calls_to("views.open"))
 
     await eventually(opened)
+    # The modal the app opened, as Slack submits it (its id, and the app's own ids).
+    (view_id,) = [k for k, v in slack.open_views.items() if v["callback_id"] == ids.REVOKE_MODAL]
     payload = {
         "type": "view_submission",
         "user": {"id": ADMIN},
         "team": {"id": "T0TEST"},
+        "api_app_id": "A0APP",
         "view": {
-            "id": "V2",
+            "id": view_id,
             "type": "modal",
             "callback_id": ids.REVOKE_MODAL,
             "private_metadata": "1",
