@@ -176,6 +176,7 @@ class Fuzzer:
                 + self.text(),
                 "user_id": self.maybe("U0ANA"),
                 "team_id": "T0TEST",
+                "api_app_id": self.maybe("A0APP"),
                 "response_url": self.response_url("cmd"),
                 "trigger_id": "1.2.3",
             }
@@ -184,6 +185,7 @@ class Fuzzer:
             event = {
                 "type": "event_callback",
                 "team_id": "T0TEST",
+                "api_app_id": "A0APP",
                 "event": {
                     "type": self.maybe("app_home_opened"),
                     "user": self.maybe("U0ANA"),
