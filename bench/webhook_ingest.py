@@ -846,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.generator == "python" and args.phase != "fixed_rate":
             say(
                 f"note: {_wrk.INSTALL_HINT}; the load comes from this process instead, "
-                "which caps the bare server's figure (see bench/README.md)"
+                "which can cap the bare server's figure (see bench/README.md)"
             )
     elif args.generator == "wrk" and not _wrk.wrk_path():
         print(f"bench.webhook_ingest: {_wrk.INSTALL_HINT}", file=sys.stderr)
