@@ -382,6 +382,10 @@ def run_benchmark(benchmark: Benchmark, args: Any) -> dict[str, Any] | int:
             code = child.stop()
             if code not in (0, -15, None):
                 say(f"{child.name} exited with {code}:\n{child.tail()}")
+        # Each was stopped by its pid and waited for; a pid still in /proc is one that was not.
+        left = [f"{c.name} (pid {c.pid})" for c in children if Path(f"/proc/{c.pid}").exists()]
+        if left:
+            say("still running after the stop: " + ", ".join(left))
         if getattr(args, "keep", False):
             say(f"kept {tmp}")
         else:

@@ -1,8 +1,9 @@
 """The baseline of bench.webhook_ingest: an aiohttp server that reads the body and answers 200.
 
-It runs with the same server options and access-log setting as ``reauthbot serve``, so the
-difference between the two is the work the service does per delivery (signature, parsing,
-the database write), not aiohttp itself.
+It is served by ``bot.app.run``, as ``reauthbot serve`` is (the same event loop, server
+options and access-log setting), and keeps what exists at startup out of the garbage collector
+as the service does, so the difference between the two is the work the service does per
+delivery (signature, parsing, the database write), not how aiohttp is run.
 
     .venv/bin/python -m bench.bare_server --port 8081
 """
@@ -10,11 +11,12 @@ the database write), not aiohttp itself.
 from __future__ import annotations
 
 import argparse
+import gc
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from bot.app import MAX_BODY_BYTES, SERVER_OPTIONS
+from bot.app import MAX_BODY_BYTES, run
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -26,6 +28,10 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def freeze(app: web.Application) -> None:
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve POST /nylas/webhook (read the body, answer 200) until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m bench.bare_server", description=main.__doc__)
@@ -35,14 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_post("/nylas/webhook", receive)
     app.router.add_get("/healthz", healthz)
-    web.run_app(
-        app,
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=None,
-        **SERVER_OPTIONS,  # type: ignore[arg-type]
-    )
+    app.on_startup.append(freeze)
+    run(app, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -557,13 +557,15 @@ async def storm(
     slack: FakeSlack,
     probe: Probe,
 ) -> dict[str, Any]:
-    await probe.snapshot()
+    before = await probe.snapshot()
     tally = Tally(count_stored=True)
     clicks = Clicks()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     stop_clicks = asyncio.Event()
     poll_every = POLL_DURING_LOAD
     timeline: dict[str, float | None] = {"all_stored": None, "drained": None}
+    stored: Snapshot | None = None  # the first snapshot with every case stored
+    slack_at_stored = 0  # messages the fake Slack had then
     samples: list[dict[str, Any]] = []  # every PROGRESS_EVERY seconds, for the JSON
     analyzed: list[float] = []  # how long each --analyze-every ANALYZE took
 
@@ -645,6 +647,7 @@ async def storm(
                 snap = probe.latest
                 if snap.at > last_answer and snap.cases >= tally.ok and not snap.inbox_pending:
                     timeline["all_stored"] = snap.at - last_answer
+                    stored, slack_at_stored = snap, len(slack.messages)
                     break
                 await asyncio.sleep(POLL_AFTER_LOAD / 2)
             stop_clicks.set()
@@ -714,6 +717,21 @@ async def storm(
         "after_last_delivery_s": {
             k: (None if v is None else round(v, 2)) for k, v in timeline.items()
         },
+        "rates": rates(
+            len(deliveries) / args.seconds,
+            tally.ok,
+            start=start,
+            last_answer=last_answer,
+            before=before,
+            at_last=at_last,
+            stored=stored,
+        ),
+        "at_all_stored": None
+        if stored is None
+        else {
+            "outbox_pending": stored.outbox_pending,
+            "slack_messages": slack_at_stored,
+        },
         "at_last_delivery": {
             "cases": at_last.cases,
             "inbox_pending": at_last.inbox_pending,
@@ -738,6 +756,37 @@ async def storm(
             "wall": round(time.perf_counter() - start, 1),
         },
         "service_rss_mb": round(service.rss_mb()),
+    }
+
+
+def rates(
+    scheduled: float,
+    acknowledged: int,
+    *,
+    start: float,
+    last_answer: float,
+    before: Snapshot,
+    at_last: Snapshot,
+    stored: Snapshot | None,
+) -> dict[str, float | None]:
+    """Deliveries arriving per second beside cases stored per second.
+
+    Processing is counted from the first delivery (its scheduled time) and from the last
+    answer, each until every case was stored; None when they were not all stored in time.
+    """
+
+    def per_s(count: int, seconds: float) -> float:
+        return round(count / seconds, 1) if seconds > 0 else 0.0
+
+    return {
+        "scheduled_per_s": round(scheduled, 1),
+        "arrival_per_s": per_s(acknowledged, last_answer - start),
+        "processing_from_first_per_s": None
+        if stored is None
+        else per_s(stored.cases - before.cases, stored.at - start),
+        "processing_after_last_per_s": None
+        if stored is None
+        else per_s(stored.cases - at_last.cases, stored.at - last_answer),
     }
 
 
@@ -819,8 +868,10 @@ def report(result: dict[str, Any], goals: dict[str, Any], broken: list[str], arg
 
     at_last, at_end, cpu = result["at_last_delivery"], result["at_end"], result["cpu_s"]
     cases_now = sum(f["cases_by_status"].values())
-    after = (stored if stored is not None else result["waited_s"]) or 1e-9
-    rate_after = (cases_now - at_last["cases"]) / after
+    r, due = result["rates"], result["at_all_stored"]
+
+    def rate(v: float | None, what: str) -> str:
+        return "-" if v is None else f"{v:,.0f} {what}/s"
 
     incidents = f["incidents"]
     sizes = sorted(i["cases"] for i in incidents)
@@ -849,9 +900,21 @@ def report(result: dict[str, Any], goals: dict[str, Any], broken: list[str], arg
         f"{d['send_lag_p99_ms']:.1f} ms)",
         f"cases stored: {cases_now:,} {f['cases_by_status']}",
         f"  at the last delivery: {at_last['cases']:,} cases, {at_last['inbox_pending']:,} "
-        f"deliveries pending; then {rate_after:,.0f} cases/s",
+        f"deliveries pending",
+        f"  arrival: {rate(r['arrival_per_s'], 'deliveries')} acknowledged "
+        f"({rate(r['scheduled_per_s'], 'deliveries')} scheduled); processing: "
+        f"{rate(r['processing_from_first_per_s'], 'cases')} stored from the first delivery, "
+        f"{rate(r['processing_after_last_per_s'], 'cases')} after the last",
         f"  after the last delivery: all cases stored {secs(stored)}; "
         f"all cases stored and outbox empty {secs(drained)}",
+        *(
+            []
+            if due is None
+            else [
+                f"  when the last case was stored: {due['outbox_pending']:,} Slack messages "
+                f"still due (outbox pending), {due['slack_messages']:,} in Slack"
+            ]
+        ),
         f"  at the end: inbox {at_end['inbox']}, outbox {at_end['outbox']}",
         f"  incidents: {len(incidents)} ({', '.join(sorted({i['scope'] for i in incidents}))}; "
         f"cases per incident {sizes[0] if sizes else 0}..{sizes[-1] if sizes else 0}), "

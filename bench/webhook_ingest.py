@@ -9,27 +9,33 @@ Two processes are started on loopback ports, in a temporary directory removed at
   fresh SQLite database and a v3 webhook secret;
 - ``bench.bare_server``, which reads the body and answers 200: the cost of aiohttp alone.
 
-This process then sends signed v3 ``grant.expired`` deliveries, each with its own notification
-id and grant (so every one is stored and opens a case), to both, in two phases:
+Both are sent signed v3 ``grant.expired`` deliveries, each with its own notification id and
+grant (so every one is stored and opens a case), in two phases:
 
-1. sustained throughput: a closed loop of ``--concurrency`` senders for ``--duration`` seconds,
-   at each level of senders given (32, 64 and 128 by default) in turn; each target's
-   throughput is its best level. With few senders a closed loop measures the time to an
-   answer more than how many answers a server can give: the service waits for the disk at
-   each commit (group commit), the bare server never does;
+1. sustained throughput: a closed loop of ``--concurrency`` connections for ``--duration``
+   seconds, at each level given (32, 64 and 128 by default) in turn; each target's throughput
+   is its best level. With few connections a closed loop measures the time to an answer more
+   than how many answers a server can give: the service waits for the disk at each commit
+   (group commit), the bare server never does. The load comes from wrk (``--generator wrk``,
+   the default when it is installed; see ``bench._wrk``), which replays a pool of deliveries
+   signed beforehand, or from this process (``--generator python``), which on a small machine
+   uses a core of its own and caps the bare server's figure;
 2. fixed rate: an open loop at ``--rate`` deliveries/s for ``--duration`` seconds. Latency is
    measured from each delivery's *scheduled* send time, so a stall in the server shows up in
    the figures instead of quietly slowing the sender down (coordinated omission).
 
 Each phase is preceded by ``--warmup`` seconds of the same load, not counted. After each
 phase against the service, every 200 must be accounted for: the ``stored`` counter of
-``GET /metrics`` and the rows of the ``inbox`` table must both equal the 200s received; then
-the time until the ingest worker has processed them all ("time to drain") is measured.
+``GET /metrics`` and the rows of the ``inbox`` table must both equal the 200s received (with
+wrk, which stops with a request in flight on each connection, at least the 200s and at most
+the 200s plus the requests left unanswered); then the time until the ingest worker has
+processed them all ("time to drain") is measured.
 
 The generator shares the machine with the servers; its CPU use is reported next to theirs, as
 on a small machine it can be what limits the bare server's figure.
 
-    .venv/bin/python -m bench.webhook_ingest [--phase throughput] [--duration 15] [--json out.json]
+    .venv/bin/python -m bench.webhook_ingest [--phase throughput] [--generator wrk|python]
+        [--duration 15] [--json out.json]
 
 Exit status: 0 when the run was sound, whether or not the goals hold; 1 when something broke
 (a non-2xx answer, a failed request, a lost delivery, a delivery the worker failed on).
@@ -40,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import pstats
 import re
 import sqlite3
@@ -55,6 +62,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import _wrk
 from bench._common import (
     REPO_ROOT,
     Child,
@@ -85,6 +93,12 @@ SECRET = "bench-webhook-secret"
 OPEN_LOOP_CONNECTIONS = 256
 REQUEST_TIMEOUT = 30.0
 PROGRESS_EVERY = 3.0
+GENERATORS = ("wrk", "python")
+# wrk sends each pre-signed delivery of its pool once, and a new pool is written for each run
+# of wrk. A pool holds POOL_MARGIN times what the highest rate seen so far in the benchmark
+# (before any: --wrk-max-rate) would send, plus one per connection. The bare server runs first,
+# so the service's pools are sized from the bare server's rate, which it does not reach.
+POOL_MARGIN = 1.5
 STORED = re.compile(r'^reauthbot_webhook_deliveries_total\{result="stored"\} (\S+)$', re.M)
 
 
@@ -316,6 +330,98 @@ async def measure(
     return run, warm
 
 
+@dataclass
+class Pools:
+    """Writes wrk's pools of pre-signed deliveries, each delivery new, sized by the rates seen."""
+
+    deliveries: Deliveries
+    tmp: Path
+    first_guess: float  # deliveries/s assumed before any run of wrk
+    best: float = 0.0  # the highest rate seen, of either target
+    sent: int = 0  # requests wrk sent, over the whole run
+
+    def write(self, seconds: int, connections: int) -> Path:
+        """A new pool for one run of wrk (blocks for a few seconds: run it in a thread)."""
+        rate = self.best or self.first_guess
+        count = math.ceil(rate * POOL_MARGIN * seconds) + connections
+        path = self.tmp / "pool.txt"  # each run's pool replaces the last, read by then
+        _wrk.write_pool(path, count, self.deliveries.next)
+        return path
+
+    def ran(self, report: _wrk.WrkReport) -> None:
+        self.best = max(self.best, report.requests_per_s)
+        self.sent += report.sent
+
+
+def wrk_figures(report: _wrk.WrkReport, wrk_cpu: float, server_cpu: float) -> dict[str, Any]:
+    """The figures of one wrk run, under the keys of ``Run.figures``, and the pool's."""
+    elapsed = report.duration_s
+    return {
+        "deliveries": report.requests,
+        "elapsed_s": elapsed,
+        "deliveries_per_s": round(report.requests_per_s, 1),
+        "p50_ms": report.percentiles_ms.get("50", 0.0),
+        "p99_ms": report.percentiles_ms.get("99", 0.0),
+        "max_ms": report.max_ms,
+        "non_2xx": report.non_2xx,
+        # wrk counts the answers of status 400 or more; the rest are 2xx (no 3xx is sent)
+        "statuses": {"2xx": report.ok, "4xx/5xx": report.non_2xx},
+        "errors": report.socket_errors,
+        "send_lag_p99_ms": None,
+        "send_lag_max_ms": None,
+        "generator_cpu_pct": round(100 * wrk_cpu / elapsed),
+        "server_cpu_pct": round(100 * server_cpu / elapsed),
+        "sent": report.sent,
+        "unanswered": report.unanswered,
+        "pool": report.pool,
+        "pool_ran_out": report.pool_ran_out,
+    }
+
+
+async def measure_wrk(
+    target: Target,
+    pools: Pools,
+    args: argparse.Namespace,
+    concurrency: int,
+    children: list[Child],
+) -> tuple[dict[str, Any], list[_wrk.WrkReport]]:
+    """Warm up, then run wrk against one target; return the figures and every run's report."""
+    url = target.base + WEBHOOK_PATH
+    reports = []
+    for seconds, kind in ((args.warmup, "warm-up"), (args.duration, "measured")):
+        if seconds <= 0:
+            continue
+        pool = await asyncio.to_thread(pools.write, seconds, concurrency)
+        # The server's CPU is counted from here: wrk reads the pool (a fraction of a second)
+        # before its clock starts, so the percentage comes out a little high.
+        server0 = target.child.cpu_seconds()
+        report, wrk_cpu = await _wrk.run(
+            url,
+            pool,
+            connections=concurrency,
+            seconds=seconds,
+            request_timeout=REQUEST_TIMEOUT,
+            log=pools.tmp / f"wrk-{target.name}-{concurrency}-{kind}.log",
+            children=children,
+        )
+        server_cpu = target.child.cpu_seconds() - server0
+        pools.ran(report)
+        reports.append(report)
+        say(
+            f"  {kind}: wrk sent {report.sent:,} of a pool of {report.pool:,}, "
+            f"{report.requests:,} answered in {report.duration_s:.2f} s"
+        )
+    figures = wrk_figures(reports[-1], wrk_cpu, server_cpu)
+    warm = reports[:-1]
+    if warm and (warm[0].non_2xx or warm[0].socket_errors or warm[0].pool_ran_out):
+        figures["warmup_problems"] = {
+            "non_2xx": warm[0].non_2xx,
+            "errors": warm[0].socket_errors,
+            "pool_ran_out": warm[0].pool_ran_out,
+        }
+    return figures, reports
+
+
 def _inbox_counts(db: Path) -> dict[str, int]:
     # Read-only, and a new connection each time, so the benchmark never holds a snapshot or a
     # lock the service would have to wait for.
@@ -333,16 +439,21 @@ def _stored_counter(base: str) -> int:
 
 
 async def verify_and_drain(
-    service: Target, db: Path, accepted: int, args: argparse.Namespace
+    service: Target, db: Path, accepted: int, unanswered: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Check every accepted delivery is stored, then time the ingest worker's catch-up."""
+    """Check every accepted delivery is stored, then time the ingest worker's catch-up.
+
+    ``unanswered``: deliveries sent whose answer was never read (wrk stops with a request in
+    flight on each connection); the service may have stored them, so they may be counted too.
+    """
     load_ended = time.perf_counter()
     counter = await asyncio.to_thread(_stored_counter, service.base)
     rows = await asyncio.to_thread(_inbox_counts, db)
     backlog = rows.get("pending", 0)
     say(
-        f"  verify: {accepted:,} accepted, stored counter {counter:,}, "
-        f"inbox rows {sum(rows.values()):,} ({backlog:,} pending)"
+        f"  verify: {accepted:,} accepted"
+        + (f" (+ up to {unanswered:,} unanswered)" if unanswered else "")
+        + f", stored counter {counter:,}, inbox rows {sum(rows.values()):,} ({backlog:,} pending)"
     )
     drained_after: float | None = None
     last_said = load_ended
@@ -365,12 +476,13 @@ async def verify_and_drain(
         say(f"  NOT drained after {args.drain_timeout:.0f}s: {rows}")
     return {
         "accepted": accepted,
+        "unanswered": unanswered,
         "stored_counter": counter,
         "inbox_rows": sum(rows.values()),
         "inbox_by_status": rows,
         "pending_at_end_of_load": backlog,
         "time_to_drain_s": None if drained_after is None else round(drained_after, 2),
-        "stored_ok": counter == accepted == sum(rows.values()),
+        "stored_ok": counter == sum(rows.values()) and accepted <= counter <= accepted + unanswered,
     }
 
 
@@ -419,52 +531,69 @@ async def benchmark(args: argparse.Namespace, tmp: Path, children: list[Child]) 
     bare, service, db = await asyncio.to_thread(start_servers, tmp, args.profile, children)
     say(f"service at {service.base} (pid {service.child.pid}), bare at {bare.base}")
     deliveries = Deliveries(SECRET)
-    accepted = 0  # 200s from the service, warm-ups included: each must be stored
-    told_stored = 0  # what the service's answers said they stored
+    pools = Pools(Deliveries(SECRET), tmp, first_guess=args.wrk_max_rate)
+    accepted = 0  # 2xx from the service, warm-ups included: each must be stored
+    unanswered = 0  # sent to the service by wrk without its answer being read
+    answers_read = 0  # 2xx from the service whose body was read (the Python generator's)
+    told_stored = 0  # what those answers said they stored
     phases: dict[str, Any] = {}
     for phase in PHASES if args.phase == "both" else (args.phase,):
         # The throughput phase runs each level of senders against each target in turn; a
         # target's throughput is its best level (the bare server first, while the service
         # has no backlog to work on beside it).
         levels = args.concurrency if phase == "throughput" else [0]
+        with_wrk = phase == "throughput" and args.generator == "wrk"
         results: dict[str, Any] = {}
         for target in (bare, service):
             runs: dict[int, dict[str, Any]] = {}
             for concurrency in levels:
-                if phase == "throughput":
+                if with_wrk:
+                    what = f"wrk, {concurrency} connections (closed loop)"
+                elif phase == "throughput":
                     what = f"{concurrency} concurrent senders (closed loop)"
                 else:
                     what = f"{args.rate:g} deliveries/s (open loop)"
                 say(
                     f"{phase}: {target.name}, {what}, {args.warmup:g}s warm-up + {args.duration:g}s"
                 )
-                run, warm = await measure(target, phase, deliveries, args, concurrency)
-                f = runs[concurrency] = run.figures()
+                if with_wrk:
+                    f, reports = await measure_wrk(target, pools, args, concurrency, children)
+                    runs[concurrency] = f
+                    if target is service:
+                        accepted += sum(r.ok for r in reports)
+                        unanswered += sum(r.unanswered for r in reports)
+                else:
+                    run, warm = await measure(target, phase, deliveries, args, concurrency)
+                    f = runs[concurrency] = run.figures()
+                    if target is service:
+                        accepted += run.tally.ok + warm.ok
+                        answers_read += run.tally.ok + warm.ok
+                        told_stored += run.tally.stored + warm.stored
+                    if warm.bad or warm.errors:
+                        f["warmup_problems"] = {
+                            "non_2xx": warm.bad,
+                            "statuses": dict(warm.statuses),
+                            "errors": dict(warm.errors),
+                        }
                 say(
                     f"  {target.name}: {f['deliveries_per_s']:,.0f}/s  p50 {f['p50_ms']} ms  "
                     f"p99 {f['p99_ms']} ms  max {f['max_ms']} ms  non-2xx {f['non_2xx']}  "
                     f"errors {sum(f['errors'].values())}"
                 )
-                if target is service:
-                    accepted += run.tally.ok + warm.ok
-                    told_stored += run.tally.stored + warm.stored
-                if warm.bad or warm.errors:
-                    f["warmup_problems"] = {
-                        "non_2xx": warm.bad,
-                        "statuses": dict(warm.statuses),
-                        "errors": dict(warm.errors),
-                    }
             best = max(runs, key=lambda c: runs[c]["deliveries_per_s"])
             results[target.name] = runs[best]
             if phase == "throughput":
                 results[target.name] = {**runs[best], "concurrency": best, "levels": runs}
-        results["check"] = await verify_and_drain(service, db, accepted, args)
+        results["generator"] = "wrk" if with_wrk else "python"
+        results["check"] = await verify_and_drain(service, db, accepted, unanswered, args)
+        results["check"]["answers_read"] = answers_read
         results["check"]["told_stored"] = told_stored
         phases[phase] = results
+    built = (deliveries.count + pools.deliveries.count) or 1
     return {
         "phases": phases,
-        "average_body_bytes": round(deliveries.bytes / max(deliveries.count, 1)),
-        "deliveries_sent": deliveries.count,
+        "average_body_bytes": round((deliveries.bytes + pools.deliveries.bytes) / built),
+        "deliveries_sent": deliveries.count + pools.sent,
     }
 
 
@@ -487,6 +616,12 @@ def assess(result: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         for name in ("bare", "service"):
             levels = results[name].get("levels", {"": results[name]})
             for concurrency, figures in levels.items():
+                if figures.get("pool_ran_out"):
+                    broken.append(
+                        f"{phase}/{name}/{concurrency}: wrk sent {figures['sent']:,} requests "
+                        f"from a pool of {figures['pool']:,} deliveries, some twice: its rate was "
+                        f"over {POOL_MARGIN:g} x the highest before (or --wrk-max-rate at first)"
+                    )
                 if figures["non_2xx"] or figures["errors"] or "warmup_problems" in figures:
                     broken.append(
                         f"{phase}/{name}{concurrency and f'/{concurrency}'}: non-2xx "
@@ -494,11 +629,12 @@ def assess(result: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                         f"{figures.get('warmup_problems', '')}"
                     )
         check = results["check"]
-        if not check["stored_ok"] or check["told_stored"] != check["accepted"]:
+        if not check["stored_ok"] or check["told_stored"] != check["answers_read"]:
             broken.append(
-                f"{phase}: deliveries lost: {check['accepted']} accepted, "
-                f"{check['told_stored']} said stored, {check['stored_counter']} counted stored, "
-                f"{check['inbox_rows']} inbox rows"
+                f"{phase}: deliveries lost or stored twice: {check['accepted']} accepted "
+                f"(+ up to {check.get('unanswered', 0)} sent unanswered), of "
+                f"{check['answers_read']} answers read {check['told_stored']} said stored, "
+                f"{check['stored_counter']} counted stored, {check['inbox_rows']} inbox rows"
             )
         if check["inbox_by_status"].get("failed"):
             broken.append(f"{phase}: the ingest worker failed on some deliveries: {check}")
@@ -514,6 +650,7 @@ def report(result: dict[str, Any], goals: dict[str, Any], broken: list[str], arg
         machine_line(result["machine"]),
         f"load: {result['deliveries_sent']:,} signed v3 grant.expired deliveries, "
         f"~{result['average_body_bytes']} bytes each, over 127.0.0.1",
+        f"load generator: {generator_line(result, args)}",
         "=" * 78,
     ]
 
@@ -537,9 +674,11 @@ def report(result: dict[str, Any], goals: dict[str, Any], broken: list[str], arg
             )
         check = phase["check"]
         drain = check["time_to_drain_s"]
+        unanswered = check.get("unanswered", 0)
         out.append(
-            f"  stored: {check['accepted']:,} accepted (warm-ups included, cumulative), "
-            f"{check['stored_counter']:,} counted stored, {check['inbox_rows']:,} inbox rows: "
+            f"  stored: {check['accepted']:,} accepted (warm-ups included, cumulative)"
+            + (f" + up to {unanswered:,} sent unanswered as wrk stopped" if unanswered else "")
+            + f", {check['stored_counter']:,} counted stored, {check['inbox_rows']:,} inbox rows: "
             f"{'OK' if check['stored_ok'] else 'MISMATCH'}"
         )
         backlog = check["pending_at_end_of_load"]
@@ -608,6 +747,19 @@ def report(result: dict[str, Any], goals: dict[str, Any], broken: list[str], arg
     print("\n".join(out), flush=True)
 
 
+def generator_line(result: dict[str, Any], args: Any) -> str:
+    phases = result["phases"]
+    if phases.get("throughput", {}).get("generator") != "wrk":
+        return "this process (Python, aiohttp client)"
+    line = (
+        "wrk -t 1 replaying pre-signed deliveries (bench/wrk_replay.lua), a new pool for each "
+        "run of wrk"
+    )
+    if "fixed_rate" in phases:
+        line += "; the fixed rate from this process (wrk has no open loop)"
+    return line
+
+
 def _levels(text: str) -> list[int]:
     try:
         return [int(level) for level in text.split(",")]
@@ -651,6 +803,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="run both phases (the default) or only one of them",
     )
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        help="what sends the throughput phase's load: wrk (the default when it is installed), "
+        "or this process (python, the default otherwise); the fixed rate is always sent by "
+        "this process",
+    )
+    parser.add_argument(
+        "--wrk-max-rate",
+        type=float,
+        default=20000.0,
+        help="deliveries/s assumed before any has been measured, to size wrk's first pool of "
+        "pre-signed deliveries; later pools follow the rates measured (20000)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (database, logs)"
@@ -675,6 +841,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.duration <= 0 or min(args.concurrency) < 1 or args.rate <= 0 or args.warmup < 0:
         raise SystemExit("--duration, --concurrency and --rate must be positive")
+    if args.generator is None:
+        args.generator = "wrk" if _wrk.wrk_path() else "python"
+        if args.generator == "python" and args.phase != "fixed_rate":
+            say(
+                f"note: {_wrk.INSTALL_HINT}; the load comes from this process instead, "
+                "which can cap the bare server's figure (see bench/README.md)"
+            )
+    elif args.generator == "wrk" and not _wrk.wrk_path():
+        print(f"bench.webhook_ingest: {_wrk.INSTALL_HINT}", file=sys.stderr)
+        return 2
+    if args.generator == "wrk" and args.phase != "fixed_rate":
+        # wrk takes whole seconds
+        whole = math.ceil(args.duration), math.ceil(args.warmup)
+        if whole != (args.duration, args.warmup):
+            say(f"note: wrk runs whole seconds: {whole[1]} s warm-up, {whole[0]} s measured")
+        args.duration, args.warmup = whole
     result = run_benchmark(benchmark, args)
     if isinstance(result, int):
         return result
@@ -682,7 +864,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["machine"] = info
     result["settings"] = {
         k: getattr(args, k)
-        for k in ("phase", "duration", "concurrency", "rate", "warmup", "drain_timeout")
+        for k in (
+            "phase",
+            "generator",
+            "duration",
+            "concurrency",
+            "rate",
+            "warmup",
+            "drain_timeout",
+            "wrk_max_rate",
+        )
     }
     goals, broken = assess(result)
     result["goals"] = goals

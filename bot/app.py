@@ -83,6 +83,26 @@ LOCAL_MODE_BANNER = (
 # Options for the server that runs the app: webhook signatures are checked over the bytes as
 # sent, so compressed bodies must reach the handler compressed.
 SERVER_OPTIONS: dict[str, object] = {"auto_decompress": False}
+SHUTDOWN_TIMEOUT = 10.0
+
+
+def run(
+    app: web.Application, *, host: str, port: int, print: Callable[..., None] | None = None
+) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, as ``reauthbot serve`` does.
+
+    The one place that says how the app is served (the default asyncio event loop, no access
+    log, ``SERVER_OPTIONS``), so that the benchmark's bare server can be served the same way.
+    """
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log=None,
+        print=print,
+        **SERVER_OPTIONS,  # type: ignore[arg-type]
+    )
 
 
 def create_app(
@@ -103,7 +123,7 @@ def create_app(
     tests that must see only the effects of what they send. ``read_timeout`` bounds the
     seconds a request may take to send its body.
 
-    Serve it with ``SERVER_OPTIONS`` (``web.run_app(app, **SERVER_OPTIONS)``).
+    Serve it with ``run`` (or with ``SERVER_OPTIONS``: ``web.run_app(app, **SERVER_OPTIONS)``).
     """
     runtime = Runtime(settings=settings, clock=clock or system_clock, metrics=Metrics())
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[routes.count_requests])

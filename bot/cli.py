@@ -17,12 +17,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from aiohttp import web
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import logs
-from bot.app import SERVER_OPTIONS, build_nylas, create_app, nylas_http
+from bot.app import build_nylas, create_app, nylas_http, run
 from bot.render import when
 from bot.settings import ConfigError, Settings, load_settings
 from storage import cases as case_queries
@@ -38,7 +37,6 @@ log = logging.getLogger("reauthbot.cli")
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
-SHUTDOWN_TIMEOUT = 10.0
 
 
 class CommandError(Exception):
@@ -78,13 +76,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             extra={"api_version": settings.nylas_api_version},
         )
     app = create_app(settings)
-    web.run_app(
+    run(
         app,
         host=settings.host,
         port=settings.port,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        access_log=None,
-        **SERVER_OPTIONS,  # type: ignore[arg-type]
         print=lambda text: log.info(
             "listening", extra={"url": f"http://{settings.host}:{settings.port}"}
         ),
