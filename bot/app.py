@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
-from typing import Any
 
 import httpx
 from aiohttp import web
@@ -24,7 +23,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot import routes, webhook
+from bot import jobs, routes, webhook
 from bot.bodies import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, quiet_client_faults
 from bot.inbox_writer import InboxWriter, Load
 from bot.loops import Worker
@@ -35,7 +34,6 @@ from bot.runtime import RUNTIME, Runtime
 from bot.settings import Settings
 from bot.slack import app as slack_app
 from bot.slack.sink import SlackSink
-from storage import leases
 from storage.engine import (
     WalCheckpointer,
     create_engine,
@@ -46,17 +44,10 @@ from storage.engine import (
 )
 from storage.migrate import upgrade
 from storage.models import PAGER_CHANNEL
-from workflows.actions import end_snoozes
 from workflows.clock import Clock, system_clock
-from workflows.digest import queue_digest
-from workflows.escalation import escalate_due, sweep_period
 from workflows.ingest import drain_inbox
-from workflows.maintenance import purge_old_rows
 from workflows.nylas import NylasClient
 from workflows.paging import PagerDuty
-from workflows.reconcile import reconcile
-from workflows.stuck import open_stuck_cases
-from workflows.webhook_watch import check_webhook_destinations
 
 log = logging.getLogger("reauthbot.app")
 
@@ -320,36 +311,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         tasks = [asyncio.create_task(worker.run(stop), name=worker.name) for worker in workers]
         tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
         scheduler = AsyncIOScheduler(timezone="UTC")
-        every(scheduler, runtime, "retention", _retention, hours=6)
-        every(scheduler, runtime, "snoozes", _end_snoozes, minutes=1)
-        every(scheduler, runtime, "stuck", _open_stuck, minutes=5)
-        if settings.policy.escalation.levels:
-            period = sweep_period(settings.policy.escalation)
-            every(scheduler, runtime, "escalation", _escalate, seconds=period.total_seconds())
-        if settings.digest_at is not None:
-            at = settings.digest_at
-            daily(scheduler, runtime, "digest", _digest, hour=at.hour, minute=at.minute)
-        if runtime.nylas is not None:
-            interval = settings.poll_interval.total_seconds()
-            # First pass at start: webhooks missed while the service was down are caught now.
-            every(
-                scheduler,
-                runtime,
-                "reconcile",
-                _reconcile,
-                seconds=interval,
-                next_run_time=runtime.clock(),
-            )
-            # At start too: a destination Nylas marked failing while the service was down is
-            # why webhooks were missed.
-            every(
-                scheduler,
-                runtime,
-                "webhook_watch",
-                _watch_webhooks,
-                seconds=interval,
-                next_run_time=runtime.clock(),
-            )
+        jobs.schedule(scheduler, runtime, jobs.table(settings))
         runtime.scheduler = scheduler
         if scheduled_jobs:
             scheduler.start()
@@ -388,134 +350,5 @@ def paced(
         if done and (factor := rest[load()]):
             await sleep(min((clock() - started) * factor, REST_MAX))
         return done
-
-    return run
-
-
-async def _open_stuck(runtime: Runtime) -> None:
-    limits = runtime.settings.policy.stuck
-    now = runtime.clock()
-    if await open_stuck_cases(runtime.db(), limits=limits, now=now, route=runtime.route):
-        runtime.wake_senders()
-
-
-async def _end_snoozes(runtime: Runtime) -> None:
-    if await end_snoozes(runtime.db(), now=runtime.clock()):
-        runtime.wake_senders()
-
-
-async def _escalate(runtime: Runtime) -> None:
-    policy = runtime.settings.policy.escalation
-    if await escalate_due(runtime.db(), policy=policy, now=runtime.clock()):
-        runtime.wake_senders()
-
-
-# The share of the poll interval a replica holds the reconciliation lease: whichever replica
-# asks first in each interval runs the pass, the others skip it.
-RECONCILE_LEASE_SHARE = 0.9
-
-
-async def _reconcile(runtime: Runtime) -> None:
-    assert runtime.nylas is not None
-    period = runtime.settings.poll_interval * RECONCILE_LEASE_SHARE
-    async with runtime.db()() as session, session.begin():
-        mine = await leases.acquire(
-            session, name="reconcile", owner=runtime.instance, now=runtime.clock(), period=period
-        )
-    if not mine:
-        log.info("reconciliation skipped: another replica runs it this interval")
-        runtime.metrics.job_runs.labels(job="reconcile", outcome="skipped").inc()
-        return
-    report = await reconcile(
-        runtime.db(),
-        runtime.nylas,
-        clock=runtime.clock,
-        route=runtime.route,
-        storms=runtime.settings.policy.storms,
-    )
-    for outcome in ("seen", "new", "changed", "missing", "skipped"):
-        runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
-    runtime.wake_senders()
-
-
-async def _watch_webhooks(runtime: Runtime) -> None:
-    assert runtime.nylas is not None
-    report = await check_webhook_destinations(
-        runtime.db(), runtime.nylas, now=runtime.clock(), channel=runtime.settings.alert_channel
-    )
-    if report.opened or report.changed or report.resolved:
-        runtime.wake_senders()
-
-
-async def _digest(runtime: Runtime) -> None:
-    channel = runtime.settings.alert_channel
-    if await queue_digest(runtime.db(), now=runtime.clock(), channel=channel):
-        runtime.wake_senders()
-
-
-async def _retention(runtime: Runtime) -> None:
-    inbox, outbox = await purge_old_rows(
-        runtime.db(), clock=runtime.clock, keep_days=runtime.settings.retention_days
-    )
-    log.info("retention purge", extra={"inbox_deleted": inbox, "outbox_deleted": outbox})
-
-
-def every(
-    scheduler: AsyncIOScheduler,
-    runtime: Runtime,
-    name: str,
-    fn: Callable[[Runtime], Awaitable[None]],
-    **trigger: Any,
-) -> None:
-    """Run ``fn`` on an interval, one run at a time, missed runs folded into one."""
-    scheduler.add_job(
-        _job(runtime, name, fn), "interval", id=name, max_instances=1, coalesce=True, **trigger
-    )
-
-
-def daily(
-    scheduler: AsyncIOScheduler,
-    runtime: Runtime,
-    name: str,
-    fn: Callable[[Runtime], Awaitable[None]],
-    *,
-    hour: int,
-    minute: int,
-) -> None:
-    """Run ``fn`` every day at ``hour:minute`` UTC, one run at a time.
-
-    A run may start up to an hour late (the event loop was busy, the clock jumped) rather
-    than be skipped until the next day.
-    """
-    scheduler.add_job(
-        _job(runtime, name, fn),
-        "cron",
-        id=name,
-        hour=hour,
-        minute=minute,
-        timezone="UTC",
-        max_instances=1,
-        coalesce=True,
-        misfire_grace_time=3600,
-    )
-
-
-def _job(
-    runtime: Runtime, name: str, fn: Callable[[Runtime], Awaitable[None]]
-) -> Callable[[], Awaitable[None]]:
-    """Wrap a job so one failure is logged and counted instead of killing the schedule."""
-
-    async def run() -> None:
-        try:
-            await fn(runtime)
-        except asyncio.CancelledError:
-            # Shutdown cancels a job in progress; its work is in the database, to be redone.
-            runtime.metrics.job_runs.labels(job=name, outcome="cancelled").inc()
-            log.info("scheduled job stopped by shutdown", extra={"job": name})
-        except Exception:
-            runtime.metrics.job_runs.labels(job=name, outcome="error").inc()
-            log.exception("scheduled job failed", extra={"job": name})
-        else:
-            runtime.metrics.job_runs.labels(job=name, outcome="ok").inc()
 
     return run

@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.app import LOCAL_MODE_BANNER, REST_MAX, _job, paced
+from bot.app import LOCAL_MODE_BANNER, REST_MAX, paced
 from bot.inbox_writer import InboxWriter, Load
 from bot.metrics import Metrics
 from bot.notifier import Notifier, Posted, SinkError
-from bot.runtime import RUNTIME, Runtime
+from bot.runtime import RUNTIME
 from bot.settings import load_settings
 from storage import cases, outbox
 from storage.engine import create_engine, is_sqlite
@@ -253,31 +253,6 @@ async def test_the_service_sweeps_escalations_at_the_policy_period(
         assert job is not None and job.trigger.interval == timedelta(seconds=1.5)
     finally:
         await client.close()
-
-
-async def test_a_job_cancelled_by_shutdown_is_not_an_error(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    runtime = Runtime(
-        settings=load_settings(_env_file=None), clock=FrozenClock(), metrics=Metrics()
-    )
-    started = asyncio.Event()
-
-    async def waits_on_nylas(runtime: Runtime) -> None:
-        started.set()
-        await asyncio.sleep(60)  # between retries, say
-
-    job = asyncio.create_task(_job(runtime, "reconcile", waits_on_nylas)())
-    await started.wait()
-    with caplog.at_level(logging.INFO):
-        job.cancel()
-        await job  # ends quietly: the scheduler has nothing to report
-
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert "stopped by shutdown" in caplog.text
-    assert 'reauthbot_job_runs_total{job="reconcile",outcome="cancelled"} 1.0' in (
-        runtime.metrics.render().decode()
-    )
 
 
 async def test_what_exists_at_start_is_kept_out_of_full_collections(engine: AsyncEngine) -> None:
