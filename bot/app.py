@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 
 import httpx
@@ -25,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import jobs, routes, webhook
 from bot.bodies import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, quiet_client_faults
-from bot.inbox_writer import InboxWriter, Load
+from bot.inbox_writer import InboxWriter, paced
 from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Sink
@@ -55,15 +54,6 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 MAX_BODY_BYTES = 1024 * 1024
 MIGRATION_RETRY_SECONDS = 5.0
-# While webhook deliveries arrive, background work rests twice as long as it worked, so
-# acknowledging deliveries keeps about two thirds of the CPU; when they arrive faster than
-# they can be acknowledged at that (many wait for each commit), eight times as long.
-REST_UNDER_LOAD = 2.0
-REST_SATURATED = 8.0
-# The rest follows the step's wall time, which is mostly CPU; but a step that waited (for a
-# database that stopped answering, say) did not use what it took, and resting eight times a
-# minute's wait left the inbox unprocessed for many minutes after the database came back.
-REST_MAX = 2.0
 
 LOCAL_MODE_BANNER = (
     "*** LOCAL MODE *** no Slack app is configured (SLACK_BOT_TOKEN is not set). "
@@ -270,10 +260,6 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         runtime.inbox_writer = inbox_writer
         runtime.notify = Worker("notifier", paced(notifier.drain_once, inbox_writer.load))
 
-        # SQLite has one writer at a time: the ingest worker commits early when deliveries
-        # wait to be stored. PostgreSQL stores them alongside, so it need not.
-        single_writer = is_sqlite(runtime.engine)
-
         async def ingest_step() -> int:
             done = await drain_inbox(
                 sessions,
@@ -281,7 +267,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
                 clock=runtime.clock,
                 route=runtime.route,
                 readers=runtime.reader(),
-                step_aside=inbox_writer.waiting if single_writer else lambda: False,
+                step_aside=inbox_writer.step_aside,
                 storms=settings.policy.storms,
             )
             if done:
@@ -329,26 +315,3 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         log.info("workers stopped")
 
     return ctx
-
-
-def paced(
-    step: Callable[[], Awaitable[int]],
-    load: Callable[[], Load],
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> Callable[[], Awaitable[int]]:
-    """Wrap a background step so it yields the CPU while webhook deliveries are arriving.
-
-    The work is safe in the inbox and the outbox, so it can wait; Nylas cannot.
-    """
-    rest = {Load.IDLE: 0.0, Load.BUSY: REST_UNDER_LOAD, Load.SATURATED: REST_SATURATED}
-
-    async def run() -> int:
-        started = clock()
-        done = await step()
-        if done and (factor := rest[load()]):
-            await sleep(min((clock() - started) * factor, REST_MAX))
-        return done
-
-    return run
