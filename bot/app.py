@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
+from functools import partial
 
 import httpx
 from aiohttp import web
@@ -33,6 +34,7 @@ from bot.runtime import RUNTIME, Runtime
 from bot.settings import Settings
 from bot.slack import app as slack_app
 from bot.slack.sink import SlackSink
+from storage import outbox
 from storage.engine import (
     WalCheckpointer,
     create_engine,
@@ -260,20 +262,16 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         runtime.inbox_writer = inbox_writer
         runtime.notify = Worker("notifier", paced(notifier.drain_once, inbox_writer.load))
 
-        async def ingest_step() -> int:
-            done = await drain_inbox(
-                sessions,
-                nylas=runtime.nylas,
-                clock=runtime.clock,
-                route=runtime.route,
-                readers=runtime.reader(),
-                step_aside=inbox_writer.step_aside,
-                storms=settings.policy.storms,
-            )
-            if done:
-                runtime.wake_senders()
-            return done
-
+        ingest_step = partial(
+            drain_inbox,
+            sessions,
+            nylas=runtime.nylas,
+            clock=runtime.clock,
+            route=runtime.route,
+            readers=runtime.reader(),
+            step_aside=inbox_writer.step_aside,
+            storms=settings.policy.storms,
+        )
         runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.load))
         pager_http = None
         if settings.pagerduty_routing_key is not None:
@@ -293,6 +291,8 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
                 stopping=stop.is_set,
             )
             runtime.page = Worker("pager", paging.drain_once)
+        # Whatever commits queued messages wakes the drain of their channel.
+        stop_waking = outbox.on_queued(wake_senders(runtime.notify, runtime.page))
         workers = [w for w in (runtime.ingest, runtime.notify, runtime.page) if w is not None]
         tasks = [asyncio.create_task(worker.run(stop), name=worker.name) for worker in workers]
         tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
@@ -310,8 +310,22 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             scheduler.shutdown(wait=False)
         stop.set()
         await asyncio.gather(*tasks)
+        stop_waking()
         if pager_http is not None:
             await pager_http.aclose()
         log.info("workers stopped")
 
     return ctx
+
+
+def wake_senders(slack: Worker, pager: Worker | None) -> Callable[[frozenset[str]], None]:
+    """Wake the drain of each channel that has new messages (from any thread of the process)."""
+    loop = asyncio.get_running_loop()
+
+    def wake(channels: frozenset[str]) -> None:
+        if channels - {PAGER_CHANNEL}:
+            loop.call_soon_threadsafe(slack.wake)
+        if pager is not None and PAGER_CHANNEL in channels:
+            loop.call_soon_threadsafe(pager.wake)
+
+    return wake

@@ -130,19 +130,16 @@ def isolated(runtime: Runtime, name: str, fn: JobFn) -> Callable[[], Awaitable[N
 async def open_stuck(runtime: Runtime) -> None:
     limits = runtime.settings.policy.stuck
     now = runtime.clock()
-    if await open_stuck_cases(runtime.db(), limits=limits, now=now, route=runtime.route):
-        runtime.wake_senders()
+    await open_stuck_cases(runtime.db(), limits=limits, now=now, route=runtime.route)
 
 
 async def end_due_snoozes(runtime: Runtime) -> None:
-    if await end_snoozes(runtime.db(), now=runtime.clock()):
-        runtime.wake_senders()
+    await end_snoozes(runtime.db(), now=runtime.clock())
 
 
 async def escalate(runtime: Runtime) -> None:
     policy = runtime.settings.policy.escalation
-    if await escalate_due(runtime.db(), policy=policy, now=runtime.clock()):
-        runtime.wake_senders()
+    await escalate_due(runtime.db(), policy=policy, now=runtime.clock())
 
 
 async def reconcile_pass(runtime: Runtime) -> None:
@@ -165,22 +162,18 @@ async def reconcile_pass(runtime: Runtime) -> None:
     )
     for outcome in ("seen", "new", "changed", "missing", "skipped"):
         runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
-    runtime.wake_senders()
 
 
 async def watch_webhooks(runtime: Runtime) -> None:
     assert runtime.nylas is not None
-    report = await check_webhook_destinations(
+    await check_webhook_destinations(
         runtime.db(), runtime.nylas, now=runtime.clock(), channel=runtime.settings.alert_channel
     )
-    if report.opened or report.changed or report.resolved:
-        runtime.wake_senders()
 
 
 async def digest(runtime: Runtime) -> None:
     channel = runtime.settings.alert_channel
-    if await queue_digest(runtime.db(), now=runtime.clock(), channel=channel):
-        runtime.wake_senders()
+    await queue_digest(runtime.db(), now=runtime.clock(), channel=channel)
 
 
 async def purge_retained(runtime: Runtime) -> None:

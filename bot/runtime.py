@@ -54,12 +54,6 @@ class Runtime:
         self.webhook_secrets = self.settings.webhook_secrets()
         self.webhook_versions = self.settings.webhook_versions()
 
-    def wake_senders(self) -> None:
-        """Tell the Slack and PagerDuty drains that the outbox has new rows."""
-        for worker in (self.notify, self.page):
-            if worker is not None:
-                worker.wake()
-
     @property
     def route(self) -> Router:
         return make_router(self.settings.policy.routing.domains, self.settings.alert_channel)

@@ -120,8 +120,6 @@ async def run_action(
         "action",
         extra={"action": permission, "case": case_id, "user": user_id, "outcome": result.outcome},
     )
-    if result.changed:
-        runtime.wake_senders()
     if not result.changed or tell_on_success:
         await respond(
             text=blocks.words(result.words), response_type="ephemeral", replace_original=False
@@ -379,7 +377,6 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             response_action="update", view=blocks.notice_modal("Delete the grant", result.message)
         )
         await close_view(runtime, view)
-        runtime.wake_senders()
 
     @bolt.view(ids.RESOLVE_MODAL)
     async def on_resolve_submitted(
@@ -409,4 +406,3 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             return
         await ack()
         await close_view(runtime, view)
-        runtime.wake_senders()

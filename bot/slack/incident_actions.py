@@ -95,8 +95,6 @@ async def run_bulk(
             "outcome": result.outcome,
         },
     )
-    if result.changed:
-        runtime.wake_senders()
     if result.links:
         await respond(
             text=words(result.words),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.app import LOCAL_MODE_BANNER
+from bot.app import LOCAL_MODE_BANNER, wake_senders
+from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.notifier import Notifier, Posted, SinkError
 from bot.runtime import RUNTIME
@@ -281,3 +283,41 @@ async def test_the_service_s_sqlite_checkpoints_and_reads_stay_off_the_writers_p
         await eventually(checkpointed_again, within=5)
     finally:
         await client.close()
+
+
+async def test_queuing_a_message_wakes_its_drain_without_anyone_asking(
+    sessions: Sessions, clock: FrozenClock
+) -> None:
+    passes = {"notifier": 0, "pager": 0}
+
+    def counting(name: str) -> Callable[[], Awaitable[int]]:
+        async def step() -> int:
+            passes[name] += 1
+            return 0
+
+        return step
+
+    def seen(notifier: int, pager: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return passes == {"notifier": notifier, "pager": pager}
+
+        return check
+
+    # Without a wake they would look again only after an hour.
+    slack = Worker("notifier", counting("notifier"), idle=3600)
+    pager = Worker("pager", counting("pager"), idle=3600)
+    stop = asyncio.Event()
+    running = [asyncio.create_task(w.run(stop)) for w in (slack, pager)]
+    stop_waking = outbox.on_queued(wake_senders(slack, pager))
+    try:
+        await eventually(seen(1, 1), within=1)  # the first look, at start
+        async with sessions() as session, session.begin():
+            await outbox.enqueue(session, channel="C1", kind="notice", now=clock())
+        await eventually(seen(2, 1), within=1)  # a Slack message is none of the pager's business
+        async with sessions() as session, session.begin():
+            await outbox.enqueue_page(session, now=clock(), payload={})
+        await eventually(seen(2, 2), within=1)
+    finally:
+        stop_waking()
+        stop.set()
+        await asyncio.gather(*running)

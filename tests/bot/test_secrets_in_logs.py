@@ -252,7 +252,6 @@ async def http_mode_v3(scene: Scene, engine: AsyncEngine, policy: Path) -> None:
         clock.advance(minutes=16)
         runtime = app.server.app[RUNTIME]
         await escalate_due(runtime.db(), policy=settings.policy.escalation, now=clock())
-        runtime.wake_senders()
         await wait_for(lambda: len(pagerduty.events) >= 2)
 
         # Nylas refuses the key (repeating it back), then fails once and recovers.

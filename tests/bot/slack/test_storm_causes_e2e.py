@@ -183,7 +183,6 @@ async def test_a_case_after_its_domain_storm_went_quiet_alerts_and_escalates_alo
     await deliver(app, "grant.expired", 99, "acme.example", at=clock())
 
     async def alone() -> bool:
-        app.server.app[RUNTIME].wake_senders()
         return any("user99@acme.example" in m.get("text", "") for m in channel_posts(slack))
 
     await eventually(alone, within=20)
@@ -200,7 +199,6 @@ async def test_a_case_after_its_domain_storm_went_quiet_alerts_and_escalates_alo
     await escalate_due(sessions, policy=runtime.settings.policy.escalation, now=clock())
 
     async def escalated() -> bool:
-        runtime.wake_senders()
         return any(
             "Escalated" in m.get("text", "") for m in slack.thread(CHANNEL, late.slack_ts or "")
         )
