@@ -1,8 +1,11 @@
 """The composition root: ``create_app`` wires settings, database, notifier and scheduler.
 
-Nothing happens at import time. Startup and cleanup run as aiohttp cleanup contexts, in order:
-the database (opened and migrated), then the background workers (notifier, scheduler), which
-are stopped first on the way down so in-flight work finishes while the database is still open.
+Nothing happens at import time. ``create_app`` builds what never changes, the frozen
+``Services`` (clients, engine, session factories; see bot.services), and hands it to the Slack
+surfaces, the routes and the jobs. Startup and cleanup run as aiohttp cleanup contexts, in
+order: the database (migrated; disposed of on the way down if the app made the engine), the
+Nylas client's connections, then the background workers (notifier, scheduler), which are
+stopped first on the way down so in-flight work finishes while the database is still open.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from bot import jobs, routes, webhook
 from bot.bodies import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, quiet_client_faults
 from bot.inbox_writer import InboxWriter, paced
 from bot.loops import Worker
-from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Sink
 from bot.pager import PagerSink
 from bot.runtime import RUNTIME, Runtime
+from bot.services import SERVICES, Services, build_services
 from bot.settings import Settings
 from bot.slack import app as slack_app
 from bot.slack.sink import SlackSink
@@ -40,8 +43,6 @@ from storage.engine import (
     create_engine,
     is_sqlite,
     reader_engine,
-    readonly_session_factory,
-    session_factory,
 )
 from storage.migrate import upgrade
 from storage.models import PAGER_CHANNEL
@@ -88,8 +89,32 @@ def create_app(
 
     Serve it with ``SERVER_OPTIONS`` (``web.run_app(app, **SERVER_OPTIONS)``).
     """
-    runtime = Runtime(settings=settings, clock=clock or system_clock, metrics=Metrics())
+    client = None
+    if slack_client is not None or not settings.local_mode:
+        settings.require_slack()
+        client = slack_client or slack_app.build_client(settings)
+        revoke_enabled = settings.policy.permissions.revoke is not None
+        sink = sink or SlackSink(client, revoke_enabled=revoke_enabled)
+    # Made here, opened on first use: the startup hook migrates, the cleanup disposes.
+    owned = engine is None
+    engine = engine or create_engine(settings.database_url, checkpoint_wal=False)
+    readers = reader_engine(engine) if owned else None
+    http = None
+    if nylas is None and settings.nylas_configured:
+        http = nylas_http()
+        nylas = build_nylas(settings, http)
+    services = build_services(
+        settings,
+        engine=engine,
+        readers=readers,
+        clock=clock or system_clock,
+        nylas=nylas,
+        slack=client,
+        sink=sink or LogSink(),
+    )
+    runtime = Runtime()
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[routes.count_requests])
+    app[SERVICES] = services
     app[RUNTIME] = runtime
     app[READ_TIMEOUT] = read_timeout
     quiet_client_faults()
@@ -97,18 +122,14 @@ def create_app(
     routes.register(app, operational=listen is None)
     webhook.register(app)
     bolt = None
-    if slack_client is not None or not settings.local_mode:
-        settings.require_slack()
-        client = slack_client or slack_app.build_client(settings)
-        bolt = slack_app.build_bolt(runtime, client)
+    if client is not None:
+        bolt = slack_app.build_bolt(services, client)
         secret = settings.slack_signing_secret
         signing = None if settings.socket_mode or secret is None else secret.get_secret_value()
         slack_app.register(app, bolt, signing_secret=signing)
-        revoke_enabled = settings.policy.permissions.revoke is not None
-        sink = sink or SlackSink(client, revoke_enabled=revoke_enabled)
-    app.cleanup_ctx.append(_database(runtime, engine, migrate))
-    app.cleanup_ctx.append(_nylas(runtime, nylas))
-    app.cleanup_ctx.append(_workers(runtime, sink, scheduled_jobs))
+    app.cleanup_ctx.append(_database(services, runtime, owned, readers, migrate))
+    app.cleanup_ctx.append(_closing(http))
+    app.cleanup_ctx.append(_workers(services, runtime, scheduled_jobs))
     if bolt is not None and settings.socket_mode:
         app.cleanup_ctx.append(_socket_mode(settings, bolt))
     if listen is not None:
@@ -170,35 +191,35 @@ def nylas_http() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
 
 
-def _nylas(runtime: Runtime, injected: NylasClient | None) -> CleanupCtx:
+def _closing(http: httpx.AsyncClient | None) -> CleanupCtx:
+    """Close the Nylas client's connections once the workers that use it have stopped."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        if injected is not None or not runtime.settings.nylas_configured:
-            runtime.nylas = injected
-            yield
-            return
-        async with nylas_http() as http:
-            runtime.nylas = build_nylas(runtime.settings, http)
-            yield
+        yield
+        if http is not None:
+            await http.aclose()
 
     return ctx
 
 
-def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> CleanupCtx:
+def _database(
+    services: Services,
+    runtime: Runtime,
+    owned: bool,
+    readers: AsyncEngine | None,
+    migrate: bool,
+) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        engine = injected or create_engine(runtime.settings.database_url, checkpoint_wal=False)
+        engine = services.engine
         stop_checkpoints = asyncio.Event()
         checkpoints = None
-        if injected is None and is_sqlite(engine):
+        if owned and is_sqlite(engine):
             runtime.checkpointer = WalCheckpointer(engine)
             checkpoints = asyncio.create_task(runtime.checkpointer.run(stop_checkpoints))
-        runtime.engine = engine
-        runtime.sessions = session_factory(engine)
-        readers = None if injected is not None else reader_engine(engine)
-        runtime.readers = readonly_session_factory(readers or engine)
         retry: asyncio.Task[None] | None = None
         if migrate:
-            if not await _try_migrate(runtime):
-                retry = asyncio.create_task(_migrate_until_done(runtime))
+            if not await _try_migrate(engine, runtime):
+                retry = asyncio.create_task(_migrate_until_done(engine, runtime))
         else:
             runtime.migrated = True
         yield
@@ -211,17 +232,16 @@ def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> 
             await checkpoints
         if readers is not None:
             await readers.dispose()
-        if injected is None:
+        if owned:
             await engine.dispose()
         log.info("database closed")
 
     return ctx
 
 
-async def _try_migrate(runtime: Runtime) -> bool:
-    assert runtime.engine is not None
+async def _try_migrate(engine: AsyncEngine, runtime: Runtime) -> bool:
     try:
-        await upgrade(runtime.engine)
+        await upgrade(engine)
     except Exception as exc:
         log.error(
             "cannot migrate the database yet: %s; retrying",
@@ -234,41 +254,40 @@ async def _try_migrate(runtime: Runtime) -> bool:
     return True
 
 
-async def _migrate_until_done(runtime: Runtime) -> None:
+async def _migrate_until_done(engine: AsyncEngine, runtime: Runtime) -> None:
     while True:
         await asyncio.sleep(MIGRATION_RETRY_SECONDS)
-        if await _try_migrate(runtime):
+        if await _try_migrate(engine, runtime):
             return
 
 
-def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> CleanupCtx:
+def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = runtime.settings
+        settings = services.settings
         if settings.local_mode:
             log.warning(LOCAL_MODE_BANNER)
-        sessions = runtime.db()
+        sessions = services.sessions
         stop = asyncio.Event()
         notifier = Notifier(
             sessions,
-            sink or LogSink(),
-            clock=runtime.clock,
-            metrics=runtime.metrics,
-            readers=runtime.reader(),
+            services.sink,
+            clock=services.clock,
+            metrics=services.metrics,
+            readers=services.readers,
             not_channel=PAGER_CHANNEL,
             stopping=stop.is_set,
         )
-        assert runtime.engine is not None
-        inbox_writer = InboxWriter(runtime.engine, clock=runtime.clock)
+        inbox_writer = InboxWriter(services.engine, clock=services.clock)
         runtime.inbox_writer = inbox_writer
         runtime.notify = Worker("notifier", paced(notifier.drain_once, inbox_writer.load))
 
         ingest_step = partial(
             drain_inbox,
             sessions,
-            nylas=runtime.nylas,
-            clock=runtime.clock,
-            route=runtime.route,
-            readers=runtime.reader(),
+            nylas=services.nylas,
+            clock=services.clock,
+            route=services.route,
+            readers=services.readers,
             step_aside=inbox_writer.step_aside,
             storms=settings.policy.storms,
         )
@@ -284,9 +303,9 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             paging = Notifier(
                 sessions,
                 PagerSink(pager),
-                clock=runtime.clock,
-                metrics=runtime.metrics,
-                readers=runtime.reader(),
+                clock=services.clock,
+                metrics=services.metrics,
+                readers=services.readers,
                 channel=PAGER_CHANNEL,
                 stopping=stop.is_set,
             )
@@ -297,7 +316,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
         tasks = [asyncio.create_task(worker.run(stop), name=worker.name) for worker in workers]
         tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
         scheduler = AsyncIOScheduler(timezone="UTC")
-        jobs.schedule(scheduler, runtime, jobs.table(settings))
+        jobs.schedule(scheduler, services, jobs.table(settings))
         runtime.scheduler = scheduler
         if scheduled_jobs:
             scheduler.start()

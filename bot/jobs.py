@@ -19,7 +19,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot.runtime import Runtime
+from bot.services import Services
 from bot.settings import Settings
 from storage import leases
 from workflows.actions import end_snoozes
@@ -32,7 +32,7 @@ from workflows.webhook_watch import check_webhook_destinations
 
 log = logging.getLogger("reauthbot.app")
 
-JobFn = Callable[[Runtime], Awaitable[None]]
+JobFn = Callable[[Services], Awaitable[None]]
 
 # The share of the poll interval a replica holds the reconciliation lease: whichever replica
 # asks first in each interval runs the pass, the others skip it.
@@ -88,18 +88,18 @@ def table(settings: Settings) -> list[Job]:
     return jobs
 
 
-def schedule(scheduler: AsyncIOScheduler, runtime: Runtime, jobs: list[Job]) -> None:
+def schedule(scheduler: AsyncIOScheduler, services: Services, jobs: list[Job]) -> None:
     """Add ``jobs`` to ``scheduler``: one run of each at a time, missed runs folded into one."""
     for job in jobs:
-        if job.needs_nylas and runtime.nylas is None:
+        if job.needs_nylas and services.nylas is None:
             continue
         options: dict[str, Any] = {}
         if job.at_start:
-            options["next_run_time"] = runtime.clock()
+            options["next_run_time"] = services.clock()
         if job.misfire_grace is not None:
             options["misfire_grace_time"] = job.misfire_grace
         scheduler.add_job(
-            isolated(runtime, job.name, job.run),
+            isolated(services, job.name, job.run),
             job.trigger,
             id=job.name,
             max_instances=1,
@@ -108,76 +108,79 @@ def schedule(scheduler: AsyncIOScheduler, runtime: Runtime, jobs: list[Job]) -> 
         )
 
 
-def isolated(runtime: Runtime, name: str, fn: JobFn) -> Callable[[], Awaitable[None]]:
+def isolated(services: Services, name: str, fn: JobFn) -> Callable[[], Awaitable[None]]:
     """Wrap a job so one failure is logged and counted instead of killing the schedule."""
 
     async def run() -> None:
         try:
-            await fn(runtime)
+            await fn(services)
         except asyncio.CancelledError:
             # Shutdown cancels a job in progress; its work is in the database, to be redone.
-            runtime.metrics.job_runs.labels(job=name, outcome="cancelled").inc()
+            services.metrics.job_runs.labels(job=name, outcome="cancelled").inc()
             log.info("scheduled job stopped by shutdown", extra={"job": name})
         except Exception:
-            runtime.metrics.job_runs.labels(job=name, outcome="error").inc()
+            services.metrics.job_runs.labels(job=name, outcome="error").inc()
             log.exception("scheduled job failed", extra={"job": name})
         else:
-            runtime.metrics.job_runs.labels(job=name, outcome="ok").inc()
+            services.metrics.job_runs.labels(job=name, outcome="ok").inc()
 
     return run
 
 
-async def open_stuck(runtime: Runtime) -> None:
-    limits = runtime.settings.policy.stuck
-    now = runtime.clock()
-    await open_stuck_cases(runtime.db(), limits=limits, now=now, route=runtime.route)
+async def open_stuck(services: Services) -> None:
+    limits = services.settings.policy.stuck
+    now = services.clock()
+    await open_stuck_cases(services.sessions, limits=limits, now=now, route=services.route)
 
 
-async def end_due_snoozes(runtime: Runtime) -> None:
-    await end_snoozes(runtime.db(), now=runtime.clock())
+async def end_due_snoozes(services: Services) -> None:
+    await end_snoozes(services.sessions, now=services.clock())
 
 
-async def escalate(runtime: Runtime) -> None:
-    policy = runtime.settings.policy.escalation
-    await escalate_due(runtime.db(), policy=policy, now=runtime.clock())
+async def escalate(services: Services) -> None:
+    policy = services.settings.policy.escalation
+    await escalate_due(services.sessions, policy=policy, now=services.clock())
 
 
-async def reconcile_pass(runtime: Runtime) -> None:
-    assert runtime.nylas is not None
-    period = runtime.settings.poll_interval * RECONCILE_LEASE_SHARE
-    async with runtime.db()() as session, session.begin():
+async def reconcile_pass(services: Services) -> None:
+    assert services.nylas is not None
+    period = services.settings.poll_interval * RECONCILE_LEASE_SHARE
+    async with services.sessions() as session, session.begin():
         mine = await leases.acquire(
-            session, name="reconcile", owner=runtime.instance, now=runtime.clock(), period=period
+            session, name="reconcile", owner=services.instance, now=services.clock(), period=period
         )
     if not mine:
         log.info("reconciliation skipped: another replica runs it this interval")
-        runtime.metrics.job_runs.labels(job="reconcile", outcome="skipped").inc()
+        services.metrics.job_runs.labels(job="reconcile", outcome="skipped").inc()
         return
     report = await reconcile(
-        runtime.db(),
-        runtime.nylas,
-        clock=runtime.clock,
-        route=runtime.route,
-        storms=runtime.settings.policy.storms,
+        services.sessions,
+        services.nylas,
+        clock=services.clock,
+        route=services.route,
+        storms=services.settings.policy.storms,
     )
     for outcome in ("seen", "new", "changed", "missing", "skipped"):
-        runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
+        services.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
 
 
-async def watch_webhooks(runtime: Runtime) -> None:
-    assert runtime.nylas is not None
+async def watch_webhooks(services: Services) -> None:
+    assert services.nylas is not None
     await check_webhook_destinations(
-        runtime.db(), runtime.nylas, now=runtime.clock(), channel=runtime.settings.alert_channel
+        services.sessions,
+        services.nylas,
+        now=services.clock(),
+        channel=services.settings.alert_channel,
     )
 
 
-async def digest(runtime: Runtime) -> None:
-    channel = runtime.settings.alert_channel
-    await queue_digest(runtime.db(), now=runtime.clock(), channel=channel)
+async def digest(services: Services) -> None:
+    channel = services.settings.alert_channel
+    await queue_digest(services.sessions, now=services.clock(), channel=channel)
 
 
-async def purge_retained(runtime: Runtime) -> None:
+async def purge_retained(services: Services) -> None:
     inbox, outbox = await purge_old_rows(
-        runtime.db(), clock=runtime.clock, keep_days=runtime.settings.retention_days
+        services.sessions, clock=services.clock, keep_days=services.settings.retention_days
     )
     log.info("retention purge", extra={"inbox_deleted": inbox, "outbox_deleted": outbox})

@@ -21,6 +21,7 @@ from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.notifier import Notifier, Posted, SinkError
 from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from bot.settings import load_settings
 from storage import cases, outbox
 from storage.engine import create_engine
@@ -267,13 +268,13 @@ async def test_the_service_s_sqlite_checkpoints_and_reads_stay_off_the_writers_p
     url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
     client = await start_app(load_settings(_env_file=None, database_url=url))
     try:
-        runtime = client.server.app[RUNTIME]
-        assert runtime.engine is not None and runtime.checkpointer is not None
-        async with runtime.engine.connect() as conn:
+        runtime, services = client.server.app[RUNTIME], client.server.app[SERVICES]
+        assert runtime.checkpointer is not None
+        async with services.engine.connect() as conn:
             assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
-        async with runtime.reader()() as session:
+        async with services.readers() as session:
             # Reads have connections of their own: they never hold up the writers' one.
-            assert session.bind is not None and session.bind.pool is not runtime.engine.pool
+            assert session.bind is not None and session.bind.pool is not services.engine.pool
         passes = runtime.checkpointer.passes
 
         async def checkpointed_again() -> bool:

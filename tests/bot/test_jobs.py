@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import jobs
 from bot.jobs import isolated
-from bot.metrics import Metrics
-from bot.runtime import Runtime
+from bot.notifier import LogSink
+from bot.services import Services, build_services
 from bot.settings import load_settings
 from tests.conftest import FrozenClock
 
@@ -37,30 +38,30 @@ def test_the_table_follows_the_settings(tmp_path: Path) -> None:
     assert {"escalation", "digest"} <= {job.name for job in full}
 
 
-async def test_jobs_that_need_nylas_are_left_out_without_it() -> None:
-    runtime = Runtime(
-        settings=load_settings(_env_file=None), clock=FrozenClock(), metrics=Metrics()
-    )
+@pytest.fixture
+def services(engine: AsyncEngine) -> Services:
+    settings = load_settings(_env_file=None)
+    return build_services(settings, engine=engine, sink=LogSink(), clock=FrozenClock())
+
+
+async def test_jobs_that_need_nylas_are_left_out_without_it(services: Services) -> None:
     scheduler = AsyncIOScheduler(timezone="UTC")
-    jobs.schedule(scheduler, runtime, jobs.table(runtime.settings))
+    jobs.schedule(scheduler, services, jobs.table(services.settings))
     assert sorted(job.id for job in scheduler.get_jobs()) == ["retention", "snoozes", "stuck"]
     retention = scheduler.get_job("retention")
     assert retention is not None and retention.trigger.interval == timedelta(hours=6)
 
 
 async def test_a_job_cancelled_by_shutdown_is_not_an_error(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, services: Services
 ) -> None:
-    runtime = Runtime(
-        settings=load_settings(_env_file=None), clock=FrozenClock(), metrics=Metrics()
-    )
     started = asyncio.Event()
 
-    async def waits_on_nylas(runtime: Runtime) -> None:
+    async def waits_on_nylas(services: Services) -> None:
         started.set()
         await asyncio.sleep(60)  # between retries, say
 
-    job = asyncio.create_task(isolated(runtime, "reconcile", waits_on_nylas)())
+    job = asyncio.create_task(isolated(services, "reconcile", waits_on_nylas)())
     await started.wait()
     with caplog.at_level(logging.INFO):
         job.cancel()
@@ -69,5 +70,5 @@ async def test_a_job_cancelled_by_shutdown_is_not_an_error(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "stopped by shutdown" in caplog.text
     assert 'reauthbot_job_runs_total{job="reconcile",outcome="cancelled"} 1.0' in (
-        runtime.metrics.render().decode()
+        services.metrics.render().decode()
     )

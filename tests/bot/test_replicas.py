@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.jobs import reconcile_pass
-from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from bot.settings import load_settings
 from tests.appclient import start_app
 from tests.conftest import NYLAS_API_KEY, FrozenClock
@@ -33,7 +33,7 @@ async def test_two_replicas_reconcile_once_per_interval(
                     settings, engine=engine, scheduled_jobs=False, migrate=False, clock=clock
                 )
             )
-        first, second = (app.server.app[RUNTIME] for app in apps)
+        first, second = (app.server.app[SERVICES] for app in apps)
         assert first.instance != second.instance
 
         def listings() -> int:

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from sqlmodel import select
 
 from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from bot.slack import ids
 from storage import cases
 from storage.models import OutboxKind, OutboxMessage
@@ -57,8 +58,8 @@ async def alert_stored(slack: FakeSlack, sessions: Sessions) -> None:
 
 
 async def sweep(app: TestClient, sessions: Sessions, clock: FrozenClock) -> int:
-    runtime = app.server.app[RUNTIME]
-    return await escalate_due(sessions, policy=runtime.settings.policy.escalation, now=clock())
+    services = app.server.app[SERVICES]
+    return await escalate_due(sessions, policy=services.settings.policy.escalation, now=clock())
 
 
 async def test_an_ignored_alert_reaches_on_call_and_stands_down_when_handled(

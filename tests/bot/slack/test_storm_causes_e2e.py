@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from bot.slack import ids
 from storage.incidents import SAMPLE
 from storage.models import Case, CaseStatus, IncidentScope
@@ -193,10 +193,10 @@ async def test_a_case_after_its_domain_storm_went_quiet_alerts_and_escalates_alo
     assert late.incident_id is None and late.own_alert
 
     # Nobody reacts: it escalates on its own, in its own thread.
-    runtime = app.server.app[RUNTIME]
-    await escalate_due(sessions, policy=runtime.settings.policy.escalation, now=clock())
+    services = app.server.app[SERVICES]
+    await escalate_due(sessions, policy=services.settings.policy.escalation, now=clock())
     clock.advance(minutes=16)
-    await escalate_due(sessions, policy=runtime.settings.policy.escalation, now=clock())
+    await escalate_due(sessions, policy=services.settings.policy.escalation, now=clock())
 
     async def escalated() -> bool:
         return any(
