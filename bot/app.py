@@ -1,8 +1,11 @@
 """The composition root: ``create_app`` wires settings, database, notifier and scheduler.
 
-Nothing happens at import time. Startup and cleanup run as aiohttp cleanup contexts, in order:
-the database (opened and migrated), then the background workers (notifier, scheduler), which
-are stopped first on the way down so in-flight work finishes while the database is still open.
+Nothing happens at import time. ``create_app`` builds what never changes, the frozen
+``Services`` (clients, engine, session factories; see bot.services), and hands it to the Slack
+surfaces, the routes and the jobs. Startup and cleanup run as aiohttp cleanup contexts, in
+order: the database (migrated; disposed of on the way down if the app made the engine), the
+Nylas client's connections, then the background workers (notifier, scheduler), which are
+stopped first on the way down so in-flight work finishes while the database is still open.
 """
 
 from __future__ import annotations
@@ -10,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
-from typing import Any
+from functools import partial
 
 import httpx
 from aiohttp import web
@@ -24,39 +26,30 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot import routes, webhook
+from bot import jobs, routes, webhook
 from bot.bodies import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, quiet_client_faults
-from bot.inbox_writer import InboxWriter, Load
+from bot.inbox_writer import InboxWriter, paced
 from bot.loops import Worker
-from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Sink
 from bot.pager import PagerSink
 from bot.runtime import RUNTIME, Runtime
+from bot.services import SERVICES, Services, build_services
 from bot.settings import Settings
 from bot.slack import app as slack_app
 from bot.slack.sink import SlackSink
-from storage import leases
+from storage import outbox
 from storage.engine import (
     WalCheckpointer,
     create_engine,
     is_sqlite,
     reader_engine,
-    readonly_session_factory,
-    session_factory,
 )
 from storage.migrate import upgrade
 from storage.models import PAGER_CHANNEL
-from workflows.actions import end_snoozes
 from workflows.clock import Clock, system_clock
-from workflows.digest import queue_digest
-from workflows.escalation import escalate_due, sweep_period
 from workflows.ingest import drain_inbox
-from workflows.maintenance import purge_old_rows
 from workflows.nylas import NylasClient
 from workflows.paging import PagerDuty
-from workflows.reconcile import reconcile
-from workflows.stuck import open_stuck_cases
-from workflows.webhook_watch import check_webhook_destinations
 
 log = logging.getLogger("reauthbot.app")
 
@@ -64,15 +57,6 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 MAX_BODY_BYTES = 1024 * 1024
 MIGRATION_RETRY_SECONDS = 5.0
-# While webhook deliveries arrive, background work rests twice as long as it worked, so
-# acknowledging deliveries keeps about two thirds of the CPU; when they arrive faster than
-# they can be acknowledged at that (many wait for each commit), eight times as long.
-REST_UNDER_LOAD = 2.0
-REST_SATURATED = 8.0
-# The rest follows the step's wall time, which is mostly CPU; but a step that waited (for a
-# database that stopped answering, say) did not use what it took, and resting eight times a
-# minute's wait left the inbox unprocessed for many minutes after the database came back.
-REST_MAX = 2.0
 
 LOCAL_MODE_BANNER = (
     "*** LOCAL MODE *** no Slack app is configured (SLACK_BOT_TOKEN is not set). "
@@ -125,8 +109,32 @@ def create_app(
 
     Serve it with ``run`` (or with ``SERVER_OPTIONS``: ``web.run_app(app, **SERVER_OPTIONS)``).
     """
-    runtime = Runtime(settings=settings, clock=clock or system_clock, metrics=Metrics())
+    client = None
+    if slack_client is not None or not settings.local_mode:
+        settings.require_slack()
+        client = slack_client or slack_app.build_client(settings)
+        revoke_enabled = settings.policy.permissions.revoke is not None
+        sink = sink or SlackSink(client, revoke_enabled=revoke_enabled)
+    # Made here, opened on first use: the startup hook migrates, the cleanup disposes.
+    owned = engine is None
+    engine = engine or create_engine(settings.database_url, checkpoint_wal=False)
+    readers = reader_engine(engine) if owned else None
+    http = None
+    if nylas is None and settings.nylas_configured:
+        http = nylas_http()
+        nylas = build_nylas(settings, http)
+    services = build_services(
+        settings,
+        engine=engine,
+        readers=readers,
+        clock=clock or system_clock,
+        nylas=nylas,
+        slack=client,
+        sink=sink or LogSink(),
+    )
+    runtime = Runtime()
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[routes.count_requests])
+    app[SERVICES] = services
     app[RUNTIME] = runtime
     app[READ_TIMEOUT] = read_timeout
     quiet_client_faults()
@@ -134,18 +142,14 @@ def create_app(
     routes.register(app, operational=listen is None)
     webhook.register(app)
     bolt = None
-    if slack_client is not None or not settings.local_mode:
-        settings.require_slack()
-        client = slack_client or slack_app.build_client(settings)
-        bolt = slack_app.build_bolt(runtime, client)
+    if client is not None:
+        bolt = slack_app.build_bolt(services, client)
         secret = settings.slack_signing_secret
         signing = None if settings.socket_mode or secret is None else secret.get_secret_value()
         slack_app.register(app, bolt, signing_secret=signing)
-        revoke_enabled = settings.policy.permissions.revoke is not None
-        sink = sink or SlackSink(client, revoke_enabled=revoke_enabled)
-    app.cleanup_ctx.append(_database(runtime, engine, migrate))
-    app.cleanup_ctx.append(_nylas(runtime, nylas))
-    app.cleanup_ctx.append(_workers(runtime, sink, scheduled_jobs))
+    app.cleanup_ctx.append(_database(services, runtime, owned, readers, migrate))
+    app.cleanup_ctx.append(_closing(http))
+    app.cleanup_ctx.append(_workers(services, runtime, scheduled_jobs))
     if bolt is not None and settings.socket_mode:
         app.cleanup_ctx.append(_socket_mode(settings, bolt))
     if listen is not None:
@@ -207,35 +211,35 @@ def nylas_http() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
 
 
-def _nylas(runtime: Runtime, injected: NylasClient | None) -> CleanupCtx:
+def _closing(http: httpx.AsyncClient | None) -> CleanupCtx:
+    """Close the Nylas client's connections once the workers that use it have stopped."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        if injected is not None or not runtime.settings.nylas_configured:
-            runtime.nylas = injected
-            yield
-            return
-        async with nylas_http() as http:
-            runtime.nylas = build_nylas(runtime.settings, http)
-            yield
+        yield
+        if http is not None:
+            await http.aclose()
 
     return ctx
 
 
-def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> CleanupCtx:
+def _database(
+    services: Services,
+    runtime: Runtime,
+    owned: bool,
+    readers: AsyncEngine | None,
+    migrate: bool,
+) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        engine = injected or create_engine(runtime.settings.database_url, checkpoint_wal=False)
+        engine = services.engine
         stop_checkpoints = asyncio.Event()
         checkpoints = None
-        if injected is None and is_sqlite(engine):
+        if owned and is_sqlite(engine):
             runtime.checkpointer = WalCheckpointer(engine)
             checkpoints = asyncio.create_task(runtime.checkpointer.run(stop_checkpoints))
-        runtime.engine = engine
-        runtime.sessions = session_factory(engine)
-        readers = None if injected is not None else reader_engine(engine)
-        runtime.readers = readonly_session_factory(readers or engine)
         retry: asyncio.Task[None] | None = None
         if migrate:
-            if not await _try_migrate(runtime):
-                retry = asyncio.create_task(_migrate_until_done(runtime))
+            if not await _try_migrate(engine, runtime):
+                retry = asyncio.create_task(_migrate_until_done(engine, runtime))
         else:
             runtime.migrated = True
         yield
@@ -248,17 +252,16 @@ def _database(runtime: Runtime, injected: AsyncEngine | None, migrate: bool) -> 
             await checkpoints
         if readers is not None:
             await readers.dispose()
-        if injected is None:
+        if owned:
             await engine.dispose()
         log.info("database closed")
 
     return ctx
 
 
-async def _try_migrate(runtime: Runtime) -> bool:
-    assert runtime.engine is not None
+async def _try_migrate(engine: AsyncEngine, runtime: Runtime) -> bool:
     try:
-        await upgrade(runtime.engine)
+        await upgrade(engine)
     except Exception as exc:
         log.error(
             "cannot migrate the database yet: %s; retrying",
@@ -271,52 +274,43 @@ async def _try_migrate(runtime: Runtime) -> bool:
     return True
 
 
-async def _migrate_until_done(runtime: Runtime) -> None:
+async def _migrate_until_done(engine: AsyncEngine, runtime: Runtime) -> None:
     while True:
         await asyncio.sleep(MIGRATION_RETRY_SECONDS)
-        if await _try_migrate(runtime):
+        if await _try_migrate(engine, runtime):
             return
 
 
-def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> CleanupCtx:
+def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = runtime.settings
+        settings = services.settings
         if settings.local_mode:
             log.warning(LOCAL_MODE_BANNER)
-        sessions = runtime.db()
+        sessions = services.sessions
         stop = asyncio.Event()
         notifier = Notifier(
             sessions,
-            sink or LogSink(),
-            clock=runtime.clock,
-            metrics=runtime.metrics,
-            readers=runtime.reader(),
+            services.sink,
+            clock=services.clock,
+            metrics=services.metrics,
+            readers=services.readers,
             not_channel=PAGER_CHANNEL,
             stopping=stop.is_set,
         )
-        assert runtime.engine is not None
-        inbox_writer = InboxWriter(runtime.engine, clock=runtime.clock)
+        inbox_writer = InboxWriter(services.engine, clock=services.clock)
         runtime.inbox_writer = inbox_writer
         runtime.notify = Worker("notifier", paced(notifier.drain_once, inbox_writer.load))
 
-        # SQLite has one writer at a time: the ingest worker commits early when deliveries
-        # wait to be stored. PostgreSQL stores them alongside, so it need not.
-        single_writer = is_sqlite(runtime.engine)
-
-        async def ingest_step() -> int:
-            done = await drain_inbox(
-                sessions,
-                nylas=runtime.nylas,
-                clock=runtime.clock,
-                route=runtime.route,
-                readers=runtime.reader(),
-                step_aside=inbox_writer.waiting if single_writer else lambda: False,
-                storms=settings.policy.storms,
-            )
-            if done:
-                runtime.wake_senders()
-            return done
-
+        ingest_step = partial(
+            drain_inbox,
+            sessions,
+            nylas=services.nylas,
+            clock=services.clock,
+            route=services.route,
+            readers=services.readers,
+            step_aside=inbox_writer.step_aside,
+            storms=settings.policy.storms,
+        )
         runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.load))
         pager_http = None
         if settings.pagerduty_routing_key is not None:
@@ -329,47 +323,20 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             paging = Notifier(
                 sessions,
                 PagerSink(pager),
-                clock=runtime.clock,
-                metrics=runtime.metrics,
-                readers=runtime.reader(),
+                clock=services.clock,
+                metrics=services.metrics,
+                readers=services.readers,
                 channel=PAGER_CHANNEL,
                 stopping=stop.is_set,
             )
             runtime.page = Worker("pager", paging.drain_once)
+        # Whatever commits queued messages wakes the drain of their channel.
+        stop_waking = outbox.on_queued(wake_senders(runtime.notify, runtime.page))
         workers = [w for w in (runtime.ingest, runtime.notify, runtime.page) if w is not None]
         tasks = [asyncio.create_task(worker.run(stop), name=worker.name) for worker in workers]
         tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
         scheduler = AsyncIOScheduler(timezone="UTC")
-        every(scheduler, runtime, "retention", _retention, hours=6)
-        every(scheduler, runtime, "snoozes", _end_snoozes, minutes=1)
-        every(scheduler, runtime, "stuck", _open_stuck, minutes=5)
-        if settings.policy.escalation.levels:
-            period = sweep_period(settings.policy.escalation)
-            every(scheduler, runtime, "escalation", _escalate, seconds=period.total_seconds())
-        if settings.digest_at is not None:
-            at = settings.digest_at
-            daily(scheduler, runtime, "digest", _digest, hour=at.hour, minute=at.minute)
-        if runtime.nylas is not None:
-            interval = settings.poll_interval.total_seconds()
-            # First pass at start: webhooks missed while the service was down are caught now.
-            every(
-                scheduler,
-                runtime,
-                "reconcile",
-                _reconcile,
-                seconds=interval,
-                next_run_time=runtime.clock(),
-            )
-            # At start too: a destination Nylas marked failing while the service was down is
-            # why webhooks were missed.
-            every(
-                scheduler,
-                runtime,
-                "webhook_watch",
-                _watch_webhooks,
-                seconds=interval,
-                next_run_time=runtime.clock(),
-            )
+        jobs.schedule(scheduler, services, jobs.table(settings))
         runtime.scheduler = scheduler
         if scheduled_jobs:
             scheduler.start()
@@ -382,6 +349,7 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
             scheduler.shutdown(wait=False)
         stop.set()
         await asyncio.gather(*tasks)
+        stop_waking()
         if pager_http is not None:
             await pager_http.aclose()
         log.info("workers stopped")
@@ -389,153 +357,14 @@ def _workers(runtime: Runtime, sink: Sink | None, scheduled_jobs: bool) -> Clean
     return ctx
 
 
-def paced(
-    step: Callable[[], Awaitable[int]],
-    load: Callable[[], Load],
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> Callable[[], Awaitable[int]]:
-    """Wrap a background step so it yields the CPU while webhook deliveries are arriving.
+def wake_senders(slack: Worker, pager: Worker | None) -> Callable[[frozenset[str]], None]:
+    """Wake the drain of each channel that has new messages (from any thread of the process)."""
+    loop = asyncio.get_running_loop()
 
-    The work is safe in the inbox and the outbox, so it can wait; Nylas cannot.
-    """
-    rest = {Load.IDLE: 0.0, Load.BUSY: REST_UNDER_LOAD, Load.SATURATED: REST_SATURATED}
+    def wake(channels: frozenset[str]) -> None:
+        if channels - {PAGER_CHANNEL}:
+            loop.call_soon_threadsafe(slack.wake)
+        if pager is not None and PAGER_CHANNEL in channels:
+            loop.call_soon_threadsafe(pager.wake)
 
-    async def run() -> int:
-        started = clock()
-        done = await step()
-        if done and (factor := rest[load()]):
-            await sleep(min((clock() - started) * factor, REST_MAX))
-        return done
-
-    return run
-
-
-async def _open_stuck(runtime: Runtime) -> None:
-    limits = runtime.settings.policy.stuck
-    now = runtime.clock()
-    if await open_stuck_cases(runtime.db(), limits=limits, now=now, route=runtime.route):
-        runtime.wake_senders()
-
-
-async def _end_snoozes(runtime: Runtime) -> None:
-    if await end_snoozes(runtime.db(), now=runtime.clock()):
-        runtime.wake_senders()
-
-
-async def _escalate(runtime: Runtime) -> None:
-    policy = runtime.settings.policy.escalation
-    if await escalate_due(runtime.db(), policy=policy, now=runtime.clock()):
-        runtime.wake_senders()
-
-
-# The share of the poll interval a replica holds the reconciliation lease: whichever replica
-# asks first in each interval runs the pass, the others skip it.
-RECONCILE_LEASE_SHARE = 0.9
-
-
-async def _reconcile(runtime: Runtime) -> None:
-    assert runtime.nylas is not None
-    period = runtime.settings.poll_interval * RECONCILE_LEASE_SHARE
-    async with runtime.db()() as session, session.begin():
-        mine = await leases.acquire(
-            session, name="reconcile", owner=runtime.instance, now=runtime.clock(), period=period
-        )
-    if not mine:
-        log.info("reconciliation skipped: another replica runs it this interval")
-        runtime.metrics.job_runs.labels(job="reconcile", outcome="skipped").inc()
-        return
-    report = await reconcile(
-        runtime.db(),
-        runtime.nylas,
-        clock=runtime.clock,
-        route=runtime.route,
-        storms=runtime.settings.policy.storms,
-    )
-    for outcome in ("seen", "new", "changed", "missing", "skipped"):
-        runtime.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
-    runtime.wake_senders()
-
-
-async def _watch_webhooks(runtime: Runtime) -> None:
-    assert runtime.nylas is not None
-    report = await check_webhook_destinations(
-        runtime.db(), runtime.nylas, now=runtime.clock(), channel=runtime.settings.alert_channel
-    )
-    if report.opened or report.changed or report.resolved:
-        runtime.wake_senders()
-
-
-async def _digest(runtime: Runtime) -> None:
-    channel = runtime.settings.alert_channel
-    if await queue_digest(runtime.db(), now=runtime.clock(), channel=channel):
-        runtime.wake_senders()
-
-
-async def _retention(runtime: Runtime) -> None:
-    inbox, outbox = await purge_old_rows(
-        runtime.db(), clock=runtime.clock, keep_days=runtime.settings.retention_days
-    )
-    log.info("retention purge", extra={"inbox_deleted": inbox, "outbox_deleted": outbox})
-
-
-def every(
-    scheduler: AsyncIOScheduler,
-    runtime: Runtime,
-    name: str,
-    fn: Callable[[Runtime], Awaitable[None]],
-    **trigger: Any,
-) -> None:
-    """Run ``fn`` on an interval, one run at a time, missed runs folded into one."""
-    scheduler.add_job(
-        _job(runtime, name, fn), "interval", id=name, max_instances=1, coalesce=True, **trigger
-    )
-
-
-def daily(
-    scheduler: AsyncIOScheduler,
-    runtime: Runtime,
-    name: str,
-    fn: Callable[[Runtime], Awaitable[None]],
-    *,
-    hour: int,
-    minute: int,
-) -> None:
-    """Run ``fn`` every day at ``hour:minute`` UTC, one run at a time.
-
-    A run may start up to an hour late (the event loop was busy, the clock jumped) rather
-    than be skipped until the next day.
-    """
-    scheduler.add_job(
-        _job(runtime, name, fn),
-        "cron",
-        id=name,
-        hour=hour,
-        minute=minute,
-        timezone="UTC",
-        max_instances=1,
-        coalesce=True,
-        misfire_grace_time=3600,
-    )
-
-
-def _job(
-    runtime: Runtime, name: str, fn: Callable[[Runtime], Awaitable[None]]
-) -> Callable[[], Awaitable[None]]:
-    """Wrap a job so one failure is logged and counted instead of killing the schedule."""
-
-    async def run() -> None:
-        try:
-            await fn(runtime)
-        except asyncio.CancelledError:
-            # Shutdown cancels a job in progress; its work is in the database, to be redone.
-            runtime.metrics.job_runs.labels(job=name, outcome="cancelled").inc()
-            log.info("scheduled job stopped by shutdown", extra={"job": name})
-        except Exception:
-            runtime.metrics.job_runs.labels(job=name, outcome="error").inc()
-            log.exception("scheduled job failed", extra={"job": name})
-        else:
-            runtime.metrics.job_runs.labels(job=name, outcome="ok").inc()
-
-    return run
+    return wake

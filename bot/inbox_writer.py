@@ -6,6 +6,11 @@ everything waiting in a single transaction and then answers each request. Under 
 deliveries share a commit; an idle service commits each one at once. On SQLite the writer's
 commits run back to back on a worker thread for as long as requests keep arriving
 (``storage.inbox.store_while_waiting``): the queue of waiting requests is shared with it.
+
+The writer also paces the service's other writers, which must make room for it: ``paced``
+wraps a background step (ingest, notifier) so that it rests while deliveries arrive, and
+``step_aside`` tells a long transaction to commit early while deliveries wait for SQLite's
+one write lock.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import inbox
+from storage.engine import is_sqlite
 from workflows.clock import Clock
 from workflows.nylas.webhooks import InboxEntry
 
@@ -36,6 +42,15 @@ BUSY_WINDOW = 0.5
 # Deliveries are arriving faster than they are acknowledged when this many requests wait
 # for one commit (at a few hundred a second, each commit carries one or two).
 SATURATED_BATCH = 8
+# While webhook deliveries arrive, background work rests twice as long as it worked, so
+# acknowledging deliveries keeps about two thirds of the CPU; when they arrive faster than
+# they can be acknowledged at that (many wait for each commit), eight times as long.
+REST_UNDER_LOAD = 2.0
+REST_SATURATED = 8.0
+# The rest follows the step's wall time, which is mostly CPU; but a step that waited (for a
+# database that stopped answering, say) did not use what it took, and resting eight times a
+# minute's wait left the inbox unprocessed for many minutes after the database came back.
+REST_MAX = 2.0
 
 
 class Load(enum.Enum):
@@ -68,10 +83,17 @@ class InboxWriter:
         self._wake = asyncio.Event()
         self._last_store = -1e9
         self._last_batch = 0  # requests the last commit carried
+        # SQLite has one writer at a time: other writers commit early when deliveries wait
+        # to be stored. PostgreSQL stores them alongside, so they need not.
+        self._single_writer = is_sqlite(engine)
 
     def waiting(self) -> bool:
-        """True while deliveries wait to be stored: other writers should step aside."""
+        """True while deliveries wait to be stored."""
         return bool(self._waiting)
+
+    def step_aside(self) -> bool:
+        """True when another writer should commit early: deliveries wait for the write lock."""
+        return self._single_writer and bool(self._waiting)
 
     def busy(self, within: float = BUSY_WINDOW) -> bool:
         """True when deliveries arrived in the last ``within`` seconds."""
@@ -187,3 +209,27 @@ class InboxWriter:
                     new += 1
             if not request.done.done():  # the request may have timed out meanwhile
                 request.done.set_result(new)
+
+
+def paced(
+    step: Callable[[], Awaitable[int]],
+    load: Callable[[], Load],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Callable[[], Awaitable[int]]:
+    """Wrap a background step so it yields the CPU while webhook deliveries are arriving.
+
+    ``load`` is the writer's (``InboxWriter.load``). The work is safe in the inbox and the
+    outbox, so it can wait; Nylas cannot.
+    """
+    rest = {Load.IDLE: 0.0, Load.BUSY: REST_UNDER_LOAD, Load.SATURATED: REST_SATURATED}
+
+    async def run() -> int:
+        started = clock()
+        done = await step()
+        if done and (factor := rest[load()]):
+            await sleep(min((clock() - started) * factor, REST_MAX))
+        return done
+
+    return run

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from storage import maintenance
 from storage.migrate import current_revision, head_revision
 
@@ -30,15 +30,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers and carries the newest schema."""
-    runtime = request.app[RUNTIME]
-    if runtime.engine is None:
-        return _not_ready("database not opened yet")
+    services = request.app[SERVICES]
     try:
-        revision = await asyncio.wait_for(current_revision(runtime.engine), DB_CHECK_TIMEOUT)
+        revision = await asyncio.wait_for(current_revision(services.engine), DB_CHECK_TIMEOUT)
     except Exception as exc:
-        runtime.metrics.database_up.set(0)
+        services.metrics.database_up.set(0)
         return _not_ready(f"database unreachable: {type(exc).__name__}")
-    runtime.metrics.database_up.set(1)
+    services.metrics.database_up.set(1)
     if revision != head_revision():
         return _not_ready(f"database schema at {revision or 'nothing'}, needs {head_revision()}")
     return web.json_response({"status": "ready", "schema": revision})
@@ -50,21 +48,20 @@ def _not_ready(reason: str) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; queue depths and open cases are counted at scrape time."""
-    runtime = request.app[RUNTIME]
-    if runtime.readers is not None:
-        try:
-            async with asyncio.timeout(DB_CHECK_TIMEOUT), runtime.readers() as session:
-                depths = await maintenance.queue_depths(session)
-                open_cases = await maintenance.open_cases_by_kind(session)
-                sizes = await maintenance.table_sizes(session)
-            runtime.metrics.set_depths(depths, open_cases, sizes)
-            runtime.metrics.database_up.set(1)
-        except Exception as exc:
-            log.warning("metrics cannot read the database: %s", type(exc).__name__)
-            log.debug("metrics query failed", exc_info=True)
-            runtime.metrics.database_up.set(0)
+    services = request.app[SERVICES]
+    try:
+        async with asyncio.timeout(DB_CHECK_TIMEOUT), services.readers() as session:
+            depths = await maintenance.queue_depths(session)
+            open_cases = await maintenance.open_cases_by_kind(session)
+            sizes = await maintenance.table_sizes(session)
+        services.metrics.set_depths(depths, open_cases, sizes)
+        services.metrics.database_up.set(1)
+    except Exception as exc:
+        log.warning("metrics cannot read the database: %s", type(exc).__name__)
+        log.debug("metrics query failed", exc_info=True)
+        services.metrics.database_up.set(0)
     headers = {"Content-Type": CONTENT_TYPE_LATEST}
-    return web.Response(body=runtime.metrics.render(), headers=headers)
+    return web.Response(body=services.metrics.render(), headers=headers)
 
 
 # The status counted for a request whose client closed the connection before the answer
@@ -91,7 +88,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         status = CLIENT_CLOSED
         raise
     finally:
-        metrics = request.app[RUNTIME].metrics
+        metrics = request.app[SERVICES].metrics
         metrics.child(metrics.http_requests, name, str(status)).inc()
 
 
@@ -113,7 +110,7 @@ def metrics_listener(
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         operational = web.Application(middlewares=[count_requests])
-        operational[RUNTIME] = app[RUNTIME]
+        operational[SERVICES] = app[SERVICES]
         register(operational)
         runner = web.AppRunner(operational, access_log=None)
         await runner.setup()

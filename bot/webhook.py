@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bot.bodies import BodyError, read_body
 from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from workflows.nylas import webhooks
 
 log = logging.getLogger("reauthbot.webhook")
@@ -40,8 +41,8 @@ async def challenge(request: web.Request) -> web.Response:
 
 
 async def receive(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    metrics = runtime.metrics
+    services, runtime = request.app[SERVICES], request.app[RUNTIME]
+    metrics = services.metrics
 
     def count(result: str) -> None:
         metrics.child(metrics.webhook_deliveries, result).inc()
@@ -55,7 +56,9 @@ async def receive(request: web.Request) -> web.Response:
         count("too_large" if exc.status == 413 else "unreadable")
         return _error(exc.status, str(exc))
     try:
-        entries = _verified_entries(request, raw, runtime.webhook_secrets, runtime.webhook_versions)
+        entries = _verified_entries(
+            request, raw, services.webhook_secrets, services.webhook_versions
+        )
     except webhooks.WebhookError as exc:
         count(type(exc).__name__)
         log.warning("webhook rejected: %s", exc, extra={"status": exc.status})

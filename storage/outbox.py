@@ -4,22 +4,72 @@ The notifier claims rows with a lease (committed before it calls out), sends the
 them sent. Claiming locks candidate rows with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so two
 processes never take the same row; on SQLite, writers are serialized by ``BEGIN IMMEDIATE``
 and the lease condition does the same job.
+
+Queuing a message is also what wakes the drains: ``enqueue`` notes the channel in the
+session, and once the transaction commits, every listener given to ``on_queued`` (the
+drains of this process) hears which channels have new rows. A transaction rolled back tells
+nobody. Listeners run on the thread that committed and must not raise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import update
-from sqlalchemy.orm import aliased
+from sqlalchemy import event, update
+from sqlalchemy.orm import Session, SessionTransaction, aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage._sql import insert_ignoring_conflict
 from storage.models import PAGER_CHANNEL, OutboxKind, OutboxMessage, OutboxStatus
+
+log = logging.getLogger("reauthbot.storage")
+
+QueuedListener = Callable[[frozenset[str]], None]
+
+# The channels a transaction queued messages for, until it ends.
+_QUEUED = "reauthbot.outbox_queued"
+_listeners: list[QueuedListener] = []
+
+
+def on_queued(listener: QueuedListener) -> Callable[[], None]:
+    """Call ``listener`` with the channels of every committed transaction that queued messages.
+
+    Returns the function that stops it. Listeners are process-wide: a commit through any
+    session of this process counts.
+    """
+    _listeners.append(listener)
+
+    def stop() -> None:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+    return stop
+
+
+@event.listens_for(Session, "after_commit")
+def _tell_queued(session: Session) -> None:
+    channels = session.info.pop(_QUEUED, None)
+    if not channels:
+        return
+    for listener in list(_listeners):
+        try:
+            listener(frozenset(channels))
+        except Exception:
+            # The transaction is committed whatever happens here; the drains poll anyway.
+            log.exception("a listener to queued messages failed")
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_queued(session: Session, previous: SessionTransaction) -> None:
+    # A savepoint rolled back may leave rows queued before it: only the outermost rollback
+    # forgets (a needless wake costs one empty pass).
+    if previous.parent is None:
+        session.info.pop(_QUEUED, None)
 
 
 async def enqueue(
@@ -50,7 +100,10 @@ async def enqueue(
         "created_at": now,
         "available_at": available_at or now,
     }
-    return await insert_ignoring_conflict(session, OutboxMessage, values, unique="dedupe_key")
+    queued = await insert_ignoring_conflict(session, OutboxMessage, values, unique="dedupe_key")
+    if queued is not None:
+        session.info.setdefault(_QUEUED, set()).add(channel)
+    return queued
 
 
 async def enqueue_page(

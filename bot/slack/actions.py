@@ -17,7 +17,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.runtime import Runtime
+from bot.services import Services
 from bot.slack import blocks, ids
 from bot.slack.groups import GroupDirectory
 from storage import cases, slack_requests
@@ -75,12 +75,12 @@ def choice_of(body: dict[str, Any]) -> str:
         return ""
 
 
-async def permitted(runtime: Runtime, groups: GroupDirectory, action: str, user_id: str) -> bool:
-    return await is_allowed(runtime.settings.policy.permissions, action, user_id, groups.members)
+async def permitted(services: Services, groups: GroupDirectory, action: str, user_id: str) -> bool:
+    return await is_allowed(services.settings.policy.permissions, action, user_id, groups.members)
 
 
 async def run_action(
-    runtime: Runtime,
+    services: Services,
     groups: GroupDirectory,
     body: dict[str, Any],
     respond: AsyncRespond,
@@ -107,10 +107,10 @@ async def run_action(
         text = f"Case #{case_id} does not exist."
         await respond(text=text, response_type="ephemeral", replace_original=False)
         return None
-    sessions: async_sessionmaker[AsyncSession] = runtime.db()
-    now: datetime = runtime.clock()
+    sessions: async_sessionmaker[AsyncSession] = services.sessions
+    now: datetime = services.clock()
     actor = actions.slack_actor(user_id)
-    if not await permitted(runtime, groups, permission, user_id):
+    if not await permitted(services, groups, permission, user_id):
         result = await actions.refuse(
             sessions, case_id=case_id, action=permission, actor=actor, now=now
         )
@@ -120,8 +120,6 @@ async def run_action(
         "action",
         extra={"action": permission, "case": case_id, "user": user_id, "outcome": result.outcome},
     )
-    if result.changed:
-        runtime.wake_senders()
     if not result.changed or tell_on_success:
         await respond(
             text=blocks.words(result.words), response_type="ephemeral", replace_original=False
@@ -130,29 +128,29 @@ async def run_action(
 
 
 async def open_modal(
-    runtime: Runtime, client: AsyncWebClient, trigger_id: str, view: dict[str, Any]
+    services: Services, client: AsyncWebClient, trigger_id: str, view: dict[str, Any]
 ) -> None:
     """Open a modal and remember it, so that its submission is the only one accepted."""
     answer = await client.views_open(trigger_id=trigger_id, view=view)
-    now = runtime.clock()
-    async with runtime.db()() as session, session.begin():
+    now = services.clock()
+    async with services.sessions() as session, session.begin():
         await slack_requests.remember_view(
             session, view_id=str(answer["view"]["id"]), expires_at=now + VIEW_LIFETIME, now=now
         )
 
 
-async def opened_here(runtime: Runtime, view: dict[str, Any]) -> bool:
+async def opened_here(services: Services, view: dict[str, Any]) -> bool:
     """Whether a submitted modal is one this app opened (on any replica) and still expects."""
     view_id = view.get("id")
     if not isinstance(view_id, str) or not view_id:
         return False
-    async with runtime.reader()() as session:
-        return await slack_requests.view_opened(session, view_id=view_id, now=runtime.clock())
+    async with services.readers() as session:
+        return await slack_requests.view_opened(session, view_id=view_id, now=services.clock())
 
 
-async def close_view(runtime: Runtime, view: dict[str, Any]) -> None:
+async def close_view(services: Services, view: dict[str, Any]) -> None:
     """Forget a modal whose submission was accepted: a second copy of it is refused."""
-    async with runtime.db()() as session, session.begin():
+    async with services.sessions() as session, session.begin():
         await slack_requests.forget_view(session, view_id=str(view["id"]))
 
 
@@ -161,9 +159,9 @@ def ticket_message(text: str) -> str:
     return f"```\n{blocks.clip(blocks.escape(text), MAX_TEXT - 8)}\n```"
 
 
-def link_builder(runtime: Runtime) -> actions.LinkBuilder | None:
+def link_builder(services: Services) -> actions.LinkBuilder | None:
     """Build hosted-auth links with ``login_hint`` when Nylas and a redirect URI are set."""
-    settings, nylas = runtime.settings, runtime.nylas
+    settings, nylas = services.settings, services.nylas
     if nylas is None or not settings.nylas_client_id or not settings.nylas_redirect_uri:
         return None
     redirect = settings.nylas_redirect_uri
@@ -176,20 +174,20 @@ def link_builder(runtime: Runtime) -> actions.LinkBuilder | None:
     return build
 
 
-def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
+def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None:
     @bolt.action(ids.ACK)
     async def on_ack(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
         await run_action(
-            runtime, groups, body, respond, permission="ack", workflow=actions.acknowledge
+            services, groups, body, respond, permission="ack", workflow=actions.acknowledge
         )
 
     @bolt.action(ids.LINK)
     async def on_link(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        workflow = partial(actions.send_reauth_link, build=link_builder(runtime))
+        workflow = partial(actions.send_reauth_link, build=link_builder(services))
         await run_action(
-            runtime,
+            services,
             groups,
             body,
             respond,
@@ -202,7 +200,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
     async def on_snooze(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
         workflow = partial(actions.snooze, duration=choice_of(body))
-        await run_action(runtime, groups, body, respond, permission="snooze", workflow=workflow)
+        await run_action(services, groups, body, respond, permission="snooze", workflow=workflow)
 
     @bolt.action(ids.RESOLVE)
     async def on_resolve(
@@ -213,13 +211,13 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         if (
             case_id is None
             or not in_range(case_id)
-            or not await permitted(runtime, groups, "resolve", user_id)
+            or not await permitted(services, groups, "resolve", user_id)
         ):
             await run_action(
-                runtime, groups, body, respond, permission="resolve", workflow=actions.resolve
+                services, groups, body, respond, permission="resolve", workflow=actions.resolve
             )
             return
-        async with runtime.reader()() as session:
+        async with services.readers() as session:
             case = await cases.get_case(session, case_id=case_id)
             account = await cases.get_account(session, account_id=case.account_id) if case else None
         if case is None or account is None or case.status == "resolved":
@@ -228,14 +226,14 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
                 text=f"Case #{case_id} {reason}.", response_type="ephemeral", replace_original=False
             )
             return
-        await open_modal(runtime, client, body["trigger_id"], blocks.resolve_modal(case, account))
+        await open_modal(services, client, body["trigger_id"], blocks.resolve_modal(case, account))
 
     @bolt.action(ids.RETRY)
     async def on_retry(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        workflow = partial(actions.retry_sync, nylas=runtime.nylas)
+        workflow = partial(actions.retry_sync, nylas=services.nylas)
         await run_action(
-            runtime,
+            services,
             groups,
             body,
             respond,
@@ -248,7 +246,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
     async def on_send_only(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
         await run_action(
-            runtime,
+            services,
             groups,
             body,
             respond,
@@ -262,7 +260,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         await ack()
         # Pressed on a private /reauth show card, which is not updated: say what happened.
         await run_action(
-            runtime,
+            services,
             groups,
             body,
             respond,
@@ -277,26 +275,26 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
     ) -> None:
         await ack()
         user_id, case_id = str(body.get("user", {}).get("id", "")), case_id_of(body)
-        if runtime.settings.policy.permissions.revoke is None:
+        if services.settings.policy.permissions.revoke is None:
             await respond(text=REVOKE_OFF, response_type="ephemeral", replace_original=False)
             return
         case = account = None
         if case_id is not None and in_range(case_id):
-            async with runtime.reader()() as session:
+            async with services.readers() as session:
                 case = await cases.get_case(session, case_id=case_id)
                 if case is not None:
                     account = await cases.get_account(session, account_id=case.account_id)
-        allowed = await permitted(runtime, groups, "revoke", user_id)
+        allowed = await permitted(services, groups, "revoke", user_id)
         if allowed and case is not None and account is not None and account.api_version == "v3":
             # Deleting a grant cannot be undone: ask for the email first (see on_revoke_submitted).
             await open_modal(
-                runtime, client, body["trigger_id"], blocks.revoke_modal(case, account)
+                services, client, body["trigger_id"], blocks.revoke_modal(case, account)
             )
             return
         # v2 (the button's own confirm dialog was accepted), refusals and stale clicks.
-        workflow = partial(actions.revoke, nylas=runtime.nylas)
+        workflow = partial(actions.revoke, nylas=services.nylas)
         await run_action(
-            runtime,
+            services,
             groups,
             body,
             respond,
@@ -308,12 +306,12 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
     @bolt.action(ids.DELETE_OLD)
     async def on_delete_old(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        if runtime.settings.policy.permissions.revoke is None:
+        if services.settings.policy.permissions.revoke is None:
             await respond(text=REVOKE_OFF, response_type="ephemeral", replace_original=False)
             return
-        workflow = partial(actions.delete_duplicate, nylas=runtime.nylas)
+        workflow = partial(actions.delete_duplicate, nylas=services.nylas)
         await run_action(
-            runtime,
+            services,
             groups,
             body,
             respond,
@@ -335,7 +333,10 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             return
         # Reading only: anyone who sees the alert may take the ticket text.
         text = await hand_out(
-            runtime.db(), case_id=case_id, actor=actions.slack_actor(user_id), now=runtime.clock()
+            services.sessions,
+            case_id=case_id,
+            actor=actions.slack_actor(user_id),
+            now=services.clock(),
         )
         log.info("support ticket", extra={"case": case_id, "user": user_id, "found": bool(text)})
         answer = f"Case #{case_id} does not exist." if text is None else ticket_message(text)
@@ -352,23 +353,23 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         except (KeyError, ValueError, TypeError):
             await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: "This form is broken."})
             return
-        if not await opened_here(runtime, view):
+        if not await opened_here(services, view):
             await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: UNKNOWN_VIEW})
             return
-        now, actor = runtime.clock(), actions.slack_actor(user_id)
-        if runtime.settings.policy.permissions.revoke is None or not await permitted(
-            runtime, groups, "revoke", user_id
+        now, actor = services.clock(), actions.slack_actor(user_id)
+        if services.settings.policy.permissions.revoke is None or not await permitted(
+            services, groups, "revoke", user_id
         ):
             result = await actions.refuse(
-                runtime.db(), case_id=case_id, action="revoke", actor=actor, now=now
+                services.sessions, case_id=case_id, action="revoke", actor=actor, now=now
             )
         else:
             result = await actions.revoke(
-                runtime.db(),
+                services.sessions,
                 case_id=case_id,
                 actor=actor,
                 now=now,
-                nylas=runtime.nylas,
+                nylas=services.nylas,
                 confirmation=typed,
             )
         if not result.changed:
@@ -378,8 +379,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         await ack(
             response_action="update", view=blocks.notice_modal("Delete the grant", result.message)
         )
-        await close_view(runtime, view)
-        runtime.wake_senders()
+        await close_view(services, view)
 
     @bolt.view(ids.RESOLVE_MODAL)
     async def on_resolve_submitted(
@@ -392,21 +392,20 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         except (KeyError, ValueError, TypeError):
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: "This form is broken."})
             return
-        if not await opened_here(runtime, view):
+        if not await opened_here(services, view):
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: UNKNOWN_VIEW})
             return
-        now, actor = runtime.clock(), actions.slack_actor(user_id)
-        if not await permitted(runtime, groups, "resolve", user_id):
+        now, actor = services.clock(), actions.slack_actor(user_id)
+        if not await permitted(services, groups, "resolve", user_id):
             result = await actions.refuse(
-                runtime.db(), case_id=case_id, action="resolve", actor=actor, now=now
+                services.sessions, case_id=case_id, action="resolve", actor=actor, now=now
             )
         else:
             result = await actions.resolve(
-                runtime.db(), case_id=case_id, actor=actor, now=now, note=note
+                services.sessions, case_id=case_id, actor=actor, now=now, note=note
             )
         if not result.changed:
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: result.message[:150]})
             return
         await ack()
-        await close_view(runtime, view)
-        runtime.wake_senders()
+        await close_view(services, view)

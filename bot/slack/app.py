@@ -22,7 +22,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.bodies import BodyError, read_body
-from bot.runtime import Runtime
+from bot.services import Services
 from bot.settings import Settings
 from bot.slack import actions, commands, home, ids, incident_actions
 from bot.slack.groups import GroupDirectory
@@ -51,8 +51,8 @@ def build_client(settings: Settings) -> AsyncWebClient:
     )
 
 
-def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
-    settings = runtime.settings
+def build_bolt(services: Services, client: AsyncWebClient) -> AsyncApp:
+    settings = services.settings
     secret = settings.slack_signing_secret
     bolt = AsyncApp(
         client=client,
@@ -63,12 +63,12 @@ def build_bolt(runtime: Runtime, client: AsyncWebClient) -> AsyncApp:
     # Refusals that change nothing come first; the replay ledger records only what is served.
     bolt.use(Identity(client).middleware)
     bolt.use(refuse_unstorable_text)
-    bolt.use(replay_guard(runtime))
+    bolt.use(replay_guard(services))
     groups = GroupDirectory(client)
-    actions.register(bolt, runtime, groups)
-    incident_actions.register(bolt, runtime, groups)
-    home.register(bolt, runtime)
-    commands.register(bolt, runtime, groups)
+    actions.register(bolt, services, groups)
+    incident_actions.register(bolt, services, groups)
+    home.register(bolt, services)
+    commands.register(bolt, services, groups)
 
     @bolt.error
     async def on_error(error: Exception, response: BoltResponse | None) -> BoltResponse | None:

@@ -19,7 +19,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.errors import SlackApiError
 from sqlmodel import col, select
 
-from bot.runtime import Runtime
+from bot.services import Services
 from bot.slack import actions as buttons
 from bot.slack import ids, replies
 from bot.slack.blocks import escape, section
@@ -38,15 +38,15 @@ log = logging.getLogger("reauthbot.slack.commands")
 Body = dict[str, Any]
 # The furthest a "More" button can page (its value comes from the client).
 MAX_OFFSET = 2**31 - 1
-Handler = Callable[[Runtime, GroupDirectory, Command, Body, AsyncRespond], Awaitable[None]]
+Handler = Callable[[Services, GroupDirectory, Command, Body, AsyncRespond], Awaitable[None]]
 
 
 async def _say(respond: AsyncRespond, text: str, blocks: list[Body] | None = None) -> None:
     await respond(text=text, blocks=blocks, response_type="ephemeral", replace_original=False)
 
 
-async def _find(runtime: Runtime, respond: AsyncRespond, ref: str) -> tuple[Case, Account] | None:
-    async with runtime.reader()() as session:
+async def _find(services: Services, respond: AsyncRespond, ref: str) -> tuple[Case, Account] | None:
+    async with services.readers() as session:
         case = await reports.find_case(session, ref=ref)
         account = await cases.get_account(session, account_id=case.account_id) if case else None
     if case is None or account is None:
@@ -56,9 +56,9 @@ async def _find(runtime: Runtime, respond: AsyncRespond, ref: str) -> tuple[Case
 
 
 async def _list(
-    runtime: Runtime, respond: AsyncRespond, filters: dict[str, Any], offset: int
+    services: Services, respond: AsyncRespond, filters: dict[str, Any], offset: int
 ) -> list[dict[str, Any]]:
-    async with runtime.reader()() as session:
+    async with services.readers() as session:
         rows, more = await reports.list_open_cases(
             session,
             statuses=filters.get("statuses") or None,
@@ -69,14 +69,14 @@ async def _list(
             limit=replies.PAGE,
             offset=offset,
         )
-    revoke = runtime.settings.policy.permissions.revoke is not None
+    revoke = services.settings.policy.permissions.revoke is not None
     return replies.case_list(
         rows, has_more=more, offset=offset, filters=filters, revoke_enabled=revoke
     )
 
 
 async def on_list(
-    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
     filters: dict[str, Any] = {
         "statuses": list(command.statuses),
@@ -86,22 +86,22 @@ async def on_list(
     }
     if command.incident is not None:
         filters["incident"] = command.incident
-    await _say(respond, "Open cases", await _list(runtime, respond, filters, 0))
+    await _say(respond, "Open cases", await _list(services, respond, filters, 0))
 
 
 async def on_show(
-    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
-    found = await _find(runtime, respond, command.target or "")
+    found = await _find(services, respond, command.target or "")
     if found is None:
         return
     case, account = found
     assert case.id is not None
-    async with runtime.reader()() as session:
+    async with services.readers() as session:
         history = await reports.case_history(session, case_id=case.id)
         # Fresh, and only shown: a reader does not store it on the case.
-        facts = await gather(session, case=case, account=account, now=runtime.clock())
-    revoke = runtime.settings.policy.permissions.revoke is not None
+        facts = await gather(session, case=case, account=account, now=services.clock())
+    revoke = services.settings.policy.permissions.revoke is not None
     card = replies.case_card(
         case, account, history, revoke_enabled=revoke, findings=diagnose(facts)
     )
@@ -110,22 +110,22 @@ async def on_show(
 
 def _acting(permission: str, workflow: Any) -> Handler:
     async def handle(
-        runtime: Runtime,
+        services: Services,
         groups: GroupDirectory,
         command: Command,
         body: dict[str, Any],
         respond: Any,
     ) -> None:
-        found = await _find(runtime, respond, command.target or "")
+        found = await _find(services, respond, command.target or "")
         if found is None:
             return
         await buttons.run_action(
-            runtime,
+            services,
             groups,
             {"user": {"id": body.get("user_id", "")}},
             respond,
             permission=permission,
-            workflow=workflow(runtime, command),
+            workflow=workflow(services, command),
             case_id=found[0].id,
             tell_on_success=True,
         )
@@ -134,24 +134,24 @@ def _acting(permission: str, workflow: Any) -> Handler:
 
 
 async def on_revoke(
-    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
-    if runtime.settings.policy.permissions.revoke is None:
+    if services.settings.policy.permissions.revoke is None:
         await _say(respond, buttons.REVOKE_OFF)
         return
-    found = await _find(runtime, respond, command.target or "")
+    found = await _find(services, respond, command.target or "")
     if found is None:
         return
     case, account = found
     assert case.id is not None
     user_id = str(body.get("user_id", ""))
-    if not await buttons.permitted(runtime, groups, "revoke", user_id):
+    if not await buttons.permitted(services, groups, "revoke", user_id):
         result = await actions.refuse(
-            runtime.db(),
+            services.sessions,
             case_id=case.id,
             action="revoke",
             actor=actions.slack_actor(user_id),
-            now=runtime.clock(),
+            now=services.clock(),
         )
         await _say(respond, escape(result.message))
         return
@@ -162,24 +162,24 @@ async def on_revoke(
 
 
 async def on_retry(
-    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
-    found = await _find(runtime, respond, command.target or "")
+    found = await _find(services, respond, command.target or "")
     if found is None:
         return
     case, account = found
     assert case.id is not None
     if case.status == CaseStatus.RESOLVED or not retry_restarts_billing(case, account):
-        await _retry_now(runtime, groups, command, body, respond)
+        await _retry_now(services, groups, command, body, respond)
         return
     user_id = str(body.get("user_id", ""))
-    if not await buttons.permitted(runtime, groups, "retry", user_id):
+    if not await buttons.permitted(services, groups, "retry", user_id):
         result = await actions.refuse(
-            runtime.db(),
+            services.sessions,
             case_id=case.id,
             action="retry",
             actor=actions.slack_actor(user_id),
-            now=runtime.clock(),
+            now=services.clock(),
         )
         await _say(respond, result.message)
         return
@@ -188,19 +188,19 @@ async def on_retry(
 
 
 async def on_stats(
-    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
-    async with runtime.reader()() as session:
+    async with services.readers() as session:
         report = await case_stats(
-            session, now=runtime.clock(), window=parse_duration(command.window)
+            session, now=services.clock(), window=parse_duration(command.window)
         )
     await _say(respond, "Case statistics", replies.stats(report, command.window))
 
 
 async def on_oncall(
-    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
-    policy = runtime.settings.policy.escalation
+    policy = services.settings.policy.escalation
     wanted = {i for level in policy.levels for i in (*level.mention, *level.dm) if i[0] == "S"}
     members: dict[str, list[str]] = {}
     for group in sorted(wanted):
@@ -208,7 +208,7 @@ async def on_oncall(
             members[group] = sorted(await groups.members(group))
         except (SlackApiError, ClientError, TimeoutError) as exc:  # e.g. a deleted group
             log.warning("cannot read user group %s: %s", group, exc)
-    async with runtime.reader()() as session:
+    async with services.readers() as session:
         stmt = (
             select(Case)
             .where(col(Case.status) == CaseStatus.OPEN, col(Case.escalation_due_at).is_not(None))
@@ -219,13 +219,13 @@ async def on_oncall(
     next_due = None
     if upcoming is not None and upcoming.escalation_due_at is not None:
         next_due = (upcoming, upcoming.escalation_due_at)
-    paging = runtime.settings.pagerduty_routing_key is not None
+    paging = services.settings.pagerduty_routing_key is not None
     blocks = replies.oncall(policy, members, paging=paging, next_due=next_due)
     await _say(respond, "Escalation policy", blocks)
 
 
 async def on_help(
-    runtime: Runtime, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
 ) -> None:
     text = help_text()
     if command.unknown is not None:
@@ -234,25 +234,25 @@ async def on_help(
 
 
 _retry_now = _acting(
-    "retry", lambda runtime, command: partial(actions.retry_sync, nylas=runtime.nylas)
+    "retry", lambda services, command: partial(actions.retry_sync, nylas=services.nylas)
 )
 
 HANDLERS: dict[str, Handler] = {
     "list": on_list,
     "show": on_show,
-    "ack": _acting("ack", lambda runtime, command: actions.acknowledge),
+    "ack": _acting("ack", lambda services, command: actions.acknowledge),
     "retry": on_retry,
     "link": _acting(
         "link",
-        lambda runtime, command: partial(
-            actions.send_reauth_link, build=buttons.link_builder(runtime)
+        lambda services, command: partial(
+            actions.send_reauth_link, build=buttons.link_builder(services)
         ),
     ),
     "snooze": _acting(
-        "snooze", lambda runtime, command: partial(actions.snooze, duration=command.duration)
+        "snooze", lambda services, command: partial(actions.snooze, duration=command.duration)
     ),
     "resolve": _acting(
-        "resolve", lambda runtime, command: partial(actions.resolve, note=command.note)
+        "resolve", lambda services, command: partial(actions.resolve, note=command.note)
     ),
     "revoke": on_revoke,
     "stats": on_stats,
@@ -284,7 +284,7 @@ def _more_filters(raw: str) -> tuple[dict[str, Any], int]:
     return filters, offset
 
 
-def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
+def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None:
     @bolt.command(ids.COMMAND)
     async def on_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
@@ -294,7 +294,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             await _say(respond, escape(str(exc)))
             return
         log.info("command", extra={"command": command.name, "user": body.get("user_id")})
-        await HANDLERS[command.name](runtime, groups, command, body, respond)
+        await HANDLERS[command.name](services, groups, command, body, respond)
 
     @bolt.action(ids.INCIDENT_SHOW)
     async def on_show_cases(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
@@ -304,13 +304,13 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         if incident_id is None or not buttons.in_range(incident_id):
             await _say(respond, "This button does not name an incident.")
             return
-        async with runtime.reader()() as session:
+        async with services.readers() as session:
             incident = await session.get(Incident, incident_id)
         if incident is None:
             await _say(respond, f"Incident #{incident_id} does not exist.")
             return
         filters: dict[str, Any] = {"statuses": [], "kinds": [], "incident": incident_id}
-        page = await _list(runtime, respond, filters, 0)
+        page = await _list(services, respond, filters, 0)
         await _say(respond, f"Open cases of incident #{incident_id}", page)
 
     @bolt.action(ids.LIST_MORE)
@@ -321,5 +321,5 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         except (KeyError, IndexError, TypeError, ValueError):
             await _say(respond, "This list can no longer be paged. Run `/reauth list` again.")
             return
-        page = await _list(runtime, respond, filters, offset)
+        page = await _list(services, respond, filters, offset)
         await respond(text="Open cases", blocks=page, replace_original=True)

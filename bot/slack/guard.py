@@ -25,7 +25,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.runtime import Runtime
+from bot.services import Services
 from storage import slack_requests
 
 log = logging.getLogger("reauthbot.slack.guard")
@@ -102,7 +102,9 @@ def _header(req: AsyncBoltRequest, name: str) -> str | None:
     return str(values[0]) if values else None
 
 
-def replay_guard(runtime: Runtime, *, wall: Callable[[], float] = time.time) -> Callable[..., Any]:
+def replay_guard(
+    services: Services, *, wall: Callable[[], float] = time.time
+) -> Callable[..., Any]:
     """The middleware that serves each signed request once.
 
     ``wall`` is the clock Bolt checks signature timestamps against (the real one).
@@ -115,7 +117,7 @@ def replay_guard(runtime: Runtime, *, wall: Callable[[], float] = time.time) -> 
             return await next()  # Socket Mode: no signature, and Slack's envelopes are acked
         if not SIGNATURE.fullmatch(signature) or not stamp.isdigit():
             return BoltResponse(status=401, body="invalid request")
-        async with runtime.db()() as session, session.begin():
+        async with services.sessions() as session, session.begin():
             first = await slack_requests.first_sight(
                 session,
                 signature=signature,

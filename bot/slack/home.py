@@ -15,7 +15,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.runtime import Runtime
+from bot.services import Services
 from bot.slack import ids
 from bot.slack.blocks import (
     KIND_TITLES,
@@ -93,16 +93,16 @@ def _waiting_longest(row: CaseRow) -> str:
     )
 
 
-def register(bolt: AsyncApp, runtime: Runtime) -> None:
+def register(bolt: AsyncApp, services: Services) -> None:
     @bolt.event(ids.APP_HOME_OPENED)
     async def on_home_opened(event: dict[str, Any], client: AsyncWebClient) -> None:
         user_id = str(event.get("user") or "")
         # The event also comes when the Messages tab is opened; that tab has no view.
         if event.get("tab") != "home" or not user_id:
             return
-        async with runtime.reader()() as session:
+        async with services.readers() as session:
             found = await overview(session, actor=slack_actor(user_id), mine=MINE, newest=NEWEST)
-        await client.views_publish(user_id=user_id, view=home_view(found, now=runtime.clock()))
+        await client.views_publish(user_id=user_id, view=home_view(found, now=services.clock()))
         log.info(
             "home tab published",
             extra={"user": user_id, "mine": len(found.mine), "open": found.open_total},

@@ -13,7 +13,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
-from bot.runtime import Runtime
+from bot.services import Services
 from bot.slack import ids
 from bot.slack.actions import case_id_of, in_range, link_builder, permitted
 from bot.slack.blocks import MAX_SECTION, escape, section, words
@@ -55,7 +55,7 @@ def links_blocks(result: BulkResult) -> list[dict[str, Any]]:
 
 
 async def run_bulk(
-    runtime: Runtime,
+    services: Services,
     groups: GroupDirectory,
     body: dict[str, Any],
     respond: AsyncRespond,
@@ -77,10 +77,10 @@ async def run_bulk(
         text = f"Incident #{incident_id} does not exist."
         await respond(text=text, response_type="ephemeral", replace_original=False)
         return None
-    sessions = runtime.db()
-    now = runtime.clock()
+    sessions = services.sessions
+    now = services.clock()
     actor = slack_actor(user_id)
-    if not await permitted(runtime, groups, permission, user_id):
+    if not await permitted(services, groups, permission, user_id):
         result = await bulk.refuse(
             sessions, incident_id=incident_id, action=permission, actor=actor, now=now
         )
@@ -95,8 +95,6 @@ async def run_bulk(
             "outcome": result.outcome,
         },
     )
-    if result.changed:
-        runtime.wake_senders()
     if result.links:
         await respond(
             text=words(result.words),
@@ -110,22 +108,22 @@ async def run_bulk(
     return result
 
 
-def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
+def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None:
     @bolt.action(ids.INCIDENT_ACK)
     async def on_ack_all(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
         await run_bulk(
-            runtime, groups, body, respond, permission="ack", workflow=bulk.acknowledge_all
+            services, groups, body, respond, permission="ack", workflow=bulk.acknowledge_all
         )
 
     @bolt.action(ids.INCIDENT_LINKS)
     async def on_links(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        workflow = partial(bulk.reauth_links, build=link_builder(runtime))
-        await run_bulk(runtime, groups, body, respond, permission="link", workflow=workflow)
+        workflow = partial(bulk.reauth_links, build=link_builder(services))
+        await run_bulk(services, groups, body, respond, permission="link", workflow=workflow)
 
     @bolt.action(ids.INCIDENT_RETRY)
     async def on_retry_all(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        workflow = partial(bulk.retry_all, nylas=runtime.nylas)
-        await run_bulk(runtime, groups, body, respond, permission="retry", workflow=workflow)
+        workflow = partial(bulk.retry_all, nylas=services.nylas)
+        await run_bulk(services, groups, body, respond, permission="retry", workflow=workflow)

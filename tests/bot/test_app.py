@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,25 +12,24 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.app import LOCAL_MODE_BANNER, REST_MAX, _job, paced
-from bot.inbox_writer import InboxWriter, Load
+from bot.app import LOCAL_MODE_BANNER, wake_senders
+from bot.loops import Worker
 from bot.metrics import Metrics
 from bot.notifier import Notifier, Posted, SinkError
-from bot.runtime import RUNTIME, Runtime
+from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from bot.settings import load_settings
 from storage import cases, outbox
-from storage.engine import create_engine, is_sqlite
+from storage.engine import create_engine
 from storage.migrate import head_revision
 from storage.models import (
     Account,
     Case,
     CaseEvent,
-    InboxDelivery,
     OutboxMessage,
     OutboxStatus,
 )
@@ -39,7 +37,6 @@ from tests import builders
 from tests.appclient import start_app
 from tests.conftest import FrozenClock
 from tests.waiting import eventually
-from workflows.nylas.webhooks import InboxEntry
 
 Sessions = async_sessionmaker[AsyncSession]
 ClientFactory = Callable[..., Awaitable[TestClient]]
@@ -255,31 +252,6 @@ async def test_the_service_sweeps_escalations_at_the_policy_period(
         await client.close()
 
 
-async def test_a_job_cancelled_by_shutdown_is_not_an_error(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    runtime = Runtime(
-        settings=load_settings(_env_file=None), clock=FrozenClock(), metrics=Metrics()
-    )
-    started = asyncio.Event()
-
-    async def waits_on_nylas(runtime: Runtime) -> None:
-        started.set()
-        await asyncio.sleep(60)  # between retries, say
-
-    job = asyncio.create_task(_job(runtime, "reconcile", waits_on_nylas)())
-    await started.wait()
-    with caplog.at_level(logging.INFO):
-        job.cancel()
-        await job  # ends quietly: the scheduler has nothing to report
-
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert "stopped by shutdown" in caplog.text
-    assert 'reauthbot_job_runs_total{job="reconcile",outcome="cancelled"} 1.0' in (
-        runtime.metrics.render().decode()
-    )
-
-
 async def test_what_exists_at_start_is_kept_out_of_full_collections(engine: AsyncEngine) -> None:
     gc.unfreeze()
     client = await start_app(load_settings(_env_file=None), engine=engine, migrate=False)
@@ -296,13 +268,13 @@ async def test_the_service_s_sqlite_checkpoints_and_reads_stay_off_the_writers_p
     url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
     client = await start_app(load_settings(_env_file=None, database_url=url))
     try:
-        runtime = client.server.app[RUNTIME]
-        assert runtime.engine is not None and runtime.checkpointer is not None
-        async with runtime.engine.connect() as conn:
+        runtime, services = client.server.app[RUNTIME], client.server.app[SERVICES]
+        assert runtime.checkpointer is not None
+        async with services.engine.connect() as conn:
             assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
-        async with runtime.reader()() as session:
+        async with services.readers() as session:
             # Reads have connections of their own: they never hold up the writers' one.
-            assert session.bind is not None and session.bind.pool is not runtime.engine.pool
+            assert session.bind is not None and session.bind.pool is not services.engine.pool
         passes = runtime.checkpointer.passes
 
         async def checkpointed_again() -> bool:
@@ -314,91 +286,39 @@ async def test_the_service_s_sqlite_checkpoints_and_reads_stay_off_the_writers_p
         await client.close()
 
 
-async def test_background_work_rests_longer_the_harder_deliveries_arrive() -> None:
-    now = 100.0
-    rests: list[float] = []
-    loads = iter([Load.IDLE, Load.BUSY, Load.SATURATED])
-
-    async def step() -> int:  # a pass of the ingest worker that takes 10 ms
-        nonlocal now
-        now += 0.01
-        return 1
-
-    async def rest(seconds: float) -> None:
-        rests.append(round(seconds, 6))
-
-    run = paced(step, lambda: next(loads), clock=lambda: now, sleep=rest)
-    for _ in range(3):
-        await run()
-    assert rests == [0.02, 0.08]  # none while idle, then 2x and 8x the time it worked
-
-
-async def test_a_step_that_waited_long_rests_no_more_than_the_cap() -> None:
-    now = 100.0
-    rests: list[float] = []
-
-    async def step() -> int:  # a pass held up for a minute by a database that hung
-        nonlocal now
-        now += 60.0
-        return 1
-
-    async def rest(seconds: float) -> None:
-        rests.append(seconds)
-
-    run = paced(step, lambda: Load.SATURATED, clock=lambda: now, sleep=rest)
-    await run()
-    assert rests == [REST_MAX]  # not eight minutes
-
-
-async def test_deliveries_waiting_together_for_a_commit_mean_saturation(
-    engine: AsyncEngine,
+async def test_queuing_a_message_wakes_its_drain_without_anyone_asking(
+    sessions: Sessions, clock: FrozenClock
 ) -> None:
-    writer = InboxWriter(engine, clock=FrozenClock())
+    passes = {"notifier": 0, "pager": 0}
+
+    def counting(name: str) -> Callable[[], Awaitable[int]]:
+        async def step() -> int:
+            passes[name] += 1
+            return 0
+
+        return step
+
+    def seen(notifier: int, pager: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return passes == {"notifier": notifier, "pager": pager}
+
+        return check
+
+    # Without a wake they would look again only after an hour.
+    slack = Worker("notifier", counting("notifier"), idle=3600)
+    pager = Worker("pager", counting("pager"), idle=3600)
     stop = asyncio.Event()
-    running = asyncio.create_task(writer.run(stop))
+    running = [asyncio.create_task(w.run(stop)) for w in (slack, pager)]
+    stop_waking = outbox.on_queued(wake_senders(slack, pager))
     try:
-        assert writer.load() is Load.IDLE
-        await writer.store([inbox_entry("one")])
-        assert writer.load() is Load.BUSY  # one request per commit
-        # Many requests at once, as when senders outpace the commits: they share one.
-        await asyncio.gather(*(writer.store([inbox_entry(f"k{n}")]) for n in range(10)))
-        assert writer.load() is Load.SATURATED
+        await eventually(seen(1, 1), within=1)  # the first look, at start
+        async with sessions() as session, session.begin():
+            await outbox.enqueue(session, channel="C1", kind="notice", now=clock())
+        await eventually(seen(2, 1), within=1)  # a Slack message is none of the pager's business
+        async with sessions() as session, session.begin():
+            await outbox.enqueue_page(session, now=clock(), payload={})
+        await eventually(seen(2, 2), within=1)
     finally:
+        stop_waking()
         stop.set()
-        await running
-
-
-async def test_a_delivery_not_stored_in_time_is_a_timeout_and_the_writer_goes_on(
-    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
-) -> None:
-    writer = InboxWriter(engine, clock=FrozenClock(), timeout=0.3)
-    stop = asyncio.Event()
-    running = asyncio.create_task(writer.run(stop))
-    other = create_engine(engine.url)
-    try:
-        async with other.begin() as conn:  # another writer holds the lock meanwhile
-            if not is_sqlite(other):
-                await conn.execute(text("LOCK TABLE inbox IN EXCLUSIVE MODE"))
-            started = time.monotonic()
-            stuck = asyncio.create_task(writer.store([inbox_entry("stuck")]))
-            await asyncio.sleep(0.05)
-            queued = asyncio.create_task(writer.store([inbox_entry("queued")]))
-            with pytest.raises(TimeoutError, match=r"not stored within 0\.3 s"):
-                await stuck
-            assert 0.3 <= time.monotonic() - started < 1.0
-            with pytest.raises(TimeoutError):
-                await queued
-        # The commit under way goes through once the lock is free; the one waiting behind it
-        # was given up, so it is not stored. Later deliveries are stored as usual.
-        assert await writer.store([inbox_entry("after")]) == 1
-        async with sessions() as session:
-            keys = (await session.exec(select(InboxDelivery.dedupe_key))).all()
-        assert sorted(keys) == ["after", "stuck"]
-    finally:
-        stop.set()
-        await running
-        await other.dispose()
-
-
-def inbox_entry(key: str) -> InboxEntry:
-    return InboxEntry(dedupe_key=key, source="nylas-v3", body="{}")
+        await asyncio.gather(*running)

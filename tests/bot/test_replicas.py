@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.app import _reconcile
-from bot.runtime import RUNTIME
+from bot.jobs import reconcile_pass
+from bot.services import SERVICES
 from bot.settings import load_settings
 from tests.appclient import start_app
 from tests.conftest import NYLAS_API_KEY, FrozenClock
@@ -33,19 +33,19 @@ async def test_two_replicas_reconcile_once_per_interval(
                     settings, engine=engine, scheduled_jobs=False, migrate=False, clock=clock
                 )
             )
-        first, second = (app.server.app[RUNTIME] for app in apps)
+        first, second = (app.server.app[SERVICES] for app in apps)
         assert first.instance != second.instance
 
         def listings() -> int:
             return len(nylas_fake.calls_to("GET", r"/v3/grants"))
 
-        await _reconcile(first)
-        await _reconcile(second)  # the same interval: skipped
+        await reconcile_pass(first)
+        await reconcile_pass(second)  # the same interval: skipped
         assert listings() == 1
 
         clock.advance(minutes=14)  # 0.9 of the interval has passed: the lease ran out
-        await _reconcile(second)
-        await _reconcile(first)
+        await reconcile_pass(second)
+        await reconcile_pass(first)
         assert listings() == 2
         metrics = await (await apps[0].get("/metrics")).text()
         assert 'reauthbot_job_runs_total{job="reconcile",outcome="skipped"} 1.0' in metrics

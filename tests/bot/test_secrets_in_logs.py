@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import logs
-from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from bot.settings import Settings, load_settings
 from bot.slack import ids
 from storage.migrate import head_revision
@@ -250,9 +250,8 @@ async def http_mode_v3(scene: Scene, engine: AsyncEngine, policy: Path) -> None:
             400, body={"status": "invalid event", "message": f"bad routing_key {ROUTING_KEY}"}
         )
         clock.advance(minutes=16)
-        runtime = app.server.app[RUNTIME]
-        await escalate_due(runtime.db(), policy=settings.policy.escalation, now=clock())
-        runtime.wake_senders()
+        services = app.server.app[SERVICES]
+        await escalate_due(services.sessions, policy=settings.policy.escalation, now=clock())
         await wait_for(lambda: len(pagerduty.events) >= 2)
 
         # Nylas refuses the key (repeating it back), then fails once and recovers.

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from bot.slack import ids
 from bot.slack.command_line import USAGE
 from storage import cases
@@ -321,7 +321,7 @@ async def test_oncall_shows_the_policy_and_who_is_behind_groups(
     )
     await seed(sessions, clock, 1)
     op = await run(policy, clock=clock)
-    rules = op.app.server.app[RUNTIME].settings.policy.escalation
+    rules = op.app.server.app[SERVICES].settings.policy.escalation
     await escalate_due(sessions, policy=rules, now=clock())  # schedules case 1
     text = shown(await op.type("oncall"))
 

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from sqlmodel import select
 
 from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from bot.slack import ids
 from storage import cases
 from storage.models import OutboxKind, OutboxMessage
@@ -57,10 +58,8 @@ async def alert_stored(slack: FakeSlack, sessions: Sessions) -> None:
 
 
 async def sweep(app: TestClient, sessions: Sessions, clock: FrozenClock) -> int:
-    runtime = app.server.app[RUNTIME]
-    ran = await escalate_due(sessions, policy=runtime.settings.policy.escalation, now=clock())
-    runtime.wake_senders()
-    return ran
+    services = app.server.app[SERVICES]
+    return await escalate_due(sessions, policy=services.settings.policy.escalation, now=clock())
 
 
 async def test_an_ignored_alert_reaches_on_call_and_stands_down_when_handled(
@@ -160,7 +159,9 @@ async def test_pagerduty_outage_is_retried_until_the_page_lands(
     await eventually(put_off, within=30)
     assert len(pagerduty.events) == 4
     clock.advance(minutes=5)  # past the notifier's backoff: the page is sent again
-    app.server.app[RUNTIME].wake_senders()
+    pager = app.server.app[RUNTIME].page
+    assert pager is not None
+    pager.wake()  # nothing was queued, time passed: no need to wait for its next look
 
     async def landed() -> bool:
         incident = pagerduty.incident("reauthbot-case-1")

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlmodel import select
 
-from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from storage.models import CaseEvent, InboxDelivery
 from tests.bot.slack.support import Sessions, signed
 from tests.conftest import WEBHOOK_SECRET
@@ -36,7 +36,7 @@ async def nothing_stored(sessions: Sessions) -> bool:
 
 
 def requests_by_status(app: TestClient) -> dict[tuple[str, str], float]:
-    metrics = app.server.app[RUNTIME].metrics.render().decode()
+    metrics = app.server.app[SERVICES].metrics.render().decode()
     counts: dict[tuple[str, str], float] = {}
     for line in metrics.splitlines():
         if line.startswith("reauthbot_http_requests_total{"):

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from bot.runtime import RUNTIME
+from bot.services import SERVICES
 from bot.slack import ids
 from storage.incidents import SAMPLE
 from storage.models import Case, CaseStatus, IncidentScope
@@ -183,7 +183,6 @@ async def test_a_case_after_its_domain_storm_went_quiet_alerts_and_escalates_alo
     await deliver(app, "grant.expired", 99, "acme.example", at=clock())
 
     async def alone() -> bool:
-        app.server.app[RUNTIME].wake_senders()
         return any("user99@acme.example" in m.get("text", "") for m in channel_posts(slack))
 
     await eventually(alone, within=20)
@@ -194,13 +193,12 @@ async def test_a_case_after_its_domain_storm_went_quiet_alerts_and_escalates_alo
     assert late.incident_id is None and late.own_alert
 
     # Nobody reacts: it escalates on its own, in its own thread.
-    runtime = app.server.app[RUNTIME]
-    await escalate_due(sessions, policy=runtime.settings.policy.escalation, now=clock())
+    services = app.server.app[SERVICES]
+    await escalate_due(sessions, policy=services.settings.policy.escalation, now=clock())
     clock.advance(minutes=16)
-    await escalate_due(sessions, policy=runtime.settings.policy.escalation, now=clock())
+    await escalate_due(sessions, policy=services.settings.policy.escalation, now=clock())
 
     async def escalated() -> bool:
-        runtime.wake_senders()
         return any(
             "Escalated" in m.get("text", "") for m in slack.thread(CHANNEL, late.slack_ts or "")
         )

@@ -1,0 +1,186 @@
+"""The scheduled jobs, declared as data, and the one function that puts them on the scheduler.
+
+Each job is a plain workflow call over what the service holds; ``isolated`` wraps every run so
+that one failure is logged and counted instead of ending the schedule. Which jobs exist and how
+often they run follow from the settings alone (``table``); ``schedule`` adds them, leaving out
+those that need Nylas when no Nylas client is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot.services import Services
+from bot.settings import Settings
+from storage import leases
+from workflows.actions import end_snoozes
+from workflows.digest import queue_digest
+from workflows.escalation import escalate_due, sweep_period
+from workflows.maintenance import purge_old_rows
+from workflows.reconcile import reconcile
+from workflows.stuck import open_stuck_cases
+from workflows.webhook_watch import check_webhook_destinations
+
+log = logging.getLogger("reauthbot.app")
+
+JobFn = Callable[[Services], Awaitable[None]]
+
+# The share of the poll interval a replica holds the reconciliation lease: whichever replica
+# asks first in each interval runs the pass, the others skip it.
+RECONCILE_LEASE_SHARE = 0.9
+# A daily job may start up to an hour late (the event loop was busy, the clock jumped) rather
+# than be skipped until the next day.
+DAILY_GRACE_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Job:
+    """One scheduled job: what runs, when, and what it needs."""
+
+    name: str
+    run: JobFn
+    trigger: BaseTrigger
+    needs_nylas: bool = False
+    # Run once as the service starts too, not only after the first interval.
+    at_start: bool = False
+    # Seconds a run may start late rather than be skipped; None: the scheduler's default.
+    misfire_grace: int | None = None
+
+
+def every(**interval: float) -> IntervalTrigger:
+    return IntervalTrigger(timezone="UTC", **interval)
+
+
+def table(settings: Settings) -> list[Job]:
+    """The jobs the settings call for."""
+    poll = settings.poll_interval.total_seconds()
+    jobs = [
+        Job("retention", purge_retained, every(hours=6)),
+        Job("snoozes", end_due_snoozes, every(minutes=1)),
+        Job("stuck", open_stuck, every(minutes=5)),
+    ]
+    if settings.policy.escalation.levels:
+        period = sweep_period(settings.policy.escalation).total_seconds()
+        jobs.append(Job("escalation", escalate, every(seconds=period)))
+    if (at := settings.digest_at) is not None:
+        daily = CronTrigger(hour=at.hour, minute=at.minute, timezone="UTC")
+        jobs.append(Job("digest", digest, daily, misfire_grace=DAILY_GRACE_SECONDS))
+    # At start too: webhooks missed while the service was down are caught now.
+    reconciling = Job(
+        "reconcile", reconcile_pass, every(seconds=poll), needs_nylas=True, at_start=True
+    )
+    jobs.append(reconciling)
+    # At start too: a destination Nylas marked failing while the service was down is why
+    # webhooks were missed.
+    watching = Job(
+        "webhook_watch", watch_webhooks, every(seconds=poll), needs_nylas=True, at_start=True
+    )
+    jobs.append(watching)
+    return jobs
+
+
+def schedule(scheduler: AsyncIOScheduler, services: Services, jobs: list[Job]) -> None:
+    """Add ``jobs`` to ``scheduler``: one run of each at a time, missed runs folded into one."""
+    for job in jobs:
+        if job.needs_nylas and services.nylas is None:
+            continue
+        options: dict[str, Any] = {}
+        if job.at_start:
+            options["next_run_time"] = services.clock()
+        if job.misfire_grace is not None:
+            options["misfire_grace_time"] = job.misfire_grace
+        scheduler.add_job(
+            isolated(services, job.name, job.run),
+            job.trigger,
+            id=job.name,
+            max_instances=1,
+            coalesce=True,
+            **options,
+        )
+
+
+def isolated(services: Services, name: str, fn: JobFn) -> Callable[[], Awaitable[None]]:
+    """Wrap a job so one failure is logged and counted instead of killing the schedule."""
+
+    async def run() -> None:
+        try:
+            await fn(services)
+        except asyncio.CancelledError:
+            # Shutdown cancels a job in progress; its work is in the database, to be redone.
+            services.metrics.job_runs.labels(job=name, outcome="cancelled").inc()
+            log.info("scheduled job stopped by shutdown", extra={"job": name})
+        except Exception:
+            services.metrics.job_runs.labels(job=name, outcome="error").inc()
+            log.exception("scheduled job failed", extra={"job": name})
+        else:
+            services.metrics.job_runs.labels(job=name, outcome="ok").inc()
+
+    return run
+
+
+async def open_stuck(services: Services) -> None:
+    limits = services.settings.policy.stuck
+    now = services.clock()
+    await open_stuck_cases(services.sessions, limits=limits, now=now, route=services.route)
+
+
+async def end_due_snoozes(services: Services) -> None:
+    await end_snoozes(services.sessions, now=services.clock())
+
+
+async def escalate(services: Services) -> None:
+    policy = services.settings.policy.escalation
+    await escalate_due(services.sessions, policy=policy, now=services.clock())
+
+
+async def reconcile_pass(services: Services) -> None:
+    assert services.nylas is not None
+    period = services.settings.poll_interval * RECONCILE_LEASE_SHARE
+    async with services.sessions() as session, session.begin():
+        mine = await leases.acquire(
+            session, name="reconcile", owner=services.instance, now=services.clock(), period=period
+        )
+    if not mine:
+        log.info("reconciliation skipped: another replica runs it this interval")
+        services.metrics.job_runs.labels(job="reconcile", outcome="skipped").inc()
+        return
+    report = await reconcile(
+        services.sessions,
+        services.nylas,
+        clock=services.clock,
+        route=services.route,
+        storms=services.settings.policy.storms,
+    )
+    for outcome in ("seen", "new", "changed", "missing", "skipped"):
+        services.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
+
+
+async def watch_webhooks(services: Services) -> None:
+    assert services.nylas is not None
+    await check_webhook_destinations(
+        services.sessions,
+        services.nylas,
+        now=services.clock(),
+        channel=services.settings.alert_channel,
+    )
+
+
+async def digest(services: Services) -> None:
+    channel = services.settings.alert_channel
+    await queue_digest(services.sessions, now=services.clock(), channel=channel)
+
+
+async def purge_retained(services: Services) -> None:
+    inbox, outbox = await purge_old_rows(
+        services.sessions, clock=services.clock, keep_days=services.settings.retention_days
+    )
+    log.info("retention purge", extra={"inbox_deleted": inbox, "outbox_deleted": outbox})

@@ -1,0 +1,123 @@
+"""The inbox writer: group commits of webhook deliveries, and the pacing of other writers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.inbox_writer import REST_MAX, InboxWriter, Load, paced
+from storage.engine import create_engine, is_sqlite
+from storage.models import InboxDelivery
+from tests.conftest import FrozenClock
+from workflows.nylas.webhooks import InboxEntry
+
+
+async def test_background_work_rests_longer_the_harder_deliveries_arrive() -> None:
+    now = 100.0
+    rests: list[float] = []
+    loads = iter([Load.IDLE, Load.BUSY, Load.SATURATED])
+
+    async def step() -> int:  # a pass of the ingest worker that takes 10 ms
+        nonlocal now
+        now += 0.01
+        return 1
+
+    async def rest(seconds: float) -> None:
+        rests.append(round(seconds, 6))
+
+    run = paced(step, lambda: next(loads), clock=lambda: now, sleep=rest)
+    for _ in range(3):
+        await run()
+    assert rests == [0.02, 0.08]  # none while idle, then 2x and 8x the time it worked
+
+
+async def test_a_step_that_waited_long_rests_no_more_than_the_cap() -> None:
+    now = 100.0
+    rests: list[float] = []
+
+    async def step() -> int:  # a pass held up for a minute by a database that hung
+        nonlocal now
+        now += 60.0
+        return 1
+
+    async def rest(seconds: float) -> None:
+        rests.append(seconds)
+
+    run = paced(step, lambda: Load.SATURATED, clock=lambda: now, sleep=rest)
+    await run()
+    assert rests == [REST_MAX]  # not eight minutes
+
+
+async def test_deliveries_waiting_together_for_a_commit_mean_saturation(
+    engine: AsyncEngine,
+) -> None:
+    writer = InboxWriter(engine, clock=FrozenClock())
+    stop = asyncio.Event()
+    running = asyncio.create_task(writer.run(stop))
+    try:
+        assert writer.load() is Load.IDLE
+        await writer.store([inbox_entry("one")])
+        assert writer.load() is Load.BUSY  # one request per commit
+        # Many requests at once, as when senders outpace the commits: they share one.
+        await asyncio.gather(*(writer.store([inbox_entry(f"k{n}")]) for n in range(10)))
+        assert writer.load() is Load.SATURATED
+    finally:
+        stop.set()
+        await running
+
+
+async def test_a_delivery_not_stored_in_time_is_a_timeout_and_the_writer_goes_on(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    writer = InboxWriter(engine, clock=FrozenClock(), timeout=0.3)
+    stop = asyncio.Event()
+    running = asyncio.create_task(writer.run(stop))
+    other = create_engine(engine.url)
+    try:
+        async with other.begin() as conn:  # another writer holds the lock meanwhile
+            if not is_sqlite(other):
+                await conn.execute(text("LOCK TABLE inbox IN EXCLUSIVE MODE"))
+            started = time.monotonic()
+            stuck = asyncio.create_task(writer.store([inbox_entry("stuck")]))
+            await asyncio.sleep(0.05)
+            queued = asyncio.create_task(writer.store([inbox_entry("queued")]))
+            with pytest.raises(TimeoutError, match=r"not stored within 0\.3 s"):
+                await stuck
+            assert 0.3 <= time.monotonic() - started < 1.0
+            with pytest.raises(TimeoutError):
+                await queued
+        # The commit under way goes through once the lock is free; the one waiting behind it
+        # was given up, so it is not stored. Later deliveries are stored as usual.
+        assert await writer.store([inbox_entry("after")]) == 1
+        async with sessions() as session:
+            keys = (await session.exec(select(InboxDelivery.dedupe_key))).all()
+        assert sorted(keys) == ["after", "stuck"]
+    finally:
+        stop.set()
+        await running
+        await other.dispose()
+
+
+def inbox_entry(key: str) -> InboxEntry:
+    return InboxEntry(dedupe_key=key, source="nylas-v3", body="{}")
+
+
+async def test_only_sqlite_s_one_writer_asks_others_to_step_aside(engine: AsyncEngine) -> None:
+    writer = InboxWriter(engine, clock=FrozenClock())
+    assert not writer.step_aside()  # nothing waits
+    stop = asyncio.Event()
+    stop.set()
+    # Queued before the writer runs: the delivery waits for it.
+    storing = asyncio.create_task(writer.store([inbox_entry("one")]))
+    await asyncio.sleep(0)
+    assert writer.waiting()
+    assert writer.step_aside() is is_sqlite(engine)
+    await writer.run(stop)  # stores what waits, then stops
+    assert await storing == 1
+    assert not writer.step_aside()

@@ -1,0 +1,74 @@
+"""The job table: which jobs the settings call for, and how one failing run is contained."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot import jobs
+from bot.jobs import isolated
+from bot.notifier import LogSink
+from bot.services import Services, build_services
+from bot.settings import load_settings
+from tests.conftest import FrozenClock
+
+
+def test_the_table_follows_the_settings(tmp_path: Path) -> None:
+    config = tmp_path / "policy.toml"
+    config.write_text('[[escalation.levels]]\nafter = "3s"\nmention = ["U0SUE"]\n')
+    plain = jobs.table(load_settings(_env_file=None))
+    assert [job.name for job in plain] == [
+        "retention",
+        "snoozes",
+        "stuck",
+        "reconcile",
+        "webhook_watch",
+    ]
+    assert [job.name for job in plain if job.needs_nylas and job.at_start] == [
+        "reconcile",
+        "webhook_watch",
+    ]
+    full = jobs.table(load_settings(_env_file=None, config_file=config, digest_at="09:00"))
+    assert {"escalation", "digest"} <= {job.name for job in full}
+
+
+@pytest.fixture
+def services(engine: AsyncEngine) -> Services:
+    settings = load_settings(_env_file=None)
+    return build_services(settings, engine=engine, sink=LogSink(), clock=FrozenClock())
+
+
+async def test_jobs_that_need_nylas_are_left_out_without_it(services: Services) -> None:
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    jobs.schedule(scheduler, services, jobs.table(services.settings))
+    assert sorted(job.id for job in scheduler.get_jobs()) == ["retention", "snoozes", "stuck"]
+    retention = scheduler.get_job("retention")
+    assert retention is not None and retention.trigger.interval == timedelta(hours=6)
+
+
+async def test_a_job_cancelled_by_shutdown_is_not_an_error(
+    caplog: pytest.LogCaptureFixture, services: Services
+) -> None:
+    started = asyncio.Event()
+
+    async def waits_on_nylas(services: Services) -> None:
+        started.set()
+        await asyncio.sleep(60)  # between retries, say
+
+    job = asyncio.create_task(isolated(services, "reconcile", waits_on_nylas)())
+    await started.wait()
+    with caplog.at_level(logging.INFO):
+        job.cancel()
+        await job  # ends quietly: the scheduler has nothing to report
+
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "stopped by shutdown" in caplog.text
+    assert 'reauthbot_job_runs_total{job="reconcile",outcome="cancelled"} 1.0' in (
+        services.metrics.render().decode()
+    )
