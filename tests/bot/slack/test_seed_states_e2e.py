@@ -16,7 +16,7 @@ from sqlmodel import col, select
 
 from bot.slack import ids
 from storage import cases
-from storage.models import Account, Case, CaseEvent
+from storage.models import Account, Case, CaseEvent, SlackView
 from tests.bot.slack.support import (
     CHANNEL,
     NOW,
@@ -383,7 +383,10 @@ async def test_v3_grant_valid_again_is_not_deleted(
     await click(app, click_body(slack, ids.REVOKE, "1", ADMIN))
 
     async def opened() -> bool:
-        return bool(slack.calls_to("views.open"))
+        # Opened, and its id recorded by the app (after Slack answered views.open).
+        async with sessions() as session:
+            recorded = (await session.exec(select(SlackView))).all()
+        return bool(slack.calls_to("views.open")) and bool(recorded)
 
     await eventually(opened)
     # The modal the app opened, as Slack submits it (its id, and the app's own ids).
