@@ -10,9 +10,11 @@ from urllib.parse import urlencode
 
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlmodel import select
 
 from bot.slack import ids
 from storage import cases
+from storage.models import SlackView
 from tests.bot.slack.support import (
     CHANNEL,
     NOW,
@@ -253,6 +255,15 @@ async def test_reauth_link_without_configuration_says_what_to_set(
     assert "NYLAS_CLIENT_ID and NYLAS_REDIRECT_URI" in slack.responses[0]["text"]
 
 
+async def modal_recorded(slack: FakeSlack, sessions: Sessions) -> bool:
+    """Whether Slack opened a modal and the app recorded its id (which it learns from Slack's
+    answer, so a submission sent earlier would be refused as one of a modal never opened)."""
+    async with sessions() as session:
+        recorded = len((await session.exec(select(SlackView))).all())
+    opened = len(slack.calls_to("views.open"))
+    return opened > 0 and recorded >= opened
+
+
 def opened_view(slack: FakeSlack, callback_id: str) -> str:
     """The id Slack gave the modal the app opened last with ``callback_id``."""
     return [k for k, v in slack.open_views.items() if v["callback_id"] == callback_id][-1]
@@ -289,7 +300,7 @@ async def test_resolve_opens_a_modal_and_its_note_closes_the_case(
     await click(app, click_body(slack, ids.RESOLVE, "1", "U0ALICE"))
 
     async def opened() -> bool:
-        return bool(slack.calls_to("views.open"))
+        return await modal_recorded(slack, sessions)
 
     await eventually(opened)
     view = slack.calls_to("views.open")[0].params["view"]
@@ -493,7 +504,7 @@ async def test_revoke_v3_needs_the_email_typed_back(
     await click(app, click_body(slack, ids.REVOKE, "1", "U0ADMIN"))
 
     async def opened() -> bool:
-        return bool(slack.calls_to("views.open"))
+        return await modal_recorded(slack, sessions)
 
     await eventually(opened)
     assert slack.calls_to("views.open")[0].params["view"]["callback_id"] == ids.REVOKE_MODAL

@@ -25,7 +25,7 @@ from tests.bot.slack.support import (
     signed,
     wait_posts,
 )
-from tests.bot.slack.test_e2e import opened_view, view_submission
+from tests.bot.slack.test_e2e import modal_recorded, opened_view, view_submission
 from tests.bot.slack.test_home import home_opened
 from tests.fakes.slack import FakeSlack
 from tests.waiting import eventually
@@ -146,7 +146,7 @@ async def test_a_modal_opened_on_one_replica_is_accepted_on_another(
     await post(first, click_body(slack, ids.RESOLVE, "1", "U0ALICE"))
 
     async def opened() -> bool:
-        return bool(slack.calls_to("views.open"))
+        return await modal_recorded(slack, sessions)
 
     await eventually(opened)
     body = view_submission("fixed", "1", view_id=opened_view(slack, ids.RESOLVE_MODAL))
