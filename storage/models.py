@@ -84,6 +84,8 @@ def _json() -> Any:
 
 
 class ApiVersion(StrEnum):
+    """The Nylas API an account or grant belongs to (a StrEnum: equal to the stored string)."""
+
     V2 = "v2"
     V3 = "v3"
 

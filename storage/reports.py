@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage._sql import dialect_name
-from storage.models import Account, Case, CaseEvent, CaseStatus
+from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus
 
 # Case.id is a 32-bit integer on PostgreSQL: a larger number cannot name a case, and binding
 # it would be an error there rather than no row.
@@ -235,8 +235,10 @@ async def count_open_billed(session: AsyncSession, *, not_billed: Collection[str
 
     v2: a known billing state not in ``not_billed``; v3: any grant not deleted.
     """
-    v2 = (col(Account.api_version) == "v2") & col(Account.billing_state).not_in(list(not_billed))
-    v3 = (col(Account.api_version) == "v3") & (
+    v2 = (col(Account.api_version) == ApiVersion.V2) & col(Account.billing_state).not_in(
+        list(not_billed)
+    )
+    v3 = (col(Account.api_version) == ApiVersion.V3) & (
         sa.func.coalesce(col(Account.sync_state), "") != "deleted"
     )
     stmt = (

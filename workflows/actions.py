@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases
-from storage.models import Account, Case, CaseKind, CaseStatus
+from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
 from workflows.notify import record_change
@@ -376,9 +376,9 @@ async def retry_sync(
     if isinstance(held, ActionResult):
         return held
     case, account = held
-    steps = "downgrade, upgrade and re-read" if account.api_version == "v2" else "re-read"
+    steps = "downgrade, upgrade and re-read" if account.api_version == ApiVersion.V2 else "re-read"
     try:
-        if account.api_version == "v2":
+        if account.api_version == ApiVersion.V2:
             await nylas.downgrade(account.id)
             await nylas.upgrade(account.id)
         remote = await nylas.get_account(account.id)
@@ -426,7 +426,7 @@ async def revoke(
     if isinstance(held, ActionResult):
         return held
     case, account = held
-    v3 = account.api_version == "v3"
+    v3 = account.api_version == ApiVersion.V3
     if v3 and (confirmation or "").strip().lower() != (account.email or "").lower():
         await _release(sessions, case_id=case_id)
         return ActionResult(
@@ -457,7 +457,7 @@ async def revoke(
         return ActionResult("done", f"Revoking for case #{case_id} failed: {exc}", case)
     deleted = AccountEvent(
         account_id=account.id,
-        api_version="v3",
+        api_version=ApiVersion.V3,
         event_type="revoke",
         state="deleted",
         occurred_at=now,

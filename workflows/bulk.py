@@ -23,7 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases
 from storage import incidents as store
 from storage.incidents import LINKABLE_KINDS
-from storage.models import Account, Case, CaseStatus, Incident, IncidentStatus
+from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus, Incident, IncidentStatus
 from workflows import actions
 from workflows.actions import LinkBuilder, who
 from workflows.incidents import queue_line, queue_pager, queue_update
@@ -243,7 +243,9 @@ async def retry_all(
         targets = [
             case.id
             for case, account in await _unresolved(session, incident_id)
-            if account.api_version == "v2" and case.kind == "stopped" and case.id is not None
+            if account.api_version == ApiVersion.V2
+            and case.kind == CaseKind.STOPPED
+            and case.id is not None
         ]
     if not targets:
         return BulkResult("already", f"Incident #{incident_id} has no stopped v2 account to retry.")

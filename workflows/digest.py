@@ -16,20 +16,20 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import outbox, reports
-from storage.models import OutboxKind
+from storage.models import CaseKind, OutboxKind
 from storage.reports import Tally
 from workflows.clock import how_long
 from workflows.stats import case_stats
 
 DAY = timedelta(days=1)
 # How the kinds of case read in the digest (the alert's titles, in lower case).
-KIND_WORDS = {
-    "reauth": "need re-authentication",
-    "stopped": "sync stopped",
-    "support": "need Nylas Support",
-    "stuck": "stuck in a transient state",
-    "duplicate": "duplicate accounts",
-    "unknown": "unknown state",
+KIND_WORDS: dict[str, str] = {
+    CaseKind.REAUTH: "need re-authentication",
+    CaseKind.STOPPED: "sync stopped",
+    CaseKind.SUPPORT: "need Nylas Support",
+    CaseKind.STUCK: "stuck in a transient state",
+    CaseKind.DUPLICATE: "duplicate accounts",
+    CaseKind.UNKNOWN: "unknown state",
 }
 
 

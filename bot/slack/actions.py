@@ -21,7 +21,7 @@ from bot.runtime import Runtime
 from bot.slack import blocks, ids
 from bot.slack.groups import GroupDirectory
 from storage import cases, slack_requests
-from storage.models import Account
+from storage.models import Account, ApiVersion
 from storage.reports import MAX_CASE_NUMBER
 from workflows import actions
 from workflows.actions import ActionResult
@@ -287,7 +287,12 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
                 if case is not None:
                     account = await cases.get_account(session, account_id=case.account_id)
         allowed = await permitted(runtime, groups, "revoke", user_id)
-        if allowed and case is not None and account is not None and account.api_version == "v3":
+        if (
+            allowed
+            and case is not None
+            and account is not None
+            and account.api_version == ApiVersion.V3
+        ):
             # Deleting a grant cannot be undone: ask for the email first (see on_revoke_submitted).
             await open_modal(
                 runtime, client, body["trigger_id"], blocks.revoke_modal(case, account)

@@ -23,7 +23,7 @@ from bot.slack.blocks import (
     title,
     undo_send_only_button,
 )
-from storage.models import Account, Case, CaseEvent, CaseStatus
+from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus
 from storage.reports import Tally
 from workflows.billing import restart_warning
 from workflows.clock import how_long
@@ -162,7 +162,9 @@ def case_card(
 
 def revoke_prompt(case: Case, account: Account) -> list[dict[str, Any]]:
     """Revoking from the command goes through the same button, and confirmation, as the alert."""
-    what = "delete the grant of" if account.api_version == "v3" else "revoke every token of"
+    what = (
+        "delete the grant of" if account.api_version == ApiVersion.V3 else "revoke every token of"
+    )
     return [
         section(
             f"Case #{case.id}: {title(case).lower()}. To {what} "
