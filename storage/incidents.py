@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage import actors
 from storage.models import (
     Account,
     ApiVersion,
@@ -191,7 +192,7 @@ async def view(session: AsyncSession, *, incident_id: int) -> IncidentView | Non
     for status, kind, resolver, n in (await session.exec(tally)).all():
         by_status[status] += n
         if status == CaseStatus.RESOLVED:
-            resolved_by[(resolver or "system").split(":", 1)[0]] += n
+            resolved_by[actors.source(resolver or actors.SYSTEM)] += n
         else:
             by_kind[kind] += n
 

@@ -301,7 +301,7 @@ class CaseEvent(SQLModel, table=True):
     case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
     account_id: str | None = Field(default=None, max_length=255)
     at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
-    actor: str = Field(max_length=128)  # "system", "nylas", "slack:U123", "cli"
+    actor: str = Field(max_length=128)  # storage.actors: "system", "nylas", "slack:U123", "cli"
     action: str = Field(max_length=64)
     details: dict[str, Any] = _json()
 

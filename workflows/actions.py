@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases
+from storage import actors, cases
 from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
@@ -51,10 +51,6 @@ def result(outcome: str, text: Text, case: Case | None = None) -> ActionResult:
     """An outcome told in words that may name people."""
     said = text if names_someone(text) and not isinstance(text, str) else None
     return ActionResult(outcome, plain(text), case, said)
-
-
-def slack_actor(user_id: str) -> str:
-    return f"slack:{user_id}"
 
 
 def who(actor: str) -> Person:
@@ -296,7 +292,7 @@ async def end_snoozes(sessions: Sessions, *, now: datetime) -> int:
             await record_change(
                 session,
                 case,
-                actor="system",
+                actor=actors.SYSTEM,
                 action="snooze_ended",
                 now=now,
                 line="Snooze is over.",

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases, outbox
+from storage import actors, cases, outbox
 from storage.models import (
     Account,
     ApiVersion,
@@ -294,7 +294,7 @@ async def _run(
         case.pager_state = "triggered"
     await cases.record_event(
         session,
-        actor="system",
+        actor=actors.SYSTEM,
         action="escalated",
         at=now,
         case_id=case.id,

@@ -30,7 +30,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from storage import cases
+from storage import actors, cases
 from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
 from workflows.clock import how_long
 from workflows.lifecycle import Router, open_case_for
@@ -159,7 +159,7 @@ async def open_stuck_case(
                 kind=CaseKind.STUCK,
                 state=state,
                 broken_since=since,
-                actor="system",
+                actor=actors.SYSTEM,
                 now=now,
                 route=route,
                 audit=audit,

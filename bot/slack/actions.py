@@ -20,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.runtime import Runtime
 from bot.slack import blocks, ids
 from bot.slack.groups import GroupDirectory
-from storage import cases, slack_requests
+from storage import actors, cases, slack_requests
 from storage.models import Account, ApiVersion
 from storage.reports import MAX_CASE_NUMBER
 from workflows import actions
@@ -109,7 +109,7 @@ async def run_action(
         return None
     sessions: async_sessionmaker[AsyncSession] = runtime.db()
     now: datetime = runtime.clock()
-    actor = actions.slack_actor(user_id)
+    actor = actors.slack(user_id)
     if not await permitted(runtime, groups, permission, user_id):
         result = await actions.refuse(
             sessions, case_id=case_id, action=permission, actor=actor, now=now
@@ -340,7 +340,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
             return
         # Reading only: anyone who sees the alert may take the ticket text.
         text = await hand_out(
-            runtime.db(), case_id=case_id, actor=actions.slack_actor(user_id), now=runtime.clock()
+            runtime.db(), case_id=case_id, actor=actors.slack(user_id), now=runtime.clock()
         )
         log.info("support ticket", extra={"case": case_id, "user": user_id, "found": bool(text)})
         answer = f"Case #{case_id} does not exist." if text is None else ticket_message(text)
@@ -360,7 +360,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         if not await opened_here(runtime, view):
             await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: UNKNOWN_VIEW})
             return
-        now, actor = runtime.clock(), actions.slack_actor(user_id)
+        now, actor = runtime.clock(), actors.slack(user_id)
         if runtime.settings.policy.permissions.revoke is None or not await permitted(
             runtime, groups, "revoke", user_id
         ):
@@ -400,7 +400,7 @@ def register(bolt: AsyncApp, runtime: Runtime, groups: GroupDirectory) -> None:
         if not await opened_here(runtime, view):
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: UNKNOWN_VIEW})
             return
-        now, actor = runtime.clock(), actions.slack_actor(user_id)
+        now, actor = runtime.clock(), actors.slack(user_id)
         if not await permitted(runtime, groups, "resolve", user_id):
             result = await actions.refuse(
                 runtime.db(), case_id=case_id, action="resolve", actor=actor, now=now

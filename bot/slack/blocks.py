@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.slack import ids
+from storage import actors
 from storage.incidents import LINKABLE_KINDS
 from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
 from workflows import states
@@ -105,10 +106,10 @@ def mention(user_id: str) -> str:
 
 def person(who: Person) -> str:
     """Someone a sentence names: a mention of a Slack user or user group, else their name."""
-    name = who.id.removeprefix("slack:")
+    name = actors.name(who.id)
     if USER_ID.fullmatch(name):
         return f"<@{name}>"
-    if GROUP_ID.fullmatch(name) and not who.id.startswith("slack:"):
+    if GROUP_ID.fullmatch(name) and not actors.is_slack(who.id):
         return f"<!subteam^{name}>"
     return escape(str(who))
 
@@ -452,8 +453,8 @@ def resolve_modal(case: Case, account: Account) -> dict[str, Any]:
 
 
 def _resolver(case: Case) -> str:
-    by = case.resolved_by or ""
-    return f" (resolved by {mention(by.removeprefix('slack:'))})" if by.startswith("slack:") else ""
+    user = actors.slack_user(case.resolved_by or "")
+    return f" (resolved by {mention(user)})" if user is not None else ""
 
 
 def _status(case: Case) -> str:
@@ -461,7 +462,7 @@ def _status(case: Case) -> str:
     if case.status == CaseStatus.SNOOZED and case.snoozed_until is not None:
         return f"{words} until {slack_date(case.snoozed_until)}"
     if case.acknowledged_by:
-        by = case.acknowledged_by.removeprefix("slack:")
+        by = actors.name(case.acknowledged_by)
         return (
             f"{words} (acknowledged by {mention(by)})"
             if words != "Acknowledged"

@@ -15,6 +15,7 @@ from bot.slack.blocks import (
     section,
     slack_date,
 )
+from storage import actors
 from storage.incidents import IncidentView
 from storage.models import CaseStatus, IncidentStatus
 from workflows.incidents import headline
@@ -69,7 +70,7 @@ def incident_blocks(view: IncidentView) -> list[dict[str, Any]]:
     if view.sample:
         blocks.append(section(_members(view)))
     if incident.acknowledged_by:
-        by = incident.acknowledged_by.removeprefix("slack:")
+        by = actors.name(incident.acknowledged_by)
         blocks.append(context(f"Acknowledged by {mention(by)}."))
     if incident.sealed_at is not None:
         blocks.append(

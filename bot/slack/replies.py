@@ -23,6 +23,7 @@ from bot.slack.blocks import (
     title,
     undo_send_only_button,
 )
+from storage import actors
 from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus
 from storage.reports import Tally
 from workflows.billing import restart_warning
@@ -119,8 +120,8 @@ def case_list(
 
 
 def _event_line(event: CaseEvent) -> str:
-    who = event.actor.removeprefix("slack:")
-    actor = mention(who) if event.actor.startswith("slack:") else escape(event.actor)
+    user = actors.slack_user(event.actor)
+    actor = mention(user) if user is not None else escape(event.actor)
     detail = event.details.get("note") or event.details.get("reason") or event.details.get("error")
     extra = f": {escape(str(detail))[:200]}" if detail else ""
     return f"{slack_date(event.at)} {actor} {escape(event.action.replace('_', ' '))}{extra}"
