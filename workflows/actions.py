@@ -22,10 +22,10 @@ from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
 from workflows.notify import record_change
 from workflows.nylas import NylasClient, NylasError, NylasNotFound, RemoteAccount
+from workflows.snoozes import SNOOZE_CHOICES
 from workflows.states import SEND_ONLY_RESOLUTION, Health, classify
 from workflows.words import Line, Person, Text, line, names_someone, plain
 
-SNOOZE_CHOICES = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "24h": timedelta(hours=24)}
 MAX_NOTE = 1000
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -160,12 +160,12 @@ async def acknowledge(
 async def snooze(
     sessions: Sessions, *, case_id: int, actor: str, now: datetime, duration: str
 ) -> ActionResult:
-    """Silence a case (and its escalation) for 1 h, 4 h or 24 h."""
+    """Silence a case (and its escalation) for one of ``SNOOZE_CHOICES``."""
     if duration not in SNOOZE_CHOICES:
         return ActionResult(
             ActionOutcome.MISSING, f"Snooze for {', '.join(SNOOZE_CHOICES)}, not {duration!r}."
         )
-    until = now + SNOOZE_CHOICES[duration]
+    until = now + SNOOZE_CHOICES[duration].length
 
     async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         case.status, case.snoozed_until = CaseStatus.SNOOZED, until

@@ -21,6 +21,7 @@ from workflows import states
 from workflows.billing import billing_words, restart_warning, retry_restarts_billing
 from workflows.diagnosis import MENTION, Finding
 from workflows.escalation import RESEND_WINDOW
+from workflows.snoozes import SNOOZE_CHOICES
 from workflows.states import classify
 from workflows.words import Person, Text
 
@@ -279,8 +280,8 @@ def _buttons(
     if case.kind in LINKABLE_KINDS and case.status != CaseStatus.WAITING_ON_USER:
         elements.append(_button(ids.LINK, "Send re-auth link", case))
     options = [
-        {"text": {"type": "plain_text", "text": label}, "value": f"{case.id}:{value}"}
-        for value, label in (("1h", "1 hour"), ("4h", "4 hours"), ("24h", "24 hours"))
+        {"text": {"type": "plain_text", "text": choice.label}, "value": f"{case.id}:{choice.code}"}
+        for choice in SNOOZE_CHOICES.values()
     ]
     elements.append(
         {
