@@ -15,6 +15,8 @@ from storage.incidents import IncidentView
 from storage.models import Account, Case, CaseKind, IncidentStatus
 from workflows.incidents import headline
 
+# How a case kind reads in plain text (the log sink, the CLI): what the account does, after
+# its email. Slack words kinds in bot.slack.blocks.KIND_TITLES.
 KIND_WORDS: dict[str, str] = {
     CaseKind.REAUTH: "needs re-authentication",
     CaseKind.STOPPED: "stopped syncing",

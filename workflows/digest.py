@@ -22,7 +22,8 @@ from workflows.clock import how_long
 from workflows.stats import case_stats
 
 DAY = timedelta(days=1)
-# How the kinds of case read in the digest (the alert's titles, in lower case).
+# How the kinds of case read in the digest, counted ("3 need re-authentication"). The digest
+# is a notice of plain lines that every sink shows, so its words live here, not in bot/.
 KIND_WORDS: dict[str, str] = {
     CaseKind.REAUTH: "need re-authentication",
     CaseKind.STOPPED: "sync stopped",

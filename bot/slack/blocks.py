@@ -26,6 +26,9 @@ from workflows.states import classify
 from workflows.words import Person, Text
 
 MAX_SECTION = 3000
+# How case kinds and statuses read in Slack: the one table of each for every Slack surface
+# (alerts, incidents, the home tab, /reauth), lower-cased where they run on in a sentence.
+# Plain text (logs, CLI) words kinds in bot.render, the daily digest in workflows.digest.
 KIND_TITLES: dict[str, str] = {
     CaseKind.REAUTH: "Needs re-authentication",
     CaseKind.STOPPED: "Sync stopped",
