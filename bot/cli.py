@@ -27,6 +27,7 @@ from bot.settings import ConfigError, Settings, load_settings
 from storage import cases as case_queries
 from storage.engine import create_engine, normalize_url, session_factory
 from storage.migrate import current_revision, head_revision, upgrade
+from storage.models import ApiVersion
 from workflows.clock import how_long, system_clock
 from workflows.nylas import NylasError, WebhookDestination, samples, webhooks
 from workflows.reconcile import ReconcileReport, reconcile
@@ -226,7 +227,7 @@ async def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
     now = system_clock()
     secret = settings.webhook_secrets().get(version)
     if secret is None:
-        variable = "NYLAS_WEBHOOK_SECRET" if version == "v3" else "NYLAS_CLIENT_SECRET"
+        variable = "NYLAS_WEBHOOK_SECRET" if version == ApiVersion.V3 else "NYLAS_CLIENT_SECRET"
         raise ConfigError(variable, f"is needed to sign a sample {version} delivery")
     if version not in settings.webhook_versions():
         raise ConfigError(
@@ -234,7 +235,7 @@ async def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
             "is false, so the service refuses v2 deliveries in v3 mode; set it to true to send one",
         )
     account = args.account or f"sample-{uuid.uuid4().hex[:12]}"
-    if version == "v3":
+    if version == ApiVersion.V3:
         payload = samples.v3_notification(
             args.event,
             grant_id=account,

@@ -22,7 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import render
 from bot.metrics import Metrics
-from storage import cases, incidents, notices, outbox
+from storage import actors, cases, incidents, notices, outbox
 from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxKind, OutboxMessage
 from workflows.clock import Clock
@@ -291,7 +291,7 @@ class Notifier:
                     session.add(case)
                     await cases.record_event(
                         session,
-                        actor="system",
+                        actor=actors.SYSTEM,
                         action="notify_failed",
                         at=now,
                         case_id=case.id,

@@ -12,16 +12,18 @@ from datetime import datetime
 from typing import Any
 
 from storage.incidents import IncidentView
-from storage.models import Account, Case, IncidentStatus
+from storage.models import Account, Case, CaseKind, IncidentStatus
 from workflows.incidents import headline
 
-KIND_WORDS = {
-    "reauth": "needs re-authentication",
-    "stopped": "stopped syncing",
-    "support": "has a sync error that needs Nylas support",
-    "stuck": "is stuck in a transient sync state",
-    "duplicate": "has a duplicate account (billed twice)",
-    "unknown": "is in a state reauthbot does not know",
+# How a case kind reads in plain text (the log sink, the CLI): what the account does, after
+# its email. Slack words kinds in bot.slack.blocks.KIND_TITLES.
+KIND_WORDS: dict[str, str] = {
+    CaseKind.REAUTH: "needs re-authentication",
+    CaseKind.STOPPED: "stopped syncing",
+    CaseKind.SUPPORT: "has a sync error that needs Nylas support",
+    CaseKind.STUCK: "is stuck in a transient sync state",
+    CaseKind.DUPLICATE: "has a duplicate account (billed twice)",
+    CaseKind.UNKNOWN: "is in a state reauthbot does not know",
 }
 
 

@@ -16,9 +16,13 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.engine import normalize_url
+from storage.models import ApiVersion
 from workflows.policy import Policy, load_policy, parse_duration
 
-NYLAS_DEFAULT_URLS = {"v3": "https://api.us.nylas.com", "v2": "https://api.nylas.com"}
+NYLAS_DEFAULT_URLS: dict[str, str] = {
+    ApiVersion.V3: "https://api.us.nylas.com",
+    ApiVersion.V2: "https://api.nylas.com",
+}
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _URL = re.compile(r"^https?://[^\s/]+", re.IGNORECASE)
 
@@ -178,7 +182,7 @@ class Settings(BaseSettings):
 
     @property
     def nylas_configured(self) -> bool:
-        if self.nylas_api_version == "v3":
+        if self.nylas_api_version == ApiVersion.V3:
             return self.nylas_api_key is not None
         return self.nylas_client_id is not None and self.nylas_client_secret is not None
 
@@ -189,7 +193,7 @@ class Settings(BaseSettings):
 
     def webhook_secrets(self) -> dict[str, str]:
         """The keys Nylas signs webhooks with: the v3 webhook secret, the v2 client secret."""
-        found = {"v3": self.nylas_webhook_secret, "v2": self.nylas_client_secret}
+        found = {ApiVersion.V3: self.nylas_webhook_secret, ApiVersion.V2: self.nylas_client_secret}
         return {v: s.get_secret_value() for v, s in found.items() if s is not None}
 
     def webhook_versions(self) -> frozenset[str]:
@@ -198,9 +202,9 @@ class Settings(BaseSettings):
         A v2 delivery is signed with the client secret, which a v3 deployment holds for other
         reasons (re-auth links); in v3 mode it is taken only when a migration asks for it.
         """
-        if self.nylas_api_version == "v2" or self.nylas_accept_v2_webhooks:
-            return frozenset({"v2", "v3"})
-        return frozenset({"v3"})
+        if self.nylas_api_version == ApiVersion.V2 or self.nylas_accept_v2_webhooks:
+            return frozenset(ApiVersion)
+        return frozenset({ApiVersion.V3})
 
     def secrets(self) -> list[str]:
         """Return every secret value, so logs can be scrubbed of them."""
@@ -241,7 +245,7 @@ class Settings(BaseSettings):
 
     def require_nylas(self) -> None:
         """Check the credentials the configured Nylas API version needs."""
-        if self.nylas_api_version == "v3":
+        if self.nylas_api_version == ApiVersion.V3:
             if self.nylas_api_key is None:
                 raise ConfigError(
                     "NYLAS_API_KEY", "is required for the Nylas v3 API; create one in the Dashboard"

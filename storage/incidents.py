@@ -13,7 +13,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import Account, Case, CaseStatus, Incident, IncidentScope, IncidentStatus
+from storage import actors
+from storage.models import (
+    Account,
+    ApiVersion,
+    Case,
+    CaseKind,
+    CaseStatus,
+    Incident,
+    IncidentScope,
+    IncidentStatus,
+)
 
 SAMPLE = 10  # member emails shown on an incident's message
 
@@ -22,7 +32,7 @@ def _matches(scope: str, key: str) -> Any:
     """The accounts an incident of ``scope`` and ``key`` is about."""
     if scope == IncidentScope.DOMAIN:
         return col(Account.email_domain) == key
-    v3 = col(Account.api_version) == "v3"
+    v3 = col(Account.api_version) == ApiVersion.V3
     if scope == IncidentScope.CREDENTIAL:
         return v3 & (col(Account.credential_id) == key)
     # Grants that name their credential are grouped by it, not by their provider.
@@ -159,7 +169,7 @@ class IncidentView:
         return self.total - self.by_status.get(CaseStatus.RESOLVED, 0)
 
 
-LINKABLE_KINDS = frozenset({"reauth", "stopped", "unknown"})
+LINKABLE_KINDS = frozenset({CaseKind.REAUTH, CaseKind.STOPPED, CaseKind.UNKNOWN})
 
 
 async def view(session: AsyncSession, *, incident_id: int) -> IncidentView | None:
@@ -182,14 +192,14 @@ async def view(session: AsyncSession, *, incident_id: int) -> IncidentView | Non
     for status, kind, resolver, n in (await session.exec(tally)).all():
         by_status[status] += n
         if status == CaseStatus.RESOLVED:
-            resolved_by[(resolver or "system").split(":", 1)[0]] += n
+            resolved_by[actors.source(resolver or actors.SYSTEM)] += n
         else:
             by_kind[kind] += n
 
     def count_where(condition: Any) -> Any:
         return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
 
-    stopped_v2 = (col(Account.api_version) == "v2") & (col(Case.kind) == "stopped")
+    stopped_v2 = (col(Account.api_version) == ApiVersion.V2) & (col(Case.kind) == CaseKind.STOPPED)
     with_email = (sa.func.coalesce(col(Account.email), "") != "") & col(Case.kind).in_(
         sorted(LINKABLE_KINDS)
     )

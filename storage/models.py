@@ -64,7 +64,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def domain_of(email: str | None) -> str | None:
-    """The lower-cased part of ``email`` after its last '@', or None."""
+    """The domain of an email: the part after its last '@', stripped and lower-cased, or None.
+
+    The last '@', not the first: RFC 5321 allows an '@' inside a quoted local part
+    (``"a@b"@example.com``), never in the domain. This is the one definition of an email's
+    domain; SQL reads the ``Account.email_domain`` column it fills rather than computing
+    its own.
+    """
     if not email or "@" not in email:
         return None
     return email.rsplit("@", 1)[1].strip().lower() or None
@@ -84,6 +90,8 @@ def _json() -> Any:
 
 
 class ApiVersion(StrEnum):
+    """The Nylas API an account or grant belongs to (a StrEnum: equal to the stored string)."""
+
     V2 = "v2"
     V3 = "v3"
 
@@ -154,8 +162,8 @@ class Account(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=255)
     api_version: str = Field(max_length=8)
     email: str | None = Field(default=None, max_length=320, index=True)
-    # The lower-cased part of the email after its last '@' (storms, diagnosis, reports by
-    # domain look accounts up by it).
+    # domain_of(email), kept in step by _derive_domain and filled by bulk inserts (storms,
+    # diagnosis and reports by domain look accounts up by it).
     email_domain: str | None = Field(default=None, max_length=320, index=True)
     provider: str | None = Field(default=None, max_length=64)
     sync_state: str | None = Field(default=None, max_length=64)
@@ -299,7 +307,7 @@ class CaseEvent(SQLModel, table=True):
     case_id: int | None = Field(default=None, foreign_key="cases.id", index=True)
     account_id: str | None = Field(default=None, max_length=255)
     at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
-    actor: str = Field(max_length=128)  # "system", "nylas", "slack:U123", "cli"
+    actor: str = Field(max_length=128)  # storage.actors: "system", "nylas", "slack:U123", "cli"
     action: str = Field(max_length=64)
     details: dict[str, Any] = _json()
 

@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage._sql import dialect_name
-from storage.models import Account, Case, CaseEvent, CaseStatus
+from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus
 
 # Case.id is a 32-bit integer on PostgreSQL: a larger number cannot name a case, and binding
 # it would be an error there rather than no row.
@@ -62,23 +62,6 @@ class ChronicDomain:
 # --- SQL that differs between the engines -------------------------------------------------
 
 
-def email_domain(session: AsyncSession, email: Any) -> Any:
-    """Build the lower-cased part of ``email`` after its first '@', or NULL without one.
-
-    The constants are inlined, not bound: PostgreSQL only accepts a GROUP BY expression as the
-    selected one when both render identically, which parameters numbered apart would break.
-    """
-    at: Any = sa.literal_column("'@'")
-    zero: Any = sa.literal_column("0")
-    one: Any = sa.literal_column("1")
-    find = sa.func.strpos if dialect_name(session) == "postgresql" else sa.func.instr
-    position = find(email, at)
-    return sa.case(
-        (position > zero, sa.func.lower(sa.func.substr(email, position + one))),
-        else_=sa.null(),
-    )
-
-
 def _seconds_between(session: AsyncSession, start: Any, end: Any) -> Any:
     """Build the seconds from ``start`` to ``end``; SQLite keeps milliseconds of it."""
     if dialect_name(session) == "postgresql":
@@ -117,7 +100,7 @@ async def list_open_cases(
     """Return a page of unresolved cases and their accounts, newest first, and if more follow.
 
     Empty or None filters match everything. ``domain`` is compared case-insensitively with the
-    part of the account's email after the '@' (a leading '@' in it is ignored); ``provider``
+    account's email domain (``Account.email_domain``; a leading '@' in it is ignored); ``provider``
     is compared case-insensitively; ``acknowledged_by`` is an actor (``slack:U…``), exactly;
     ``incident_id`` keeps the cases of one incident.
     """
@@ -130,7 +113,7 @@ async def list_open_cases(
         stmt = stmt.where(col(Case.kind).in_(list(kinds)))
     if domain is not None and domain.strip():
         wanted = domain.strip().removeprefix("@")
-        stmt = stmt.where(email_domain(session, col(Account.email)) == sa.func.lower(wanted))
+        stmt = stmt.where(col(Account.email_domain) == wanted.lower())
     if provider is not None and provider.strip():
         wanted = provider.strip()
         stmt = stmt.where(sa.func.lower(col(Account.provider)) == sa.func.lower(wanted))
@@ -217,7 +200,7 @@ async def count_open_cases(session: AsyncSession, *, by: Breakdown) -> list[Tall
         "kind": col(Case.kind),
         "status": col(Case.status),
         "provider": sa.func.lower(col(Account.provider)),
-        "domain": email_domain(session, col(Account.email)),
+        "domain": col(Account.email_domain),
     }
     key = keys[by]
     stmt = (
@@ -235,8 +218,10 @@ async def count_open_billed(session: AsyncSession, *, not_billed: Collection[str
 
     v2: a known billing state not in ``not_billed``; v3: any grant not deleted.
     """
-    v2 = (col(Account.api_version) == "v2") & col(Account.billing_state).not_in(list(not_billed))
-    v3 = (col(Account.api_version) == "v3") & (
+    v2 = (col(Account.api_version) == ApiVersion.V2) & col(Account.billing_state).not_in(
+        list(not_billed)
+    )
+    v3 = (col(Account.api_version) == ApiVersion.V3) & (
         sa.func.coalesce(col(Account.sync_state), "") != "deleted"
     )
     stmt = (
@@ -350,7 +335,7 @@ async def chronic_domains(
     Each comes with how many of its accounts those cases concern. Accounts with no known email
     belong to no domain. Most cases first, then by domain.
     """
-    domain = email_domain(session, col(Account.email))
+    domain = col(Account.email_domain)
     opened_at = col(Case.opened_at)
     stmt = (
         select(domain, sa.func.count(), sa.func.count(sa.distinct(col(Case.account_id))))
@@ -360,5 +345,6 @@ async def chronic_domains(
         .group_by(domain)
         .having(sa.func.count() >= min_cases)
     )
-    found = [ChronicDomain(d, n, a) for d, n, a in (await session.exec(stmt)).all()]
+    rows = (await session.exec(stmt)).all()
+    found = [ChronicDomain(d, n, a) for d, n, a in rows if d is not None]
     return sorted(found, key=lambda c: (-c.cases, c.domain))

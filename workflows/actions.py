@@ -10,36 +10,48 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases
-from storage.models import Account, Case, CaseKind, CaseStatus
+from storage import actors, cases
+from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
 from workflows.notify import record_change
 from workflows.nylas import NylasClient, NylasError, NylasNotFound, RemoteAccount
+from workflows.snoozes import SNOOZE_CHOICES
 from workflows.states import SEND_ONLY_RESOLUTION, Health, classify
 from workflows.words import Line, Person, Text, line, names_someone, plain
 
-SNOOZE_CHOICES = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "24h": timedelta(hours=24)}
 MAX_NOTE = 1000
 
 Sessions = async_sessionmaker[AsyncSession]
 
 
+class ActionOutcome(StrEnum):
+    """How an operator's action on a case, or on every case of an incident, ended."""
+
+    DONE = "done"  # the action was carried out (a Nylas call that failed is told, and audited)
+    ALREADY = "already"  # nothing to do: someone did it first, or it is under way
+    STALE = "stale"  # the case is resolved, or the incident has ended
+    MISSING = "missing"  # no such case or incident, or an argument that names nothing
+    REFUSED = "refused"  # the operator may not do this, or did not confirm it
+    UNAVAILABLE = "unavailable"  # reauthbot lacks what it needs (Nylas credentials, an email)
+
+
 @dataclass(frozen=True, slots=True)
 class ActionResult:
-    outcome: str  # "done", "already", "stale", "missing", "refused", "unavailable"
+    outcome: ActionOutcome
     message: str  # one sentence for the operator who acted, shown privately; plain text
     case: Case | None = None
     said: Line | None = None  # the message with the people it names, when it names any
 
     @property
     def changed(self) -> bool:
-        return self.outcome == "done"
+        return self.outcome == ActionOutcome.DONE
 
     @property
     def words(self) -> Text:
@@ -47,14 +59,10 @@ class ActionResult:
         return self.said if self.said is not None else self.message
 
 
-def result(outcome: str, text: Text, case: Case | None = None) -> ActionResult:
+def result(outcome: ActionOutcome, text: Text, case: Case | None = None) -> ActionResult:
     """An outcome told in words that may name people."""
     said = text if names_someone(text) and not isinstance(text, str) else None
     return ActionResult(outcome, plain(text), case, said)
-
-
-def slack_actor(user_id: str) -> str:
-    return f"slack:{user_id}"
 
 
 def who(actor: str) -> Person:
@@ -73,10 +81,10 @@ async def _lock_open_case(session: AsyncSession, case_id: int) -> Case | ActionR
     """Lock the case for this transaction; a missing or resolved case stops the action."""
     case = await session.get(Case, case_id, with_for_update=True)
     if case is None:
-        return ActionResult("missing", f"Case #{case_id} does not exist.")
+        return ActionResult(ActionOutcome.MISSING, f"Case #{case_id} does not exist.")
     if case.status == CaseStatus.RESOLVED:
         # The resolution may hold text someone typed: the reply does not quote it.
-        return ActionResult("stale", f"Case #{case_id} is already resolved.", case)
+        return ActionResult(ActionOutcome.STALE, f"Case #{case_id} is already resolved.", case)
     return case
 
 
@@ -102,7 +110,7 @@ async def _act(
             details=details,
             quote=quote,
         )
-    return result("done", message, case)
+    return result(ActionOutcome.DONE, message, case)
 
 
 async def refuse(
@@ -120,7 +128,7 @@ async def refuse(
             account_id=case.account_id if case else None,
             details={"action": action},
         )
-    return ActionResult("refused", f"You are not allowed to {action} cases.", case)
+    return ActionResult(ActionOutcome.REFUSED, f"You are not allowed to {action} cases.", case)
 
 
 async def acknowledge(
@@ -132,7 +140,9 @@ async def acknowledge(
         if case.acknowledged_at is not None:
             by = who(case.acknowledged_by or "someone")
             return result(
-                "already", line(f"Case #{case_id} was already acknowledged by ", by, "."), case
+                ActionOutcome.ALREADY,
+                line(f"Case #{case_id} was already acknowledged by ", by, "."),
+                case,
             )
         if case.status == CaseStatus.OPEN:
             case.status = CaseStatus.ACKNOWLEDGED
@@ -150,10 +160,12 @@ async def acknowledge(
 async def snooze(
     sessions: Sessions, *, case_id: int, actor: str, now: datetime, duration: str
 ) -> ActionResult:
-    """Silence a case (and its escalation) for 1 h, 4 h or 24 h."""
+    """Silence a case (and its escalation) for one of ``SNOOZE_CHOICES``."""
     if duration not in SNOOZE_CHOICES:
-        return ActionResult("missing", f"Snooze for {', '.join(SNOOZE_CHOICES)}, not {duration!r}.")
-    until = now + SNOOZE_CHOICES[duration]
+        return ActionResult(
+            ActionOutcome.MISSING, f"Snooze for {', '.join(SNOOZE_CHOICES)}, not {duration!r}."
+        )
+    until = now + SNOOZE_CHOICES[duration].length
 
     async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         case.status, case.snoozed_until = CaseStatus.SNOOZED, until
@@ -195,7 +207,9 @@ async def mark_send_only(
     async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         if case.kind != CaseKind.STUCK or case.state != "initializing":
             return ActionResult(
-                "refused", f"Case #{case_id} is not about an account stuck initializing.", case
+                ActionOutcome.REFUSED,
+                f"Case #{case_id} is not about an account stuck initializing.",
+                case,
             )
         account = await session.get(Account, case.account_id, with_for_update=True)
         assert account is not None, "a case's account is never deleted"
@@ -224,12 +238,12 @@ async def undo_send_only(
         # The case is resolved (that is what marking did): lock it without asking it be open.
         case = await session.get(Case, case_id, with_for_update=True)
         if case is None:
-            return ActionResult("missing", f"Case #{case_id} does not exist.")
+            return ActionResult(ActionOutcome.MISSING, f"Case #{case_id} does not exist.")
         account = await session.get(Account, case.account_id, with_for_update=True)
         assert account is not None, "a case's account is never deleted"
         who_ = account.email or account.id
         if not account.send_only:
-            return ActionResult("already", f"{who_} is not marked send-only.", case)
+            return ActionResult(ActionOutcome.ALREADY, f"{who_} is not marked send-only.", case)
         account.send_only, account.updated_at = False, now
         session.add(account)
         await record_change(
@@ -243,7 +257,7 @@ async def undo_send_only(
             ),
         )
     return ActionResult(
-        "done",
+        ActionOutcome.DONE,
         f"{who_} is no longer marked send-only: if it stays initializing, it is alerted again.",
         case,
     )
@@ -258,7 +272,7 @@ async def send_reauth_link(
     """Make the end user's re-authentication link; the case then waits on the end user."""
     if build is None:
         return ActionResult(
-            "unavailable",
+            ActionOutcome.UNAVAILABLE,
             "Re-authentication links need NYLAS_CLIENT_ID and NYLAS_REDIRECT_URI to be set.",
         )
     link: list[str] = []
@@ -267,7 +281,9 @@ async def send_reauth_link(
         account = await cases.get_account(session, account_id=case.account_id)
         if account is None or not account.email:
             return ActionResult(
-                "unavailable", f"Case #{case_id}: the account's email is not known yet.", case
+                ActionOutcome.UNAVAILABLE,
+                f"Case #{case_id}: the account's email is not known yet.",
+                case,
             )
         link.append(build(account))
         case.status = CaseStatus.WAITING_ON_USER
@@ -296,7 +312,7 @@ async def end_snoozes(sessions: Sessions, *, now: datetime) -> int:
             await record_change(
                 session,
                 case,
-                actor="system",
+                actor=actors.SYSTEM,
                 action="snooze_ended",
                 now=now,
                 line="Snooze is over.",
@@ -319,11 +335,13 @@ async def _hold(
             return case
         if case.busy_until is not None and case.busy_until > now:
             return ActionResult(
-                "already", f"{case.busy_with} is already in progress for case #{case_id}.", case
+                ActionOutcome.ALREADY,
+                f"{case.busy_with} is already in progress for case #{case_id}.",
+                case,
             )
         account = await cases.get_account(session, account_id=case.account_id)
         if account is None:
-            return ActionResult("missing", f"Case #{case_id} has no account.", case)
+            return ActionResult(ActionOutcome.MISSING, f"Case #{case_id} has no account.", case)
         case.busy_with, case.busy_until = what, now + NYLAS_LEASE
         session.add(case)
     return case, account
@@ -371,14 +389,16 @@ async def retry_sync(
 ) -> ActionResult:
     """v2: downgrade then upgrade the account, then read it again; v3: read the grant again."""
     if nylas is None:
-        return ActionResult("unavailable", "Retry needs the Nylas API credentials to be set.")
+        return ActionResult(
+            ActionOutcome.UNAVAILABLE, "Retry needs the Nylas API credentials to be set."
+        )
     held = await _hold(sessions, case_id=case_id, now=now, what="A retry")
     if isinstance(held, ActionResult):
         return held
     case, account = held
-    steps = "downgrade, upgrade and re-read" if account.api_version == "v2" else "re-read"
+    steps = "downgrade, upgrade and re-read" if account.api_version == ApiVersion.V2 else "re-read"
     try:
-        if account.api_version == "v2":
+        if account.api_version == ApiVersion.V2:
             await nylas.downgrade(account.id)
             await nylas.upgrade(account.id)
         remote = await nylas.get_account(account.id)
@@ -392,7 +412,7 @@ async def retry_sync(
             details={"error": str(exc)},
             said=line("Retry sync by ", who(actor), f" failed: {exc}"),
         )
-        return ActionResult("done", f"Retry of case #{case_id} failed: {exc}", case)
+        return ActionResult(ActionOutcome.DONE, f"Retry of case #{case_id} failed: {exc}", case)
     state = remote.sync_state or "unknown"
     words = classify(account.api_version, state).words
     await _finish(
@@ -407,7 +427,9 @@ async def retry_sync(
         ),
         event=_reported(account, remote, now, "retry"),
     )
-    return ActionResult("done", f"Retried case #{case_id}: the account is now {state}.", case)
+    return ActionResult(
+        ActionOutcome.DONE, f"Retried case #{case_id}: the account is now {state}.", case
+    )
 
 
 async def revoke(
@@ -421,16 +443,18 @@ async def revoke(
 ) -> ActionResult:
     """v2: revoke every access token; v3: delete the grant, once the email is typed back."""
     if nylas is None:
-        return ActionResult("unavailable", "Revoking needs the Nylas API credentials to be set.")
+        return ActionResult(
+            ActionOutcome.UNAVAILABLE, "Revoking needs the Nylas API credentials to be set."
+        )
     held = await _hold(sessions, case_id=case_id, now=now, what="A revoke")
     if isinstance(held, ActionResult):
         return held
     case, account = held
-    v3 = account.api_version == "v3"
+    v3 = account.api_version == ApiVersion.V3
     if v3 and (confirmation or "").strip().lower() != (account.email or "").lower():
         await _release(sessions, case_id=case_id)
         return ActionResult(
-            "refused", "Type the account's email exactly to delete its grant.", case
+            ActionOutcome.REFUSED, "Type the account's email exactly to delete its grant.", case
         )
     method = "delete-grant" if v3 else "revoke-all"
     # The end user may have re-authenticated since the alert: revoking now would undo that.
@@ -454,10 +478,10 @@ async def revoke(
             details={"method": method, "error": str(exc)},
             said=line("Revoking by ", who(actor), f" failed: {exc}"),
         )
-        return ActionResult("done", f"Revoking for case #{case_id} failed: {exc}", case)
+        return ActionResult(ActionOutcome.DONE, f"Revoking for case #{case_id} failed: {exc}", case)
     deleted = AccountEvent(
         account_id=account.id,
-        api_version="v3",
+        api_version=ApiVersion.V3,
         event_type="revoke",
         state="deleted",
         occurred_at=now,
@@ -480,7 +504,7 @@ async def revoke(
         said=done,
         event=deleted if v3 else None,
     )
-    return result("done", line("Done: ", *done), case)
+    return result(ActionOutcome.DONE, line("Done: ", *done), case)
 
 
 def _syncing_again(case: Case, account: Account, remote: RemoteAccount) -> bool:
@@ -530,7 +554,7 @@ async def _reread_before_revoke(
             event=gone,
         )
         return ActionResult(
-            "done", "Nothing was revoked: the account no longer exists in Nylas.", case
+            ActionOutcome.DONE, "Nothing was revoked: the account no longer exists in Nylas.", case
         )
     except NylasError as exc:
         await _finish(
@@ -545,7 +569,7 @@ async def _reread_before_revoke(
             ),
         )
         return ActionResult(
-            "unavailable",
+            ActionOutcome.UNAVAILABLE,
             f"Nothing was revoked for case #{case.id}: Nylas could not be asked whether the "
             f"account is still broken. {exc}",
             case,
@@ -569,7 +593,7 @@ async def _reread_before_revoke(
         event=_reported(account, remote, now, "revoke"),
     )
     return ActionResult(
-        "done",
+        ActionOutcome.DONE,
         f"Nothing was revoked: the account of case #{case.id} is {state} again, so the end "
         "user re-authenticated meanwhile and revoking would undo it.",
         case,
@@ -589,7 +613,9 @@ async def delete_duplicate(
 ) -> ActionResult:
     """Delete the old account id of a duplicate case: v2 account or v3 grant, in Nylas."""
     if nylas is None:
-        return ActionResult("unavailable", "Deleting needs the Nylas API credentials to be set.")
+        return ActionResult(
+            ActionOutcome.UNAVAILABLE, "Deleting needs the Nylas API credentials to be set."
+        )
     held = await _hold(sessions, case_id=case_id, now=now, what="A delete")
     if isinstance(held, ActionResult):
         return held
@@ -604,7 +630,7 @@ async def delete_duplicate(
         )
     if refusal is not None:
         await _release(sessions, case_id=case_id)
-        return ActionResult("refused", refusal, case)
+        return ActionResult(ActionOutcome.REFUSED, refusal, case)
     kept = case.related_account_id or "the newer account"
     try:
         await nylas.delete_account(account.id)
@@ -620,7 +646,9 @@ async def delete_duplicate(
             details={"error": str(exc)},
             said=line("Deleting the old account by ", who(actor), f" failed: {exc}"),
         )
-        return ActionResult("done", f"Deleting account {account.id} failed: {exc}", case)
+        return ActionResult(
+            ActionOutcome.DONE, f"Deleting account {account.id} failed: {exc}", case
+        )
     gone = AccountEvent(
         account_id=account.id,
         api_version=account.api_version,
@@ -640,4 +668,4 @@ async def delete_duplicate(
         said=done,
         event=gone,
     )
-    return result("done", line("Done: ", *done), case)
+    return result(ActionOutcome.DONE, line("Done: ", *done), case)

@@ -10,7 +10,7 @@ needs no case. Retry sync on it upgrades it, which makes Nylas bill it again.
 
 from __future__ import annotations
 
-from storage.models import Account, Case, CaseKind
+from storage.models import Account, ApiVersion, Case, CaseKind
 
 NOT_BILLED = ("cancelled", "deleted")  # v2 billing states Nylas does not bill
 GONE = "deleted"  # the sync state of a deleted v3 grant
@@ -18,7 +18,7 @@ GONE = "deleted"  # the sync state of a deleted v3 grant
 
 def still_billed(account: Account) -> bool | None:
     """True or False, or None when a v2 account's billing state is not known yet."""
-    if account.api_version == "v3":
+    if account.api_version == ApiVersion.V3:
         return account.sync_state != GONE
     if account.billing_state is None:
         return None
@@ -32,7 +32,7 @@ def billing_words(account: Account) -> str:
         return "Its billing state is not known yet."
     if not billed:
         return f"Nylas no longer bills it (billing state {account.billing_state})."
-    if account.api_version == "v3":
+    if account.api_version == ApiVersion.V3:
         return "Nylas still bills this grant until it is deleted."
     return f"Nylas still bills this account (billing state {account.billing_state})."
 
@@ -40,7 +40,7 @@ def billing_words(account: Account) -> str:
 def stopped_on_purpose(account: Account) -> bool:
     """Whether a v2 account is stopped because it was downgraded, not because sync failed."""
     return (
-        account.api_version == "v2"
+        account.api_version == ApiVersion.V2
         and account.sync_state == "stopped"
         and account.billing_state in NOT_BILLED
     )
@@ -57,7 +57,7 @@ def on_purpose_words(account: Account) -> str:
 def retry_restarts_billing(case: Case, account: Account) -> bool:
     """Whether Retry sync (downgrade, then upgrade) would make Nylas bill the account again."""
     return (
-        account.api_version == "v2"
+        account.api_version == ApiVersion.V2
         and case.kind == CaseKind.STOPPED
         and account.billing_state in NOT_BILLED
     )

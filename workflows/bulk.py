@@ -23,9 +23,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases
 from storage import incidents as store
 from storage.incidents import LINKABLE_KINDS
-from storage.models import Account, Case, CaseStatus, Incident, IncidentStatus
+from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus, Incident, IncidentStatus
 from workflows import actions
-from workflows.actions import LinkBuilder, who
+from workflows.actions import ActionOutcome, LinkBuilder, who
 from workflows.incidents import queue_line, queue_pager, queue_update
 from workflows.notify import record_change
 from workflows.nylas import NylasClient
@@ -38,14 +38,14 @@ RETRY_CONCURRENCY = 4  # Nylas calls in flight for "Retry all"
 
 @dataclass(frozen=True, slots=True)
 class BulkResult:
-    outcome: str  # "done", "already", "stale", "missing", "refused", "unavailable"
+    outcome: ActionOutcome
     message: str  # for the operator who acted, shown privately; plain text
     links: tuple[tuple[str, str], ...] = field(default=())  # (email, link) for "links"
     said: Text | None = None  # the message with the people it names, when it names any
 
     @property
     def changed(self) -> bool:
-        return self.outcome == "done"
+        return self.outcome == ActionOutcome.DONE
 
     @property
     def words(self) -> Text:
@@ -95,9 +95,9 @@ async def _lock_members(session: AsyncSession, incident_id: int) -> set[int]:
 async def _lock(session: AsyncSession, incident_id: int) -> Incident | BulkResult:
     incident = await store.lock_incident(session, incident_id=incident_id)
     if incident is None:
-        return BulkResult("missing", f"Incident #{incident_id} does not exist.")
+        return BulkResult(ActionOutcome.MISSING, f"Incident #{incident_id} does not exist.")
     if incident.status != IncidentStatus.OPEN:
-        return BulkResult("stale", f"Incident #{incident_id} has ended.")
+        return BulkResult(ActionOutcome.STALE, f"Incident #{incident_id} has ended.")
     return incident
 
 
@@ -118,7 +118,7 @@ async def refuse(
             at=now,
             details={"action": f"{action} all", "incident": incident_id},
         )
-    return BulkResult("refused", f"You are not allowed to {action} cases.")
+    return BulkResult(ActionOutcome.REFUSED, f"You are not allowed to {action} cases.")
 
 
 async def acknowledge_all(
@@ -133,7 +133,7 @@ async def acknowledge_all(
         if incident.acknowledged_at is not None:
             by = who(incident.acknowledged_by or "someone")
             said = line(f"Incident #{incident_id} was acknowledged by ", by, ".")
-            return BulkResult("already", plain(said), said=said)
+            return BulkResult(ActionOutcome.ALREADY, plain(said), said=said)
         incident.acknowledged_at, incident.acknowledged_by = now, actor
         incident.escalation_due_at = None
         session.add(incident)
@@ -159,7 +159,9 @@ async def acknowledge_all(
             session, incident, line(f"{count} cases acknowledged by ", who(actor), "."), now
         )
         await queue_update(session, incident, now)
-    return BulkResult("done", f"You acknowledged incident #{incident_id} and {count} cases.")
+    return BulkResult(
+        ActionOutcome.DONE, f"You acknowledged incident #{incident_id} and {count} cases."
+    )
 
 
 async def reauth_links(
@@ -173,7 +175,7 @@ async def reauth_links(
     """Make a re-authentication link for every case of the incident a link can fix."""
     if build is None:
         return BulkResult(
-            "unavailable",
+            ActionOutcome.UNAVAILABLE,
             "Re-authentication links need NYLAS_CLIENT_ID and NYLAS_REDIRECT_URI to be set.",
         )
     links: list[tuple[str, str]] = []
@@ -202,7 +204,8 @@ async def reauth_links(
             )
         if not links:
             return BulkResult(
-                "already", f"No case of incident #{incident_id} needs a re-authentication link."
+                ActionOutcome.ALREADY,
+                f"No case of incident #{incident_id} needs a re-authentication link.",
             )
         await queue_line(
             session,
@@ -216,7 +219,7 @@ async def reauth_links(
         )
         await queue_update(session, incident, now)
     return BulkResult(
-        "done",
+        ActionOutcome.DONE,
         f"{len(links)} re-authentication links for incident #{incident_id}: send each end user "
         "their own link.",
         links=tuple(links),
@@ -233,20 +236,26 @@ async def retry_all(
 ) -> BulkResult:
     """Retry sync (downgrade, upgrade, re-read) of every stopped v2 case of the incident."""
     if nylas is None:
-        return BulkResult("unavailable", "Retry needs the Nylas API credentials to be set.")
+        return BulkResult(
+            ActionOutcome.UNAVAILABLE, "Retry needs the Nylas API credentials to be set."
+        )
     async with sessions() as session:
         incident = await store.lock_incident(session, incident_id=incident_id)
         if incident is None:
-            return BulkResult("missing", f"Incident #{incident_id} does not exist.")
+            return BulkResult(ActionOutcome.MISSING, f"Incident #{incident_id} does not exist.")
         if incident.status != IncidentStatus.OPEN:
-            return BulkResult("stale", f"Incident #{incident_id} has ended.")
+            return BulkResult(ActionOutcome.STALE, f"Incident #{incident_id} has ended.")
         targets = [
             case.id
             for case, account in await _unresolved(session, incident_id)
-            if account.api_version == "v2" and case.kind == "stopped" and case.id is not None
+            if account.api_version == ApiVersion.V2
+            and case.kind == CaseKind.STOPPED
+            and case.id is not None
         ]
     if not targets:
-        return BulkResult("already", f"Incident #{incident_id} has no stopped v2 account to retry.")
+        return BulkResult(
+            ActionOutcome.ALREADY, f"Incident #{incident_id} has no stopped v2 account to retry."
+        )
     limit = asyncio.Semaphore(RETRY_CONCURRENCY)
 
     async def one(case_id: int) -> actions.ActionResult:
@@ -260,7 +269,7 @@ async def retry_all(
     async with sessions() as session, session.begin():
         for case_id, result in zip(targets, results, strict=True):
             case = await cases.get_case(session, case_id=case_id)
-            if result.outcome != "done":
+            if result.outcome != ActionOutcome.DONE:
                 tally["not retried (busy or closed meanwhile)"] += 1
             elif case is not None and case.status == CaseStatus.RESOLVED:
                 tally["recovered"] += 1
@@ -271,4 +280,4 @@ async def retry_all(
         if incident is not None:
             said = line("Retry all by ", who(actor), f": {summary}.")
             await queue_line(session, incident, said, now)
-    return BulkResult("done", f"Retry all for incident #{incident_id}: {summary}.")
+    return BulkResult(ActionOutcome.DONE, f"Retry all for incident #{incident_id}: {summary}.")

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import evidence
+from storage import actors, evidence
 from storage.models import Account, Case, CaseEvent, CaseKind, domain_of
 from workflows.clock import how_long
 from workflows.domains import PUBLIC_MAIL_DOMAINS
@@ -121,8 +121,8 @@ def family_of(provider: str | None) -> str | None:
 
 def mention(actor: str) -> str:
     """How an actor is named in a finding: a Slack mention for Slack users."""
-    user = actor.removeprefix("slack:")
-    if actor.startswith("slack:") and MENTION.fullmatch(f"<@{user}>"):
+    user = actors.slack_user(actor)
+    if user is not None and MENTION.fullmatch(f"<@{user}>"):
         return f"<@{user}>"
     return actor
 

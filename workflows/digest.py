@@ -16,20 +16,21 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import outbox, reports
-from storage.models import OutboxKind
+from storage.models import CaseKind, OutboxKind
 from storage.reports import Tally
 from workflows.clock import how_long
 from workflows.stats import case_stats
 
 DAY = timedelta(days=1)
-# How the kinds of case read in the digest (the alert's titles, in lower case).
-KIND_WORDS = {
-    "reauth": "need re-authentication",
-    "stopped": "sync stopped",
-    "support": "need Nylas Support",
-    "stuck": "stuck in a transient state",
-    "duplicate": "duplicate accounts",
-    "unknown": "unknown state",
+# How the kinds of case read in the digest, counted ("3 need re-authentication"). The digest
+# is a notice of plain lines that every sink shows, so its words live here, not in bot/.
+KIND_WORDS: dict[str, str] = {
+    CaseKind.REAUTH: "need re-authentication",
+    CaseKind.STOPPED: "sync stopped",
+    CaseKind.SUPPORT: "need Nylas Support",
+    CaseKind.STUCK: "stuck in a transient state",
+    CaseKind.DUPLICATE: "duplicate accounts",
+    CaseKind.UNKNOWN: "unknown state",
 }
 
 

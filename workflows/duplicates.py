@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases
+from storage import actors, cases
 from storage.models import Account, CaseKind
 from workflows.diagnosis import refresh
 from workflows.notify import record_change
@@ -111,7 +111,7 @@ async def _flag_one(
         await record_change(
             session,
             case,
-            actor="system",
+            actor=actors.SYSTEM,
             action="duplicate",
             now=now,
             line=f"Duplicate account: {words}",
@@ -124,7 +124,7 @@ async def _flag_one(
             kind=CaseKind.DUPLICATE,
             state=old.sync_state,
             broken_since=now,
-            actor="system",
+            actor=actors.SYSTEM,
             now=now,
             route=route,
             audit={**details, "event": "duplicate"},

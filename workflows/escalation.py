@@ -28,9 +28,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases, outbox
+from storage import actors, cases, outbox
 from storage.models import (
     Account,
+    ApiVersion,
     Case,
     CaseStatus,
     Incident,
@@ -94,7 +95,7 @@ def sweep_period(policy: Escalation) -> timedelta:
 
 def resend_deadline(case: Case, account: Account | None) -> datetime | None:
     """When Nylas stops resending missed notifications (v3 grants only)."""
-    if account is None or account.api_version != "v3":
+    if account is None or account.api_version != ApiVersion.V3:
         return None
     return (case.broken_since or case.opened_at) + RESEND_WINDOW
 
@@ -267,7 +268,7 @@ async def _run(
         why = "less than 12 h remain of the 72 h in which Nylas resends missed notifications"
     else:
         why = f"no one has acknowledged it for {waited}"
-    version = account.api_version if account is not None else "v3"
+    version = account.api_version if account is not None else ApiVersion.V3
     state = classify(version, case.state).words if case.state else case.kind
     await _tell(
         session,
@@ -293,7 +294,7 @@ async def _run(
         case.pager_state = "triggered"
     await cases.record_event(
         session,
-        actor="system",
+        actor=actors.SYSTEM,
         action="escalated",
         at=now,
         case_id=case.id,

@@ -10,7 +10,7 @@ from typing import Any
 @dataclass(frozen=True, slots=True)
 class AccountEvent:
     account_id: str
-    api_version: str  # "v2" or "v3"
+    api_version: str  # ApiVersion
     event_type: str  # the trigger ("account.invalid", "grant.expired") or "poll"
     state: str | None  # the account state it announces; None when it announces none
     occurred_at: datetime  # when it happened, per its source; orders events of one account

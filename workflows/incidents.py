@@ -35,7 +35,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases, outbox
+from storage import actors, cases, outbox
 from storage import incidents as store
 from storage.models import (
     Account,
@@ -175,7 +175,7 @@ async def _joined(
     assert incident.id is not None and case.id is not None
     await cases.record_event(
         session,
-        actor="system",
+        actor=actors.SYSTEM,
         action="joined_incident",
         at=now,
         case_id=case.id,
@@ -378,13 +378,13 @@ async def queue_pager(
 
 
 RESOLVER_WORDS = {
-    "nylas": "recovered on their own",
+    actors.NYLAS: "recovered on their own",
     "poll": "recovered on their own (seen by polling)",
-    "slack": "resolved by an operator",
+    actors.SLACK: "resolved by an operator",
     "retry": "recovered after a retry",
     "revoke": "deleted",
     "delete": "deleted",
-    "system": "closed by reauthbot",
+    actors.SYSTEM: "closed by reauthbot",
 }
 
 
@@ -397,7 +397,7 @@ async def summary(session: AsyncSession, incident: Incident) -> str:
         if case.resolution and "re-authenticated" in case.resolution:
             how["re-authenticated"] += 1
         else:
-            by = (case.resolved_by or "system").split(":", 1)[0]
+            by = actors.source(case.resolved_by or actors.SYSTEM)
             how[RESOLVER_WORDS.get(by, by)] += 1
     parts = ", ".join(f"{n} {words}" for words, n in how.most_common())
     return (

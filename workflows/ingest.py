@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import inbox
-from storage.models import InboxDelivery
+from storage.models import ApiVersion, InboxDelivery
 from workflows.clock import Clock
 from workflows.events import AccountEvent
 from workflows.lifecycle import Router, apply_event, record_not_applied
@@ -64,9 +64,9 @@ async def enrich(event: AccountEvent, nylas: NylasClient | None) -> AccountEvent
     the event comes back marked ``reread: False``, to be recorded and not applied: a signed
     delivery alone must not change an account.
     """
-    if event.api_version != "v2":
+    if event.api_version != ApiVersion.V2:
         return event
-    if nylas is None or nylas.api_version != "v2":
+    if nylas is None or nylas.api_version != ApiVersion.V2:
         return dataclasses.replace(event, details={**event.details, "reread": False})
     try:
         remote = await nylas.get_account(event.account_id)

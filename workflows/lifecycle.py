@@ -18,7 +18,7 @@ from datetime import datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases
+from storage import actors, cases
 from storage.models import Account, Case, CaseKind, CaseStatus
 from workflows import duplicates
 from workflows.billing import on_purpose_words, stopped_on_purpose
@@ -54,7 +54,7 @@ def connects(event: AccountEvent) -> bool:
 
 def actor_of(event: AccountEvent) -> str:
     """Who changed the account: Nylas (webhook), polling, or an operator's retry or revoke."""
-    return "nylas" if event.source == "webhook" else event.source
+    return actors.NYLAS if event.source == "webhook" else event.source
 
 
 def _audit(event: AccountEvent) -> dict[str, object]:

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from storage.models import domain_of
 from workflows.lifecycle import Router
-
-
-def domain_of(email: str | None) -> str | None:
-    if not email or "@" not in email:
-        return None
-    return email.rsplit("@", 1)[1].strip().lower() or None
 
 
 def make_router(domains: Mapping[str, str], default: str) -> Router:

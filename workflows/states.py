@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from storage.models import CaseKind
+from storage.models import ApiVersion, CaseKind
 
 
 class Health(StrEnum):
@@ -123,7 +123,7 @@ SEND_ONLY_RESOLUTION = (
 
 def classify(api_version: str, state: str) -> StateRule:
     """Return the rule for a state; an unknown state is broken, never ignored."""
-    table = V2_STATES if api_version == "v2" else V3_STATES
+    table = V2_STATES if api_version == ApiVersion.V2 else V3_STATES
     rule = table.get(state)
     if rule is not None:
         return rule

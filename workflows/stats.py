@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import reports
+from storage import actors, reports
 from storage.reports import ChronicAccount, ChronicDomain, Tally
 from workflows.billing import NOT_BILLED
 from workflows.states import V2_STATES, V3_STATES, Health
@@ -37,7 +37,7 @@ TOP = 5
 CHRONIC_CASES = 3  # cases opened within the window that make an account or a domain chronic
 
 # Who resolves a case on their own when the account recovers (lifecycle.actor_of).
-AUTOMATIC_RESOLVERS = ("nylas", "poll")
+AUTOMATIC_RESOLVERS = (actors.NYLAS, actors.POLL)
 # Audit actions only an operator's change writes (workflows.actions).
 OPERATOR_ACTIONS = (
     "acknowledged",

@@ -30,8 +30,8 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from storage import cases
-from storage.models import Account, Case, CaseKind, CaseStatus
+from storage import actors, cases
+from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
 from workflows.clock import how_long
 from workflows.lifecycle import Router, open_case_for
 from workflows.policy import Stuck
@@ -92,7 +92,9 @@ def _due(limits: Stuck, now: datetime, *, after: str | None, limit: int) -> Sele
             ),
         ),
     )
-    stmt = select(Account).where(col(Account.api_version) == "v2", or_(*_over(limits, now)), ~known)
+    stmt = select(Account).where(
+        col(Account.api_version) == ApiVersion.V2, or_(*_over(limits, now)), ~known
+    )
     if after is not None:
         stmt = stmt.where(col(Account.id) > after)
     return stmt.order_by(col(Account.id)).limit(limit).with_for_update(skip_locked=True)
@@ -157,7 +159,7 @@ async def open_stuck_case(
                 kind=CaseKind.STUCK,
                 state=state,
                 broken_since=since,
-                actor="system",
+                actor=actors.SYSTEM,
                 now=now,
                 route=route,
                 audit=audit,

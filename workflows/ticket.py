@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import cases
+from storage import actors, cases
 from storage.models import Account, Case, CaseEvent
 from storage.reports import MAX_CASE_NUMBER
 from workflows.diagnosis import Finding, plain, refresh
@@ -30,9 +30,10 @@ def iso(at: datetime | None) -> str:
 
 
 def _who(actor: str) -> str:
-    if actor.startswith("slack:"):
-        return f"operator {actor.removeprefix('slack:')} (Slack)"
-    return {"system": "reauthbot", "nylas": "Nylas webhook"}.get(actor, actor)
+    user = actors.slack_user(actor)
+    if user is not None:
+        return f"operator {user} (Slack)"
+    return {actors.SYSTEM: "reauthbot", actors.NYLAS: "Nylas webhook"}.get(actor, actor)
 
 
 def _step(event: CaseEvent) -> str | None:

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import outbox, webhook_alerts
-from storage.models import OutboxKind, WebhookAlert
+from storage.models import ApiVersion, OutboxKind, WebhookAlert
 from workflows.nylas import NylasClient, NylasError, WebhookDestination
 
 log = logging.getLogger("reauthbot.webhook_watch")
@@ -32,7 +32,7 @@ log = logging.getLogger("reauthbot.webhook_watch")
 ACTIVE = "active"
 ABOUT = "webhook_destination"  # the payload "about" of these notices
 # The triggers that carry account state, by API version.
-ACCOUNT_TRIGGER_PREFIX = {"v3": "grant.", "v2": "account."}
+ACCOUNT_TRIGGER_PREFIX: dict[str, str] = {ApiVersion.V3: "grant.", ApiVersion.V2: "account."}
 RESOLVED_ACTIVE = "active"  # the destination delivers again
 RESOLVED_GONE = "gone"  # deleted, or no longer has account triggers
 

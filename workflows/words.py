@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from storage import actors
+
 
 @dataclass(frozen=True, slots=True)
 class Person:
@@ -21,8 +23,8 @@ class Person:
     id: str
 
     def __str__(self) -> str:
-        name = self.id.removeprefix("slack:")
-        return f"@{name}" if self.id.startswith("slack:") or name[:1] in ("U", "W", "S") else name
+        name = actors.name(self.id)
+        return f"@{name}" if actors.is_slack(self.id) or name[:1] in ("U", "W", "S") else name
 
 
 Part = str | Person

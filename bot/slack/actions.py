@@ -20,8 +20,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.services import Services
 from bot.slack import blocks, ids
 from bot.slack.groups import GroupDirectory
-from storage import cases, slack_requests
-from storage.models import Account
+from storage import actors, cases, slack_requests
+from storage.models import Account, ApiVersion
 from storage.reports import MAX_CASE_NUMBER
 from workflows import actions
 from workflows.actions import ActionResult
@@ -109,7 +109,7 @@ async def run_action(
         return None
     sessions: async_sessionmaker[AsyncSession] = services.sessions
     now: datetime = services.clock()
-    actor = actions.slack_actor(user_id)
+    actor = actors.slack(user_id)
     if not await permitted(services, groups, permission, user_id):
         result = await actions.refuse(
             sessions, case_id=case_id, action=permission, actor=actor, now=now
@@ -285,7 +285,12 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
                 if case is not None:
                     account = await cases.get_account(session, account_id=case.account_id)
         allowed = await permitted(services, groups, "revoke", user_id)
-        if allowed and case is not None and account is not None and account.api_version == "v3":
+        if (
+            allowed
+            and case is not None
+            and account is not None
+            and account.api_version == ApiVersion.V3
+        ):
             # Deleting a grant cannot be undone: ask for the email first (see on_revoke_submitted).
             await open_modal(
                 services, client, body["trigger_id"], blocks.revoke_modal(case, account)
@@ -335,7 +340,7 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
         text = await hand_out(
             services.sessions,
             case_id=case_id,
-            actor=actions.slack_actor(user_id),
+            actor=actors.slack(user_id),
             now=services.clock(),
         )
         log.info("support ticket", extra={"case": case_id, "user": user_id, "found": bool(text)})
@@ -356,7 +361,7 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
         if not await opened_here(services, view):
             await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: UNKNOWN_VIEW})
             return
-        now, actor = services.clock(), actions.slack_actor(user_id)
+        now, actor = services.clock(), actors.slack(user_id)
         if services.settings.policy.permissions.revoke is None or not await permitted(
             services, groups, "revoke", user_id
         ):
@@ -395,7 +400,7 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
         if not await opened_here(services, view):
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: UNKNOWN_VIEW})
             return
-        now, actor = services.clock(), actions.slack_actor(user_id)
+        now, actor = services.clock(), actors.slack(user_id)
         if not await permitted(services, groups, "resolve", user_id):
             result = await actions.refuse(
                 services.sessions, case_id=case_id, action="resolve", actor=actor, now=now

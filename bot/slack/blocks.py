@@ -14,22 +14,28 @@ from datetime import datetime
 from typing import Any
 
 from bot.slack import ids
-from storage.models import Account, Case, CaseStatus
+from storage import actors
+from storage.incidents import LINKABLE_KINDS
+from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
 from workflows import states
 from workflows.billing import billing_words, restart_warning, retry_restarts_billing
 from workflows.diagnosis import MENTION, Finding
 from workflows.escalation import RESEND_WINDOW
+from workflows.snoozes import SNOOZE_CHOICES
 from workflows.states import classify
 from workflows.words import Person, Text
 
 MAX_SECTION = 3000
-KIND_TITLES = {
-    "reauth": "Needs re-authentication",
-    "stopped": "Sync stopped",
-    "support": "Sync error: Nylas Support needed",
-    "stuck": "Stuck in a transient sync state",
-    "duplicate": "Duplicate account: billed twice",
-    "unknown": "Unknown account state",
+# How case kinds and statuses read in Slack: the one table of each for every Slack surface
+# (alerts, incidents, the home tab, /reauth), lower-cased where they run on in a sentence.
+# Plain text (logs, CLI) words kinds in bot.render, the daily digest in workflows.digest.
+KIND_TITLES: dict[str, str] = {
+    CaseKind.REAUTH: "Needs re-authentication",
+    CaseKind.STOPPED: "Sync stopped",
+    CaseKind.SUPPORT: "Sync error: Nylas Support needed",
+    CaseKind.STUCK: "Stuck in a transient sync state",
+    CaseKind.DUPLICATE: "Duplicate account: billed twice",
+    CaseKind.UNKNOWN: "Unknown account state",
 }
 STATUS_WORDS = {
     CaseStatus.OPEN: "Open",
@@ -84,7 +90,7 @@ def deadline_note(case: Case, account: Account) -> str:
     """How long the account has been broken and, for v3, until when re-auth still helps."""
     since = case.broken_since or case.opened_at
     note = f"Broken since {slack_date(since)} ({slack_ago(since)})."
-    if account.api_version == "v3":
+    if account.api_version == ApiVersion.V3:
         until = since + RESEND_WINDOW
         note += (
             f" Re-authenticated by {slack_date(until)} ({slack_ago(until)}), Nylas resends the "
@@ -104,10 +110,10 @@ def mention(user_id: str) -> str:
 
 def person(who: Person) -> str:
     """Someone a sentence names: a mention of a Slack user or user group, else their name."""
-    name = who.id.removeprefix("slack:")
+    name = actors.name(who.id)
     if USER_ID.fullmatch(name):
         return f"<@{name}>"
-    if GROUP_ID.fullmatch(name) and not who.id.startswith("slack:"):
+    if GROUP_ID.fullmatch(name) and not actors.is_slack(who.id):
         return f"<!subteam^{name}>"
     return escape(str(who))
 
@@ -120,7 +126,7 @@ def words(text: Text) -> str:
 
 
 def why_it_matters(case: Case, account: Account) -> str:
-    if case.kind == "duplicate":
+    if case.kind == CaseKind.DUPLICATE:
         return "Nylas bills both account ids for one mailbox until the old one is removed."
     lost = "No mail syncs and no notifications arrive until this is fixed."
     return f"{lost} {billing_words(account)}"
@@ -197,7 +203,7 @@ def alert_blocks(
             ],
         }
     )
-    if case.kind == "duplicate" and case.related_account_id:
+    if case.kind == CaseKind.DUPLICATE and case.related_account_id:
         blocks.append(
             section(
                 f"*Duplicate:* this mailbox is also connected as "
@@ -229,7 +235,7 @@ def case_actions(
     """The actions block of a case: the buttons that fit it as it is now."""
     if findings is None:
         findings = [Finding.from_json(f) for f in case.diagnosis or []]
-    ticket = case.kind == "support" or any(f.rule == "support" for f in findings)
+    ticket = case.kind == CaseKind.SUPPORT or any(f.rule == "support" for f in findings)
     elements = _buttons(case, account, revoke_enabled=revoke_enabled, ticket=ticket)
     return {"type": "actions", "block_id": f"case-{case.id}", "elements": elements}
 
@@ -274,11 +280,11 @@ def _buttons(
     elements = []
     if case.acknowledged_at is None:
         elements.append(_button(ids.ACK, "Acknowledge", case, "primary"))
-    if case.kind in ("reauth", "stopped", "unknown") and case.status != CaseStatus.WAITING_ON_USER:
+    if case.kind in LINKABLE_KINDS and case.status != CaseStatus.WAITING_ON_USER:
         elements.append(_button(ids.LINK, "Send re-auth link", case))
     options = [
-        {"text": {"type": "plain_text", "text": label}, "value": f"{case.id}:{value}"}
-        for value, label in (("1h", "1 hour"), ("4h", "4 hours"), ("24h", "24 hours"))
+        {"text": {"type": "plain_text", "text": choice.label}, "value": f"{case.id}:{choice.code}"}
+        for choice in SNOOZE_CHOICES.values()
     ]
     elements.append(
         {
@@ -288,16 +294,20 @@ def _buttons(
             "placeholder": {"type": "plain_text", "text": "Snooze"},
         }
     )
-    if account.api_version == "v2" and case.kind == "stopped":
+    if account.api_version == ApiVersion.V2 and case.kind == CaseKind.STOPPED:
         elements.append(retry_button(case, account))
-    elif account.api_version == "v3":
+    elif account.api_version == ApiVersion.V3:
         elements.append(_button(ids.RETRY, "Check again", case))
     if ticket:
         elements.append(_button(ids.SUPPORT_TICKET, "Support ticket", case))
-    if account.api_version == "v2" and case.kind == "stuck" and case.state == "initializing":
+    if (
+        account.api_version == ApiVersion.V2
+        and case.kind == CaseKind.STUCK
+        and case.state == "initializing"
+    ):
         elements.append(_button(ids.SEND_ONLY, "Expected (send-only)", case))
     elements.append(_button(ids.RESOLVE, "Resolve", case))
-    if case.kind == "duplicate":
+    if case.kind == CaseKind.DUPLICATE:
         elements.append(delete_old_button(case, account, revoke_enabled=revoke_enabled))
     else:
         elements.append(revoke_button(case, account, revoke_enabled=revoke_enabled))
@@ -338,7 +348,7 @@ def delete_old_button(case: Case, account: Account, *, revoke_enabled: bool) -> 
         return _button(ids.DELETE_OLD, "Delete old account (off)", case)
     button = _button(ids.DELETE_OLD, "Delete old account", case, "danger")
     kept = case.related_account_id or "the newer account"
-    noun = "grant" if account.api_version == "v3" else "account"
+    noun = "grant" if account.api_version == ApiVersion.V3 else "account"
     button["confirm"] = {
         "title": {"type": "plain_text", "text": f"Delete the old {noun}?"},
         "text": {
@@ -361,7 +371,7 @@ def revoke_button(case: Case, account: Account, *, revoke_enabled: bool) -> dict
     """Revoke tokens: off unless someone may; v2 confirms in a dialog, v3 in a modal."""
     if not revoke_enabled:
         return _button(ids.REVOKE, "Revoke tokens (off)", case)
-    if account.api_version == "v3":
+    if account.api_version == ApiVersion.V3:
         return _button(ids.REVOKE, "Delete grant", case, "danger")
     revoke = _button(ids.REVOKE, "Revoke tokens", case, "danger")
     revoke["confirm"] = {
@@ -447,8 +457,8 @@ def resolve_modal(case: Case, account: Account) -> dict[str, Any]:
 
 
 def _resolver(case: Case) -> str:
-    by = case.resolved_by or ""
-    return f" (resolved by {mention(by.removeprefix('slack:'))})" if by.startswith("slack:") else ""
+    user = actors.slack_user(case.resolved_by or "")
+    return f" (resolved by {mention(user)})" if user is not None else ""
 
 
 def _status(case: Case) -> str:
@@ -456,7 +466,7 @@ def _status(case: Case) -> str:
     if case.status == CaseStatus.SNOOZED and case.snoozed_until is not None:
         return f"{words} until {slack_date(case.snoozed_until)}"
     if case.acknowledged_by:
-        by = case.acknowledged_by.removeprefix("slack:")
+        by = actors.name(case.acknowledged_by)
         return (
             f"{words} (acknowledged by {mention(by)})"
             if words != "Acknowledged"

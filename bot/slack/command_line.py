@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from storage.models import CaseKind, CaseStatus
 from storage.reports import MAX_CASE_NUMBER
+from workflows.snoozes import SNOOZE_CHOICES, snooze_codes_in_words
 
-SNOOZES = ("1h", "4h", "24h")
+SNOOZES = tuple(SNOOZE_CHOICES)
 WINDOWS = ("7d", "30d")
 OPEN_STATUSES = tuple(s.value for s in CaseStatus if s != CaseStatus.RESOLVED)
 KINDS = tuple(k.value for k in CaseKind)
@@ -33,7 +34,7 @@ USAGE = {
     "ack": "/reauth ack CASE",
     "retry": "/reauth retry CASE",
     "link": "/reauth link CASE",
-    "snooze": "/reauth snooze CASE 1h|4h|24h",
+    "snooze": f"/reauth snooze CASE {'|'.join(SNOOZES)}",
     "resolve": "/reauth resolve CASE [note]",
     "revoke": "/reauth revoke CASE",
     "stats": "/reauth stats [7d|30d]",
@@ -123,7 +124,7 @@ def parse(text: str) -> Command:
         raise UsageError("Which case?", name)
     if name == "snooze":
         if len(words) != 2 or words[1].lower() not in SNOOZES:
-            raise UsageError("Snooze for 1h, 4h or 24h.", name)
+            raise UsageError(f"Snooze for {snooze_codes_in_words()}.", name)
         return Command(name, target=words[0], duration=words[1].lower())
     if len(words) != 1:
         raise UsageError("Name one case.", name)

@@ -25,7 +25,7 @@ from bot.slack import ids, replies
 from bot.slack.blocks import escape, section
 from bot.slack.command_line import KINDS, OPEN_STATUSES, Command, UsageError, help_text, parse
 from bot.slack.groups import GroupDirectory
-from storage import cases, reports
+from storage import actors, cases, reports
 from storage.models import Account, Case, CaseStatus, Incident
 from workflows import actions
 from workflows.billing import retry_restarts_billing
@@ -150,7 +150,7 @@ async def on_revoke(
             services.sessions,
             case_id=case.id,
             action="revoke",
-            actor=actions.slack_actor(user_id),
+            actor=actors.slack(user_id),
             now=services.clock(),
         )
         await _say(respond, escape(result.message))
@@ -178,7 +178,7 @@ async def on_retry(
             services.sessions,
             case_id=case.id,
             action="retry",
-            actor=actions.slack_actor(user_id),
+            actor=actors.slack(user_id),
             now=services.clock(),
         )
         await _say(respond, result.message)

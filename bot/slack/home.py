@@ -28,8 +28,8 @@ from bot.slack.blocks import (
     slack_date,
 )
 from bot.slack.replies import case_line
+from storage import actors
 from storage.reports import Tally
-from workflows.actions import slack_actor
 from workflows.overview import CaseRow, Overview, overview
 
 log = logging.getLogger("reauthbot.slack.home")
@@ -101,7 +101,7 @@ def register(bolt: AsyncApp, services: Services) -> None:
         if event.get("tab") != "home" or not user_id:
             return
         async with services.readers() as session:
-            found = await overview(session, actor=slack_actor(user_id), mine=MINE, newest=NEWEST)
+            found = await overview(session, actor=actors.slack(user_id), mine=MINE, newest=NEWEST)
         await client.views_publish(user_id=user_id, view=home_view(found, now=services.clock()))
         log.info(
             "home tab published",

@@ -18,8 +18,8 @@ from bot.slack import ids
 from bot.slack.actions import case_id_of, in_range, link_builder, permitted
 from bot.slack.blocks import MAX_SECTION, escape, section, words
 from bot.slack.groups import GroupDirectory
+from storage import actors
 from workflows import bulk
-from workflows.actions import slack_actor
 from workflows.bulk import BulkResult
 
 log = logging.getLogger("reauthbot.slack.incidents")
@@ -79,7 +79,7 @@ async def run_bulk(
         return None
     sessions = services.sessions
     now = services.clock()
-    actor = slack_actor(user_id)
+    actor = actors.slack(user_id)
     if not await permitted(services, groups, permission, user_id):
         result = await bulk.refuse(
             sessions, incident_id=incident_id, action=permission, actor=actor, now=now

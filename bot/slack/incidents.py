@@ -7,6 +7,7 @@ from typing import Any
 from bot.slack import ids
 from bot.slack.blocks import (
     KIND_TITLES,
+    STATUS_WORDS,
     context,
     escape,
     header,
@@ -15,17 +16,10 @@ from bot.slack.blocks import (
     section,
     slack_date,
 )
+from storage import actors
 from storage.incidents import IncidentView
-from storage.models import CaseStatus, IncidentStatus
+from storage.models import IncidentStatus
 from workflows.incidents import headline
-
-STATUS_NAMES = {
-    CaseStatus.OPEN: "open",
-    CaseStatus.ACKNOWLEDGED: "acknowledged",
-    CaseStatus.WAITING_ON_USER: "waiting on the end user",
-    CaseStatus.SNOOZED: "snoozed",
-    CaseStatus.RESOLVED: "resolved",
-}
 
 
 def incident_fallback(view: IncidentView) -> str:
@@ -37,8 +31,8 @@ def incident_fallback(view: IncidentView) -> str:
 
 def _tally(view: IncidentView) -> str:
     parts = [
-        f"{view.by_status[status]} {words}"
-        for status, words in STATUS_NAMES.items()
+        f"{view.by_status[status]} {words.lower()}"
+        for status, words in STATUS_WORDS.items()
         if view.by_status.get(status)
     ]
     return ", ".join(parts) or "no cases"
@@ -69,7 +63,7 @@ def incident_blocks(view: IncidentView) -> list[dict[str, Any]]:
     if view.sample:
         blocks.append(section(_members(view)))
     if incident.acknowledged_by:
-        by = incident.acknowledged_by.removeprefix("slack:")
+        by = actors.name(incident.acknowledged_by)
         blocks.append(context(f"Acknowledged by {mention(by)}."))
     if incident.sealed_at is not None:
         blocks.append(

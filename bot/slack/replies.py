@@ -23,7 +23,8 @@ from bot.slack.blocks import (
     title,
     undo_send_only_button,
 )
-from storage.models import Account, Case, CaseEvent, CaseStatus
+from storage import actors
+from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus
 from storage.reports import Tally
 from workflows.billing import restart_warning
 from workflows.clock import how_long
@@ -119,8 +120,8 @@ def case_list(
 
 
 def _event_line(event: CaseEvent) -> str:
-    who = event.actor.removeprefix("slack:")
-    actor = mention(who) if event.actor.startswith("slack:") else escape(event.actor)
+    user = actors.slack_user(event.actor)
+    actor = mention(user) if user is not None else escape(event.actor)
     detail = event.details.get("note") or event.details.get("reason") or event.details.get("error")
     extra = f": {escape(str(detail))[:200]}" if detail else ""
     return f"{slack_date(event.at)} {actor} {escape(event.action.replace('_', ' '))}{extra}"
@@ -162,7 +163,9 @@ def case_card(
 
 def revoke_prompt(case: Case, account: Account) -> list[dict[str, Any]]:
     """Revoking from the command goes through the same button, and confirmation, as the alert."""
-    what = "delete the grant of" if account.api_version == "v3" else "revoke every token of"
+    what = (
+        "delete the grant of" if account.api_version == ApiVersion.V3 else "revoke every token of"
+    )
     return [
         section(
             f"Case #{case.id}: {title(case).lower()}. To {what} "

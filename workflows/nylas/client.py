@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from storage.models import ApiVersion
 from workflows.nylas.errors import (
     NylasBadResponse,
     NylasUnavailable,
@@ -26,7 +27,7 @@ from workflows.nylas.errors import (
 
 log = logging.getLogger("reauthbot.nylas")
 
-API_VERSIONS = ("v2", "v3")
+API_VERSIONS = tuple(ApiVersion)
 
 # Transient server failures worth another try; other 5xx (501, 505...) will not heal.
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
@@ -145,9 +146,9 @@ class NylasClient:
     ) -> None:
         if api_version not in API_VERSIONS:
             raise ValueError(f"Nylas api_version must be 'v2' or 'v3', not {api_version!r}.")
-        if api_version == "v2" and not (client_id and client_secret):
+        if api_version == ApiVersion.V2 and not (client_id and client_secret):
             raise ValueError("Nylas API v2 needs both client_id and client_secret.")
-        if api_version == "v3" and not api_key:
+        if api_version == ApiVersion.V3 and not api_key:
             raise ValueError("Nylas API v3 needs an api_key.")
         if page_size < 1 or max_retries < 0:
             raise ValueError("Nylas page_size must be at least 1 and max_retries at least 0.")
@@ -160,7 +161,7 @@ class NylasClient:
         self._max_backoff = max_backoff
         self._sleep = sleep
         self._page_size = page_size
-        if api_version == "v2":
+        if api_version == ApiVersion.V2:
             token = base64.b64encode(f"{client_secret}:".encode()).decode("ascii")
             self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
             self._secrets: tuple[str, ...] = tuple(s for s in (client_secret, token) if s)
@@ -177,7 +178,7 @@ class NylasClient:
         """Fetch one account (v2) or grant (v3)."""
         path = self._account_path(account_id)
         body = await self._request("GET", path)
-        if self._api_version == "v3":
+        if self._api_version == ApiVersion.V3:
             body = body.get("data") if isinstance(body, dict) else None
         return self._parse_account(body, what=f"GET {path}")
 
@@ -189,7 +190,9 @@ class NylasClient:
         A row that cannot be read or stored (no id, a 409-character email, a NUL) is logged,
         passed to ``skipped`` and left out: one bad row must not stop the listing.
         """
-        path = f"/a/{self._client_id}/accounts" if self._api_version == "v2" else "/v3/grants"
+        path = (
+            f"/a/{self._client_id}/accounts" if self._api_version == ApiVersion.V2 else "/v3/grants"
+        )
         what = f"GET {path}"
         offset = 0
         while True:
@@ -215,13 +218,13 @@ class NylasClient:
                 yield remote
             # v3 echoes the limit it applied, so a short page is the last one. v2 documents no
             # maximum limit and may cap ours silently: only an empty page proves the end.
-            if not items or (self._api_version == "v3" and len(items) < limit):
+            if not items or (self._api_version == ApiVersion.V3 and len(items) < limit):
                 return
             offset += len(items)
 
     async def list_webhook_destinations(self) -> list[WebhookDestination]:
         """List the application's webhook destinations, skipping (and logging) malformed ones."""
-        if self._api_version == "v2":
+        if self._api_version == ApiVersion.V2:
             path = f"/a/{self._client_id}/webhooks"
             rows = await self._request("GET", path)
             if not isinstance(rows, list):
@@ -274,7 +277,7 @@ class NylasClient:
         if not self._client_id:
             raise ValueError("A Nylas client_id is needed to build a re-authentication URL.")
         params = {"client_id": self._client_id, "redirect_uri": redirect_uri}
-        if self._api_version == "v3":
+        if self._api_version == ApiVersion.V3:
             path = "/v3/connect/auth"
             # With login_hint set to an existing grant's email, v3 re-authenticates that
             # grant instead of creating a new one.
@@ -290,14 +293,14 @@ class NylasClient:
 
     def _account_path(self, account_id: str) -> str:
         escaped = quote(account_id, safe="")
-        if self._api_version == "v2":
+        if self._api_version == ApiVersion.V2:
             return f"/a/{self._client_id}/accounts/{escaped}"
         return f"/v3/grants/{escaped}"
 
     async def _account_action(
         self, account_id: str, action: str, *, json: dict[str, Any] | None = None
     ) -> None:
-        if self._api_version != "v2":
+        if self._api_version != ApiVersion.V2:
             raise UnsupportedOperation(
                 f"Nylas API {self._api_version} has no {action}; it exists only in API v2."
             )
@@ -308,7 +311,7 @@ class NylasClient:
 
     def _page_items(self, body: Any, *, what: str) -> tuple[list[Any], int]:
         """Return a list page's items and the page size that means "more may follow"."""
-        if self._api_version == "v2":
+        if self._api_version == ApiVersion.V2:
             if not isinstance(body, list):
                 raise NylasBadResponse(f"Nylas answered {what} without a JSON list of accounts.")
             return body, self._page_size
@@ -335,10 +338,10 @@ class NylasClient:
         reason = _unusable(data)
         if reason is not None:
             raise bad(reason)
-        if self._api_version == "v2":
+        if self._api_version == ApiVersion.V2:
             return RemoteAccount(
                 id=data["id"],
-                api_version="v2",
+                api_version=ApiVersion.V2,
                 email=data.get("email"),
                 provider=data.get("provider"),
                 sync_state=data.get("sync_state"),
@@ -356,7 +359,7 @@ class NylasClient:
             raise bad("'updated_at' is out of range") from None
         return RemoteAccount(
             id=data["id"],
-            api_version="v3",
+            api_version=ApiVersion.V3,
             email=data.get("email"),
             provider=data.get("provider"),
             sync_state=data.get("grant_status"),
@@ -370,7 +373,7 @@ class NylasClient:
         """Read one row of a webhook list; ValueError says what is wrong with it."""
         if not isinstance(row, dict):
             raise ValueError("not a JSON object")
-        v2 = self._api_version == "v2"
+        v2 = self._api_version == ApiVersion.V2
         names = (
             ("callback_url", "state", "triggers")
             if v2
@@ -445,7 +448,7 @@ class NylasClient:
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None:
             hinted = parse_delay(response.headers.get("Retry-After"))
-            if hinted is None and self._api_version == "v2":
+            if hinted is None and self._api_version == ApiVersion.V2:
                 # v2 documents X-RateLimit-Reset as seconds until the window resets.
                 hinted = parse_delay(response.headers.get("X-RateLimit-Reset"))
             if hinted is not None:

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from storage.models import ApiVersion
 from workflows.nylas.webhooks import REAUTH_CODE
 from workflows.states import V2_TRIGGER_STATES, V3_TRIGGERS
 
@@ -13,11 +14,11 @@ TRIGGERS = (*V2_TRIGGER_STATES, *V3_TRIGGERS)
 _V3_CODES = {"grant.created": 25012, "grant.deleted": 25013, "grant.expired": 25009}
 
 
-def api_version_of(trigger: str) -> str:
+def api_version_of(trigger: str) -> ApiVersion:
     if trigger in V2_TRIGGER_STATES:
-        return "v2"
+        return ApiVersion.V2
     if trigger in V3_TRIGGERS:
-        return "v3"
+        return ApiVersion.V3
     raise ValueError(f"unknown trigger {trigger!r}; choose one of: {', '.join(TRIGGERS)}")
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from storage.models import ApiVersion
 from workflows.events import AccountEvent
 from workflows.states import V2_TRIGGER_STATES, V3_TRIGGERS
 
@@ -93,7 +94,7 @@ def check_accepted(version: str, accepted: frozenset[str]) -> None:
     """Refuse a verified delivery of an API version the service does not take."""
     if version in accepted:
         return
-    if version == "v2":
+    if version == ApiVersion.V2:
         raise NotAccepted(
             "v2 webhook deliveries are not accepted when NYLAS_API_VERSION=v3; "
             "set NYLAS_ACCEPT_V2_WEBHOOKS=true while migrating"
@@ -198,7 +199,7 @@ def split(version: str, body: bytes) -> list[InboxEntry]:
     """Check a verified delivery's shape and return the inbox entries it holds."""
     text = _decode(body)
     payload = _load(text)
-    if version == "v2":
+    if version == ApiVersion.V2:
         return _split_v2(payload)
     return _split_v3(payload, text)
 
@@ -275,7 +276,7 @@ def parse_entry(source: str, body: str) -> AccountEvent:
         trigger = payload["type"]
         return AccountEvent(
             account_id=data.get("account_id") or data["id"],
-            api_version="v2",
+            api_version=ApiVersion.V2,
             event_type=trigger,
             state=V2_TRIGGER_STATES[trigger],
             occurred_at=_at(payload["date"]),
@@ -299,7 +300,7 @@ def parse_entry(source: str, body: str) -> AccountEvent:
         state = "valid" if reauth else None
     return AccountEvent(
         account_id=obj["grant_id"],
-        api_version="v3",
+        api_version=ApiVersion.V3,
         event_type=trigger,
         state=state,
         occurred_at=_at(payload["time"]),

@@ -13,6 +13,7 @@ from slack_sdk.models.views import View
 
 from bot.slack import ids
 from bot.slack.blocks import alert_blocks, escape, fallback_text, resolve_modal, revoke_modal
+from bot.slack.command_line import SNOOZES, parse
 from storage.models import Account, Case, CaseStatus
 
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -241,3 +242,20 @@ def test_expected_send_only_is_offered_only_for_a_stuck_initializing_account(
     assert (button is not None) is offered
     if button is not None:
         assert (button["text"]["text"], button["value"]) == ("Expected (send-only)", "7")
+
+
+def test_the_snooze_menu_offers_what_the_command_takes() -> None:
+    case, account = make()
+    menus = [
+        element
+        for block in alert_blocks(case, account)
+        if block["type"] == "actions"
+        for element in block["elements"]
+        if element.get("action_id") == ids.SNOOZE
+    ]
+    assert [(o["text"]["text"], o["value"]) for o in menus[0]["options"]] == [
+        ("1 hour", "7:1h"),
+        ("4 hours", "7:4h"),
+        ("24 hours", "7:24h"),
+    ]
+    assert [parse(f"snooze 7 {code}").duration for code in ("1h", "4h", "24h")] == list(SNOOZES)
