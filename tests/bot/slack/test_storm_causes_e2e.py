@@ -183,7 +183,11 @@ async def test_a_case_after_its_domain_storm_went_quiet_alerts_and_escalates_alo
     await deliver(app, "grant.expired", 99, "acme.example", at=clock())
 
     async def alone() -> bool:
-        return any("user99@acme.example" in m.get("text", "") for m in channel_posts(slack))
+        # Posted, and its message recorded on the case (its thread is where it escalates).
+        cases = {c.account_id: c for c in await all_cases(sessions)}
+        late = cases.get("g-acme.example-99")
+        posted = any("user99@acme.example" in m.get("text", "") for m in channel_posts(slack))
+        return posted and late is not None and late.slack_ts is not None
 
     await eventually(alone, within=60)
     assert len(channel_posts(slack)) == before + 1
