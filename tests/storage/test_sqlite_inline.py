@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import sqlite_inline
 from storage.engine import READONLY_OPTION, WalCheckpointer, create_engine, reader_engine
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -343,7 +344,12 @@ async def test_a_background_checkpointer_does_it_instead_of_commits(path: Path) 
         checkpointer = WalCheckpointer(engine, every=0.01)
         stop = asyncio.Event()
         running = asyncio.create_task(checkpointer.run(stop))
-        await asyncio.sleep(0.1)
+
+        # Two passes at least, however busy the machine (a fixed sleep was not always enough).
+        async def two_passes() -> bool:
+            return checkpointer.passes >= 2
+
+        await eventually(two_passes, within=10)
         stop.set()
         await running
 
