@@ -92,7 +92,7 @@ def test_a_short_throughput_run_with_wrk_is_sound(tmp_path: Path) -> None:
     done = run_bench(
         *("-m", "bench.webhook_ingest", "--phase", "throughput", "--generator", "wrk"),
         *("--concurrency", "4", "--duration", "1", "--warmup", "0", "--drain-timeout", "1"),
-        *("--wrk-max-rate", "5000", "--json", str(figures)),
+        *("--wrk-max-rate", "40000", "--json", str(figures)),
     )
     result = json.loads(figures.read_text())
     phase = result["phases"]["throughput"]
