@@ -370,6 +370,18 @@ async def _finish(
             await apply_event(session, event, now=now, route=lambda _: case.slack_channel or "")
 
 
+def _gone(account: Account, now: datetime, source: str) -> AccountEvent:
+    """The account no longer exists in Nylas, as an operator's action (``source``) found."""
+    return AccountEvent(
+        account_id=account.id,
+        api_version=account.api_version,
+        event_type=source,
+        state="deleted",
+        occurred_at=now,
+        source=source,
+    )
+
+
 def _reported(account: Account, remote: RemoteAccount, now: datetime, source: str) -> AccountEvent:
     return AccountEvent(
         account_id=account.id,
@@ -479,14 +491,7 @@ async def revoke(
             said=line("Revoking by ", who(actor), f" failed: {exc}"),
         )
         return ActionResult(ActionOutcome.DONE, f"Revoking for case #{case_id} failed: {exc}", case)
-    deleted = AccountEvent(
-        account_id=account.id,
-        api_version=ApiVersion.V3,
-        event_type="revoke",
-        state="deleted",
-        occurred_at=now,
-        source="revoke",
-    )
+    deleted = _gone(account, now, "revoke")
     done = (
         line("Grant deleted by ", who(actor), ".")
         if v3
@@ -533,14 +538,7 @@ async def _reread_before_revoke(
     try:
         remote = await nylas.get_account(account.id)
     except NylasNotFound:
-        gone = AccountEvent(
-            account_id=account.id,
-            api_version=account.api_version,
-            event_type="revoke",
-            state="deleted",
-            occurred_at=now,
-            source="revoke",
-        )
+        gone = _gone(account, now, "revoke")
         await _finish(
             sessions,
             case_id=case.id,
@@ -649,14 +647,7 @@ async def delete_duplicate(
         return ActionResult(
             ActionOutcome.DONE, f"Deleting account {account.id} failed: {exc}", case
         )
-    gone = AccountEvent(
-        account_id=account.id,
-        api_version=account.api_version,
-        event_type="delete",
-        state="deleted",
-        occurred_at=now,
-        source="delete",
-    )
+    gone = _gone(account, now, "delete")
     done = line(f"Old account {account.id} deleted by ", who(actor), f"; {kept} is kept.")
     await _finish(
         sessions,
