@@ -35,6 +35,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +229,6 @@ class Fuzzer:
 
     def nylas_request(self) -> tuple[bytes, dict[str, str], str]:
         roll = self.rng.random()
-        at = samples.NOW if hasattr(samples, "NOW") else None
         if roll < 0.55:
             trigger = self.maybe(
                 self.rng.choice(
@@ -246,7 +246,7 @@ class Fuzzer:
                     trigger if isinstance(trigger, str) else "grant.expired",
                     grant_id=self.text()[:40] or "g-1",
                     email=self.text()[:60] or "a@b.c",
-                    at=at or _now(),
+                    at=datetime.now(UTC),
                 )
             except Exception:
                 payload = {}
@@ -344,12 +344,6 @@ def slack_signature(timestamp: str, body: bytes) -> str:
     """Sign as Slack does: HMAC-SHA256 of "v0:<timestamp>:<body>" (over bytes, any bytes)."""
     mac = hmac.new(SIGNING_SECRET.encode(), b"v0:" + timestamp.encode() + b":" + body, "sha256")
     return "v0=" + mac.hexdigest()
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 async def send_raw(host: str, port: int, raw: bytes, statuses: Counter[str]) -> None:
