@@ -1,8 +1,8 @@
 """The PagerDuty sink: sends the outbox's page events through the Events API v2 client.
 
-Every event of one case shares the dedup key ``reauthbot-case-<n>`` (of a storm,
-``reauthbot-incident-<n>``), so PagerDuty keeps one alert per case and a repeated event (a
-retry after a lost answer) changes nothing.
+Every event of one alert subject shares its dedup key (``workflows.subject.pager_key``:
+``reauthbot-case-<n>``, of a storm ``reauthbot-incident-<n>``), so PagerDuty keeps one alert
+per case or incident and a repeated event (a retry after a lost answer) changes nothing.
 """
 
 from __future__ import annotations
@@ -11,14 +11,9 @@ from bot.notifier import Posted, SinkError
 from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxMessage
 from workflows.paging import PagerDuty, PagingRejected, PagingUnavailable
+from workflows.subject import pager_key
 
 SOURCE = "reauthbot"
-
-
-def dedup_key(case_id: int | None, incident_id: int | None = None) -> str:
-    if incident_id is not None:
-        return f"reauthbot-incident-{incident_id}"
-    return f"reauthbot-case-{case_id}"
 
 
 class PagerSink:
@@ -36,7 +31,7 @@ class PagerSink:
         *,
         parent: Posted | None = None,
     ) -> Posted | None:
-        key = dedup_key(message.case_id, message.incident_id)
+        key = pager_key(case_id=message.case_id, incident_id=message.incident_id)
         action = message.payload.get("action")
         try:
             if action == "trigger":

@@ -8,9 +8,7 @@ every change queues the update of the case's message and a line in its thread.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -18,51 +16,19 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import actors, cases
 from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
+from workflows import subject
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
 from workflows.notify import record_change
 from workflows.nylas import NylasClient, NylasError, NylasNotFound, RemoteAccount
 from workflows.snoozes import SNOOZE_CHOICES
 from workflows.states import SEND_ONLY_RESOLUTION, Health, classify
-from workflows.words import Line, Person, Text, line, names_someone, plain
+from workflows.subject import ActionOutcome, ActionResult, Changed, result
+from workflows.words import Person, Text, line
 
 MAX_NOTE = 1000
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-class ActionOutcome(StrEnum):
-    """How an operator's action on a case, or on every case of an incident, ended."""
-
-    DONE = "done"  # the action was carried out (a Nylas call that failed is told, and audited)
-    ALREADY = "already"  # nothing to do: someone did it first, or it is under way
-    STALE = "stale"  # the case is resolved, or the incident has ended
-    MISSING = "missing"  # no such case or incident, or an argument that names nothing
-    REFUSED = "refused"  # the operator may not do this, or did not confirm it
-    UNAVAILABLE = "unavailable"  # reauthbot lacks what it needs (Nylas credentials, an email)
-
-
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    outcome: ActionOutcome
-    message: str  # one sentence for the operator who acted, shown privately; plain text
-    case: Case | None = None
-    said: Line | None = None  # the message with the people it names, when it names any
-
-    @property
-    def changed(self) -> bool:
-        return self.outcome == ActionOutcome.DONE
-
-    @property
-    def words(self) -> Text:
-        """The message as a renderer shows it: with its people when it names any."""
-        return self.said if self.said is not None else self.message
-
-
-def result(outcome: ActionOutcome, text: Text, case: Case | None = None) -> ActionResult:
-    """An outcome told in words that may name people."""
-    said = text if names_someone(text) and not isinstance(text, str) else None
-    return ActionResult(outcome, plain(text), case, said)
 
 
 def who(actor: str) -> Person:
@@ -70,11 +36,9 @@ def who(actor: str) -> Person:
     return Person(actor)
 
 
-# What a change returns: (audit action, details, thread line, message to the operator).
-Changed = tuple[str, dict[str, object], Text, Text]
 # A change: given the session and the locked, open case, apply it and return what changed,
 # or an ActionResult to stop with no change.
-Change = Callable[[AsyncSession, Case], Awaitable["Changed | ActionResult"]]
+Change = Callable[[AsyncSession, Case], Awaitable[Changed | ActionResult]]
 
 
 async def _lock_open_case(session: AsyncSession, case_id: int) -> Case | ActionResult:
@@ -91,26 +55,24 @@ async def _lock_open_case(session: AsyncSession, case_id: int) -> Case | ActionR
 async def _act(
     sessions: Sessions, *, case_id: int, actor: str, now: datetime, change: Change
 ) -> ActionResult:
-    async with sessions() as session, session.begin():
-        case = await _lock_open_case(session, case_id)
-        if isinstance(case, ActionResult):
-            return case
-        outcome = await change(session, case)
-        if isinstance(outcome, ActionResult):
-            return outcome
-        action, details, said, message = outcome
+    async def lock(session: AsyncSession) -> Case | ActionResult:
+        return await _lock_open_case(session, case_id)
+
+    async def record(session: AsyncSession, case: Case, changed: Changed) -> None:
+        details = changed.details
         quote = str(details["note"]) if "note" in details else None
         await record_change(
             session,
             case,
             actor=actor,
-            action=action,
+            action=changed.action,
             now=now,
-            line=said,
+            line=changed.said,
             details=details,
             quote=quote,
         )
-    return result(ActionOutcome.DONE, message, case)
+
+    return await subject.run(sessions, lock=lock, change=change, record=record)
 
 
 async def refuse(
@@ -147,7 +109,7 @@ async def acknowledge(
         if case.status == CaseStatus.OPEN:
             case.status = CaseStatus.ACKNOWLEDGED
         case.acknowledged_at, case.acknowledged_by = now, actor
-        return (
+        return Changed(
             "acknowledged",
             {},
             line("Acknowledged by ", who(actor), "."),
@@ -170,7 +132,7 @@ async def snooze(
     async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         case.status, case.snoozed_until = CaseStatus.SNOOZED, until
         stamp = until.strftime("%Y-%m-%d %H:%M UTC")
-        return (
+        return Changed(
             "snoozed",
             {"until": until.isoformat(), "for": duration},
             line(f"Snoozed for {duration} by ", who(actor), f", until {stamp}."),
@@ -189,7 +151,7 @@ async def resolve(
     async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         case.status, case.resolved_at, case.resolved_by = CaseStatus.RESOLVED, now, actor
         case.resolution = note
-        return (
+        return Changed(
             "resolved",
             {"note": note},
             line("Resolved by ", who(actor), ":"),
@@ -217,7 +179,7 @@ async def mark_send_only(
         session.add(account)
         case.status, case.resolved_at, case.resolved_by = CaseStatus.RESOLVED, now, actor
         case.resolution = SEND_ONLY_RESOLUTION
-        return (
+        return Changed(
             "marked_send_only",
             {"reason": SEND_ONLY_RESOLUTION},
             line(
@@ -287,7 +249,7 @@ async def send_reauth_link(
             )
         link.append(build(account))
         case.status = CaseStatus.WAITING_ON_USER
-        return (
+        return Changed(
             "reauth_link",
             {"email": account.email},
             line("Re-authentication link made by ", who(actor), "; waiting on the end user."),

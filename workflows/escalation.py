@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -42,6 +43,7 @@ from workflows.clock import how_long
 from workflows.incidents import scope_words
 from workflows.policy import Escalation, EscalationLevel
 from workflows.states import classify
+from workflows.subject import AlertSubject, about
 from workflows.words import Part, Person, line, payload
 
 log = logging.getLogger("reauthbot.escalation")
@@ -141,60 +143,212 @@ def _people(ids: list[str]) -> list[Part]:
     return parts
 
 
+class _Escalation(Protocol):
+    """One subject as escalation sees it: what its steps say, and what a step leaves behind."""
+
+    @property
+    def subject(self) -> AlertSubject: ...
+
+    @property
+    def deadline(self) -> datetime | None:
+        """When its last level must have run, if ever."""
+        ...
+
+    def calls(self, why: str) -> tuple[str, dict[str, object]]:
+        """The direct message to send and the PagerDuty trigger, for a step run because ``why``."""
+        ...
+
+    async def escalated(
+        self, session: AsyncSession, step: Step, level: EscalationLevel, reason: str, now: datetime
+    ) -> None:
+        """Record that ``step`` ran."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _CaseEscalation:
+    subject: Case
+    account: Account | None
+    deadline: datetime | None
+
+    def calls(self, why: str) -> tuple[str, dict[str, object]]:
+        case, account = self.subject, self.account
+        email = account.email if account is not None and account.email else case.account_id
+        version = account.api_version if account is not None else ApiVersion.V3
+        state = classify(version, case.state).words if case.state else case.kind
+        return f"Case #{case.id} ({email}) needs you: {why}.", {
+            "summary": f"reauthbot case #{case.id}: {email} — {state}; {why}",
+            "details": {
+                "case": case.id,
+                "account": case.account_id,
+                "email": email,
+                "state": case.state,
+                "kind": case.kind,
+                "opened_at": case.opened_at.isoformat(),
+            },
+        }
+
+    async def escalated(
+        self, session: AsyncSession, step: Step, level: EscalationLevel, reason: str, now: datetime
+    ) -> None:
+        case = self.subject
+        await cases.record_event(
+            session,
+            actor=actors.SYSTEM,
+            action="escalated",
+            at=now,
+            case_id=case.id,
+            account_id=case.account_id,
+            details={
+                "step": step.index,
+                "level": step.level + 1,
+                "round": step.round,
+                "reason": reason,
+                "mention": level.mention,
+                "dm": level.dm,
+                "pagerduty": level.pagerduty,
+            },
+        )
+        log.info(
+            "case escalated",
+            extra={
+                "case": case.id,
+                "escalation_level": step.level + 1,
+                "round": step.round,
+                "reason": reason,
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _IncidentEscalation:
+    subject: Incident
+    deadline: datetime | None = None  # a storm has no resend window of its own
+
+    def calls(self, why: str) -> tuple[str, dict[str, object]]:
+        incident = self.subject
+        what = f"storm {scope_words(incident)}"
+        return f"Incident #{incident.id} ({what}) needs you: {why}.", {
+            "summary": f"reauthbot incident #{incident.id}: {what}; {why}",
+            "details": {
+                "incident": incident.id,
+                "scope": incident.scope,
+                "key": incident.key,
+                "opened_at": incident.opened_at.isoformat(),
+            },
+        }
+
+    async def escalated(
+        self, session: AsyncSession, step: Step, level: EscalationLevel, reason: str, now: datetime
+    ) -> None:
+        # An incident's steps are told in its thread; its cases keep their own audit.
+        log.info(
+            "incident escalated",
+            extra={"incident": self.subject.id, "escalation_level": step.level + 1},
+        )
+
+
+async def _due_cases(session: AsyncSession, now: datetime, limit: int) -> list[_Escalation]:
+    """Lock the open cases with a step due (skipping those another process holds)."""
+    stmt = (
+        select(Case)
+        .where(
+            col(Case.status) == CaseStatus.OPEN,
+            col(Case.incident_id).is_(None),  # the incident escalates for it
+            col(Case.escalation_due_at).is_(None) & (col(Case.escalation_step) == 0)
+            | (col(Case.escalation_due_at) <= now),
+        )
+        .order_by(col(Case.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    due: list[_Escalation] = []
+    for case in (await session.exec(stmt)).all():
+        account = await cases.get_account(session, account_id=case.account_id)
+        due.append(_CaseEscalation(case, account, resend_deadline(case, account)))
+    return due
+
+
+async def _due_incidents(session: AsyncSession, now: datetime, limit: int) -> list[_Escalation]:
+    """Lock the unacknowledged storms with a step due (skipping those another process holds)."""
+    stmt = (
+        select(Incident)
+        .where(
+            col(Incident.status) == IncidentStatus.OPEN,
+            col(Incident.acknowledged_at).is_(None),
+            col(Incident.escalation_due_at).is_(None) & (col(Incident.escalation_step) == 0)
+            | (col(Incident.escalation_due_at) <= now),
+        )
+        .order_by(col(Incident.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [_IncidentEscalation(incident) for incident in (await session.exec(stmt)).all()]
+
+
 async def escalate_due(
     sessions: Sessions, *, policy: Escalation, now: datetime, limit: int = 100
 ) -> int:
-    """Run every escalation step that is due; return how many ran."""
+    """Run every escalation step that is due, of cases then of incidents; return how many ran."""
     steps = plan(policy)
     if not steps:
         return 0
     ran = 0
-    while True:
-        async with sessions() as session, session.begin():
-            stmt = (
-                select(Case)
-                .where(
-                    col(Case.status) == CaseStatus.OPEN,
-                    col(Case.incident_id).is_(None),  # the incident escalates for it
-                    col(Case.escalation_due_at).is_(None) & (col(Case.escalation_step) == 0)
-                    | (col(Case.escalation_due_at) <= now),
-                )
-                .order_by(col(Case.id))
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            batch = list((await session.exec(stmt)).all())
-            for case in batch:
-                ran += await _advance(session, case, steps, policy.levels, now)
-        if len(batch) < limit:
-            break
-    while True:
-        async with sessions() as session, session.begin():
-            seen, done = await _escalate_incidents(session, steps, policy.levels, now, limit)
-            ran += done
-        if seen < limit:
-            return ran
+    for due in (_due_cases, _due_incidents):
+        while True:
+            async with sessions() as session, session.begin():
+                batch = await due(session, now, limit)
+                for escalation in batch:
+                    ran += await _advance(session, escalation, steps, policy.levels, now)
+            if len(batch) < limit:
+                break
+    return ran
+
+
+def _why(subject: AlertSubject, reason: str, now: datetime) -> str:
+    if reason == "deadline":
+        return "less than 12 h remain of the 72 h in which Nylas resends missed notifications"
+    return f"no one has acknowledged it for {how_long(now - subject.opened_at)}"
 
 
 async def _advance(
     session: AsyncSession,
-    case: Case,
+    escalation: _Escalation,
     steps: list[Step],
     levels: list[EscalationLevel],
     now: datetime,
 ) -> int:
-    assert case.id is not None
-    account = await cases.get_account(session, account_id=case.account_id)
-    deadline = resend_deadline(case, account)
-    done = case.escalation_step
-    index, reason = choose(steps, done=done, opened_at=case.opened_at, deadline=deadline, now=now)
+    """Run the subject's due step, if any, and set when its next one falls due."""
+    subject, deadline = escalation.subject, escalation.deadline
+    assert subject.id is not None
+    done = subject.escalation_step
+    index, reason = choose(
+        steps, done=done, opened_at=subject.opened_at, deadline=deadline, now=now
+    )
     if index is not None:
         step = steps[index]
-        await _run(session, case, account, step, levels[step.level], reason, now)
+        level = levels[step.level]
+        why = _why(subject, reason, now)
+        dm_text, page = escalation.calls(why)
+        await _tell(
+            session,
+            level,
+            subject=about(subject),
+            channel=subject.slack_channel or "",
+            dm_text=dm_text,
+            page=page,
+            said=f"Escalated ({step.name}): {why}",
+            now=now,
+        )
+        if level.pagerduty:
+            subject.pager_state = "triggered"
+        await escalation.escalated(session, step, level, reason, now)
         done = index + 1
-    case.escalation_step = done
-    case.escalation_due_at = next_due(steps, done=done, opened_at=case.opened_at, deadline=deadline)
-    session.add(case)
+    subject.escalation_step = done
+    subject.escalation_due_at = next_due(
+        steps, done=done, opened_at=subject.opened_at, deadline=deadline
+    )
+    session.add(subject)
     return 0 if index is None else 1
 
 
@@ -250,157 +404,3 @@ async def _tell(
         payload={**payload(line(*told)), "broadcast": bool(level.mention), "at": now.isoformat()},
         **subject,  # type: ignore[arg-type]
     )
-
-
-async def _run(
-    session: AsyncSession,
-    case: Case,
-    account: Account | None,
-    step: Step,
-    level: EscalationLevel,
-    reason: str,
-    now: datetime,
-) -> None:
-    assert case.id is not None and case.slack_channel is not None
-    email = account.email if account is not None and account.email else case.account_id
-    waited = how_long(now - case.opened_at)
-    if reason == "deadline":
-        why = "less than 12 h remain of the 72 h in which Nylas resends missed notifications"
-    else:
-        why = f"no one has acknowledged it for {waited}"
-    version = account.api_version if account is not None else ApiVersion.V3
-    state = classify(version, case.state).words if case.state else case.kind
-    await _tell(
-        session,
-        level,
-        subject={"case_id": case.id},
-        channel=case.slack_channel,
-        dm_text=f"Case #{case.id} ({email}) needs you: {why}.",
-        page={
-            "summary": f"reauthbot case #{case.id}: {email} — {state}; {why}",
-            "details": {
-                "case": case.id,
-                "account": case.account_id,
-                "email": email,
-                "state": case.state,
-                "kind": case.kind,
-                "opened_at": case.opened_at.isoformat(),
-            },
-        },
-        said=f"Escalated ({step.name}): {why}",
-        now=now,
-    )
-    if level.pagerduty:
-        case.pager_state = "triggered"
-    await cases.record_event(
-        session,
-        actor=actors.SYSTEM,
-        action="escalated",
-        at=now,
-        case_id=case.id,
-        account_id=case.account_id,
-        details={
-            "step": step.index,
-            "level": step.level + 1,
-            "round": step.round,
-            "reason": reason,
-            "mention": level.mention,
-            "dm": level.dm,
-            "pagerduty": level.pagerduty,
-        },
-    )
-    log.info(
-        "case escalated",
-        extra={
-            "case": case.id,
-            "escalation_level": step.level + 1,
-            "round": step.round,
-            "reason": reason,
-        },
-    )
-
-
-async def _escalate_incidents(
-    session: AsyncSession,
-    steps: list[Step],
-    levels: list[EscalationLevel],
-    now: datetime,
-    limit: int,
-) -> tuple[int, int]:
-    """Run the due steps of unacknowledged storms; return (looked at, steps run)."""
-    stmt = (
-        select(Incident)
-        .where(
-            col(Incident.status) == IncidentStatus.OPEN,
-            col(Incident.acknowledged_at).is_(None),
-            col(Incident.escalation_due_at).is_(None) & (col(Incident.escalation_step) == 0)
-            | (col(Incident.escalation_due_at) <= now),
-        )
-        .order_by(col(Incident.id))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    batch = list((await session.exec(stmt)).all())
-    ran = 0
-    for incident in batch:
-        assert incident.id is not None
-        done = incident.escalation_step
-        index, _ = choose(steps, done=done, opened_at=incident.opened_at, deadline=None, now=now)
-        if index is not None:
-            step = steps[index]
-            level = levels[step.level]
-            waited = how_long(now - incident.opened_at)
-            why = f"no one has acknowledged it for {waited}"
-            what = f"storm {scope_words(incident)}"
-            await _tell(
-                session,
-                level,
-                subject={"incident_id": incident.id},
-                channel=incident.slack_channel or "",
-                dm_text=f"Incident #{incident.id} ({what}) needs you: {why}.",
-                page={
-                    "summary": f"reauthbot incident #{incident.id}: {what}; {why}",
-                    "details": {
-                        "incident": incident.id,
-                        "scope": incident.scope,
-                        "key": incident.key,
-                        "opened_at": incident.opened_at.isoformat(),
-                    },
-                },
-                said=f"Escalated ({step.name}): {why}",
-                now=now,
-            )
-            if level.pagerduty:
-                incident.pager_state = "triggered"
-            log.info(
-                "incident escalated",
-                extra={"incident": incident.id, "escalation_level": step.level + 1},
-            )
-            done = index + 1
-            ran += 1
-        incident.escalation_step = done
-        incident.escalation_due_at = next_due(
-            steps, done=done, opened_at=incident.opened_at, deadline=None
-        )
-        session.add(incident)
-    return len(batch), ran
-
-
-def pager_follow_up(case: Case) -> str | None:
-    """The PagerDuty event that brings its alert in line with the case, if one is needed."""
-    if case.pager_state in (None, "resolved"):
-        return None
-    if case.status == CaseStatus.RESOLVED:
-        return "resolve"
-    if case.status != CaseStatus.OPEN and case.pager_state == "triggered":
-        return "acknowledge"
-    return None
-
-
-async def queue_pager_follow_up(session: AsyncSession, case: Case, now: datetime) -> None:
-    """Acknowledge or resolve the case's PagerDuty alert to match the case."""
-    action = pager_follow_up(case)
-    if action is None:
-        return
-    await outbox.enqueue_page(session, now=now, payload={"action": action}, case_id=case.id)
-    case.pager_state = "resolved" if action == "resolve" else "acknowledged"

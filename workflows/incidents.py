@@ -52,6 +52,7 @@ from workflows import words
 from workflows.clock import how_long
 from workflows.domains import is_public
 from workflows.policy import Storms
+from workflows.subject import queue_pager_follow_up
 from workflows.words import Text
 
 log = logging.getLogger("reauthbot.incidents")
@@ -359,22 +360,10 @@ async def member_changed(session: AsyncSession, case: Case, now: datetime) -> No
     ):
         incident.status, incident.ended_at = IncidentStatus.ENDED, now
         incident.escalation_due_at = None
-        await queue_pager(session, incident, "resolve", now)
+        await queue_pager_follow_up(session, incident, now)
         await queue_line(session, incident, await summary(session, incident), now, broadcast=True)
         log.info("storm: incident ended", extra={"incident": incident.id})
     await queue_update(session, incident, now)
-
-
-async def queue_pager(
-    session: AsyncSession, incident: Incident, action: str, now: datetime
-) -> None:
-    """Acknowledge or resolve the incident's PagerDuty alert, if it was paged and still needs it."""
-    wanted = {"acknowledge": ("triggered",), "resolve": ("triggered", "acknowledged")}[action]
-    if incident.pager_state not in wanted:
-        return
-    await outbox.enqueue_page(session, now=now, payload={"action": action}, incident_id=incident.id)
-    incident.pager_state = "resolved" if action == "resolve" else "acknowledged"
-    session.add(incident)
 
 
 RESOLVER_WORDS = {

@@ -9,8 +9,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases, outbox
 from storage.models import Case, OutboxKind
 from workflows import words
-from workflows.escalation import queue_pager_follow_up
 from workflows.incidents import member_changed
+from workflows.subject import queue_pager_follow_up
 from workflows.words import Text
 
 

@@ -1,31 +1,37 @@
-"""Button listeners on the alert: ack, parse, check permission, call a workflow, answer.
+"""Button listeners on alerts: ack, parse, check permission, call a workflow, answer.
 
 The click is acknowledged first (Slack's 3 s deadline); the database and any API calls come
-after. Refused, stale and repeated clicks get a private answer and change nothing else.
+after. Who clicked, and what they may do, comes from the request's ``Operator``
+(``bot.slack.operator``). Refused, stale and repeated clicks get a private answer and change
+nothing else.
+
+Most buttons do the same thing on a case or on an incident: they are rows of ``BUTTONS``,
+each run by ``run_action``. The buttons that open a modal, and the modals' submissions, have
+listeners of their own.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.services import Services
 from bot.slack import blocks, ids
-from bot.slack.groups import GroupDirectory
-from storage import actors, cases, slack_requests
+from bot.slack.operator import Operator, operator_of
+from bot.slack.replies import links_blocks
+from storage import cases, slack_requests
 from storage.models import Account, ApiVersion
 from storage.reports import MAX_CASE_NUMBER
-from workflows import actions
-from workflows.actions import ActionResult
-from workflows.permissions import is_allowed
+from workflows import actions, bulk
+from workflows.subject import ActionResult
 from workflows.ticket import hand_out
 
 log = logging.getLogger("reauthbot.slack.actions")
@@ -43,6 +49,20 @@ REVOKE_OFF = (
     "Revoking tokens is turned off. To allow it, name who may revoke under "
     "[permissions] revoke in the policy file (REAUTHBOT_CONFIG)."
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of alert subject, as the listeners name it and its workflows take it."""
+
+    noun: str  # "case", "incident"
+    argument: str  # the workflows' keyword for its number
+    refuse: Workflow  # records a refused action: refuse(sessions, <argument>=n, action=…)
+    logged: str  # the log message of an action on one
+
+
+CASE = Kind("case", "case_id", actions.refuse, "action")
+INCIDENT = Kind("incident", "incident_id", bulk.refuse, "bulk action")
 
 
 def in_range(number: int) -> bool:
@@ -75,56 +95,58 @@ def choice_of(body: dict[str, Any]) -> str:
         return ""
 
 
-async def permitted(services: Services, groups: GroupDirectory, action: str, user_id: str) -> bool:
-    return await is_allowed(services.settings.policy.permissions, action, user_id, groups.members)
-
-
 async def run_action(
     services: Services,
-    groups: GroupDirectory,
-    body: dict[str, Any],
+    operator: Operator,
     respond: AsyncRespond,
     *,
+    subject_id: int | None,
     permission: str,
     workflow: Workflow,
-    case_id: int | None = None,
+    kind: Kind = CASE,
     tell_on_success: bool = False,
 ) -> ActionResult | None:
     """Run one operator action from Slack and tell the operator what happened, privately.
 
-    ``workflow`` is called as ``workflow(sessions, case_id=…, actor=…, now=…)``.
+    ``workflow`` is called as ``workflow(sessions, case_id=…, actor=…, now=…)``, or with
+    ``incident_id=…`` for an incident.
     """
-    user_id = str(body.get("user", {}).get("id", ""))
-    case_id = case_id if case_id is not None else case_id_of(body)
-    if not user_id or case_id is None:
+    if not operator.user_id or subject_id is None:
+        await _tell(respond, f"This button does not name a {kind.noun}.")
+        return None
+    if not in_range(subject_id):  # forged
+        await _tell(respond, f"{kind.noun.capitalize()} #{subject_id} does not exist.")
+        return None
+    sessions, now, actor = services.sessions, services.clock(), operator.actor
+    about = {kind.argument: subject_id}
+    if not await operator.may(permission):
+        result = await kind.refuse(sessions, **about, action=permission, actor=actor, now=now)
+    else:
+        result = await workflow(sessions, **about, actor=actor, now=now)
+    log.info(
+        kind.logged,
+        extra={
+            "action": permission,
+            kind.noun: subject_id,
+            "user": operator.user_id,
+            "outcome": result.outcome,
+        },
+    )
+    if result.links:
         await respond(
-            text="This button does not name a case.",
+            text=blocks.words(result.words),
+            blocks=links_blocks(result),
             response_type="ephemeral",
             replace_original=False,
         )
-        return None
-    if not in_range(case_id):  # forged
-        text = f"Case #{case_id} does not exist."
-        await respond(text=text, response_type="ephemeral", replace_original=False)
-        return None
-    sessions: async_sessionmaker[AsyncSession] = services.sessions
-    now: datetime = services.clock()
-    actor = actors.slack(user_id)
-    if not await permitted(services, groups, permission, user_id):
-        result = await actions.refuse(
-            sessions, case_id=case_id, action=permission, actor=actor, now=now
-        )
-    else:
-        result = await workflow(sessions, case_id=case_id, actor=actor, now=now)
-    log.info(
-        "action",
-        extra={"action": permission, "case": case_id, "user": user_id, "outcome": result.outcome},
-    )
-    if not result.changed or tell_on_success:
-        await respond(
-            text=blocks.words(result.words), response_type="ephemeral", replace_original=False
-        )
+    elif not result.changed or tell_on_success:
+        await _tell(respond, blocks.words(result.words))
     return result
+
+
+async def _tell(respond: AsyncRespond, text: str) -> None:
+    """Answer the operator privately, leaving the message they clicked as it is."""
+    await respond(text=text, response_type="ephemeral", replace_original=False)
 
 
 async def open_modal(
@@ -174,47 +196,114 @@ def link_builder(services: Services) -> actions.LinkBuilder | None:
     return build
 
 
-def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None:
-    @bolt.action(ids.ACK)
-    async def on_ack(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        await run_action(
-            services, groups, body, respond, permission="ack", workflow=actions.acknowledge
-        )
+# Builds the workflow a click runs, from the services and the click's payload.
+Build = Callable[[Services, dict[str, Any]], Workflow]
 
-    @bolt.action(ids.LINK)
-    async def on_link(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """A button that runs one workflow on the case or incident its value names."""
+
+    action_id: str
+    permission: str  # the [permissions] entry that governs it
+    build: Build
+    kind: Kind = CASE
+    tell_on_success: bool = False  # else only a refusal, or a click that changed nothing, is told
+    revoking: bool = False  # turned off, with REVOKE_OFF, while no one may revoke
+
+
+def _same(workflow: Workflow) -> Build:
+    return lambda services, body: workflow
+
+
+def _links(services: Services, body: dict[str, Any]) -> Workflow:
+    return partial(actions.send_reauth_link, build=link_builder(services))
+
+
+def _snooze(services: Services, body: dict[str, Any]) -> Workflow:
+    return partial(actions.snooze, duration=choice_of(body))
+
+
+def _retry(services: Services, body: dict[str, Any]) -> Workflow:
+    return partial(actions.retry_sync, nylas=services.nylas)
+
+
+def _revoke(services: Services, body: dict[str, Any]) -> Workflow:
+    return partial(actions.revoke, nylas=services.nylas)
+
+
+def _delete_old(services: Services, body: dict[str, Any]) -> Workflow:
+    return partial(actions.delete_duplicate, nylas=services.nylas)
+
+
+def _links_all(services: Services, body: dict[str, Any]) -> Workflow:
+    return partial(bulk.reauth_links, build=link_builder(services))
+
+
+def _retry_all(services: Services, body: dict[str, Any]) -> Workflow:
+    return partial(bulk.retry_all, nylas=services.nylas)
+
+
+BUTTONS = (
+    Button(ids.ACK, "ack", _same(actions.acknowledge)),
+    Button(ids.LINK, "link", _links, tell_on_success=True),
+    Button(ids.SNOOZE, "snooze", _snooze),
+    Button(ids.RETRY, "retry", _retry, tell_on_success=True),
+    Button(ids.SEND_ONLY, "resolve", _same(actions.mark_send_only), tell_on_success=True),
+    # Pressed on a private /reauth show card, which is not updated: say what happened.
+    Button(ids.UNDO_SEND_ONLY, "resolve", _same(actions.undo_send_only), tell_on_success=True),
+    Button(ids.DELETE_OLD, "revoke", _delete_old, tell_on_success=True, revoking=True),
+    Button(ids.INCIDENT_ACK, "ack", _same(bulk.acknowledge_all), INCIDENT, True),
+    Button(ids.INCIDENT_LINKS, "link", _links_all, INCIDENT, True),
+    Button(ids.INCIDENT_RETRY, "retry", _retry_all, INCIDENT, True),
+)
+
+
+def _listener(services: Services, button: Button) -> Callable[..., Awaitable[None]]:
+    async def on_click(
+        ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+    ) -> None:
         await ack()
-        workflow = partial(actions.send_reauth_link, build=link_builder(services))
+        if button.revoking and services.settings.policy.permissions.revoke is None:
+            await _tell(respond, REVOKE_OFF)
+            return
         await run_action(
             services,
-            groups,
-            body,
+            operator_of(context),
             respond,
-            permission="link",
-            workflow=workflow,
-            tell_on_success=True,
+            subject_id=case_id_of(body),
+            permission=button.permission,
+            workflow=button.build(services, body),
+            kind=button.kind,
+            tell_on_success=button.tell_on_success,
         )
 
-    @bolt.action(ids.SNOOZE)
-    async def on_snooze(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        workflow = partial(actions.snooze, duration=choice_of(body))
-        await run_action(services, groups, body, respond, permission="snooze", workflow=workflow)
+    on_click.__name__ = f"on_{button.action_id}"
+    return on_click
+
+
+def register(bolt: AsyncApp, services: Services) -> None:
+    for button in BUTTONS:
+        bolt.action(button.action_id)(_listener(services, button))
 
     @bolt.action(ids.RESOLVE)
     async def on_resolve(
-        ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, client: AsyncWebClient
+        ack: AsyncAck,
+        body: dict[str, Any],
+        respond: AsyncRespond,
+        client: AsyncWebClient,
+        context: AsyncBoltContext,
     ) -> None:
         await ack()
-        user_id, case_id = str(body.get("user", {}).get("id", "")), case_id_of(body)
-        if (
-            case_id is None
-            or not in_range(case_id)
-            or not await permitted(services, groups, "resolve", user_id)
-        ):
+        operator, case_id = operator_of(context), case_id_of(body)
+        if case_id is None or not in_range(case_id) or not await operator.may("resolve"):
             await run_action(
-                services, groups, body, respond, permission="resolve", workflow=actions.resolve
+                services,
+                operator,
+                respond,
+                subject_id=case_id,
+                permission="resolve",
+                workflow=actions.resolve,
             )
             return
         async with services.readers() as session:
@@ -222,61 +311,22 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
             account = await cases.get_account(session, account_id=case.account_id) if case else None
         if case is None or account is None or case.status == "resolved":
             reason = "is already resolved" if case else "does not exist"
-            await respond(
-                text=f"Case #{case_id} {reason}.", response_type="ephemeral", replace_original=False
-            )
+            await _tell(respond, f"Case #{case_id} {reason}.")
             return
         await open_modal(services, client, body["trigger_id"], blocks.resolve_modal(case, account))
 
-    @bolt.action(ids.RETRY)
-    async def on_retry(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        workflow = partial(actions.retry_sync, nylas=services.nylas)
-        await run_action(
-            services,
-            groups,
-            body,
-            respond,
-            permission="retry",
-            workflow=workflow,
-            tell_on_success=True,
-        )
-
-    @bolt.action(ids.SEND_ONLY)
-    async def on_send_only(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        await run_action(
-            services,
-            groups,
-            body,
-            respond,
-            permission="resolve",
-            workflow=actions.mark_send_only,
-            tell_on_success=True,
-        )
-
-    @bolt.action(ids.UNDO_SEND_ONLY)
-    async def on_undo_send_only(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        # Pressed on a private /reauth show card, which is not updated: say what happened.
-        await run_action(
-            services,
-            groups,
-            body,
-            respond,
-            permission="resolve",
-            workflow=actions.undo_send_only,
-            tell_on_success=True,
-        )
-
     @bolt.action(ids.REVOKE)
     async def on_revoke(
-        ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, client: AsyncWebClient
+        ack: AsyncAck,
+        body: dict[str, Any],
+        respond: AsyncRespond,
+        client: AsyncWebClient,
+        context: AsyncBoltContext,
     ) -> None:
         await ack()
-        user_id, case_id = str(body.get("user", {}).get("id", "")), case_id_of(body)
+        operator, case_id = operator_of(context), case_id_of(body)
         if services.settings.policy.permissions.revoke is None:
-            await respond(text=REVOKE_OFF, response_type="ephemeral", replace_original=False)
+            await _tell(respond, REVOKE_OFF)
             return
         case = account = None
         if case_id is not None and in_range(case_id):
@@ -284,9 +334,8 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
                 case = await cases.get_case(session, case_id=case_id)
                 if case is not None:
                     account = await cases.get_account(session, account_id=case.account_id)
-        allowed = await permitted(services, groups, "revoke", user_id)
         if (
-            allowed
+            await operator.may("revoke")
             and case is not None
             and account is not None
             and account.api_version == ApiVersion.V3
@@ -297,61 +346,40 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
             )
             return
         # v2 (the button's own confirm dialog was accepted), refusals and stale clicks.
-        workflow = partial(actions.revoke, nylas=services.nylas)
         await run_action(
             services,
-            groups,
-            body,
+            operator,
             respond,
+            subject_id=case_id,
             permission="revoke",
-            workflow=workflow,
-            tell_on_success=True,
-        )
-
-    @bolt.action(ids.DELETE_OLD)
-    async def on_delete_old(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        if services.settings.policy.permissions.revoke is None:
-            await respond(text=REVOKE_OFF, response_type="ephemeral", replace_original=False)
-            return
-        workflow = partial(actions.delete_duplicate, nylas=services.nylas)
-        await run_action(
-            services,
-            groups,
-            body,
-            respond,
-            permission="revoke",
-            workflow=workflow,
+            workflow=_revoke(services, body),
             tell_on_success=True,
         )
 
     @bolt.action(ids.SUPPORT_TICKET)
-    async def on_support_ticket(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+    async def on_support_ticket(
+        ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+    ) -> None:
         await ack()
-        user_id, case_id = str(body.get("user", {}).get("id", "")), case_id_of(body)
-        if not user_id or case_id is None:
-            await respond(
-                text="This button does not name a case.",
-                response_type="ephemeral",
-                replace_original=False,
-            )
+        operator, case_id = operator_of(context), case_id_of(body)
+        if not operator.user_id or case_id is None:
+            await _tell(respond, "This button does not name a case.")
             return
         # Reading only: anyone who sees the alert may take the ticket text.
         text = await hand_out(
-            services.sessions,
-            case_id=case_id,
-            actor=actors.slack(user_id),
-            now=services.clock(),
+            services.sessions, case_id=case_id, actor=operator.actor, now=services.clock()
         )
-        log.info("support ticket", extra={"case": case_id, "user": user_id, "found": bool(text)})
+        log.info(
+            "support ticket",
+            extra={"case": case_id, "user": operator.user_id, "found": bool(text)},
+        )
         answer = f"Case #{case_id} does not exist." if text is None else ticket_message(text)
-        await respond(text=answer, response_type="ephemeral", replace_original=False)
+        await _tell(respond, answer)
 
     @bolt.view(ids.REVOKE_MODAL)
     async def on_revoke_submitted(
-        ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]
+        ack: AsyncAck, view: dict[str, Any], context: AsyncBoltContext
     ) -> None:
-        user_id = str(body.get("user", {}).get("id", ""))
         try:
             case_id = case_number(view["private_metadata"])
             typed = view["state"]["values"][ids.CONFIRM_BLOCK][ids.CONFIRM_INPUT].get("value") or ""
@@ -361,18 +389,16 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
         if not await opened_here(services, view):
             await ack(response_action="errors", errors={ids.CONFIRM_BLOCK: UNKNOWN_VIEW})
             return
-        now, actor = services.clock(), actors.slack(user_id)
-        if services.settings.policy.permissions.revoke is None or not await permitted(
-            services, groups, "revoke", user_id
-        ):
+        operator, now = operator_of(context), services.clock()
+        if services.settings.policy.permissions.revoke is None or not await operator.may("revoke"):
             result = await actions.refuse(
-                services.sessions, case_id=case_id, action="revoke", actor=actor, now=now
+                services.sessions, case_id=case_id, action="revoke", actor=operator.actor, now=now
             )
         else:
             result = await actions.revoke(
                 services.sessions,
                 case_id=case_id,
-                actor=actor,
+                actor=operator.actor,
                 now=now,
                 nylas=services.nylas,
                 confirmation=typed,
@@ -388,9 +414,8 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
 
     @bolt.view(ids.RESOLVE_MODAL)
     async def on_resolve_submitted(
-        ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]
+        ack: AsyncAck, view: dict[str, Any], context: AsyncBoltContext
     ) -> None:
-        user_id = str(body.get("user", {}).get("id", ""))
         try:
             case_id = case_number(view["private_metadata"])
             note = view["state"]["values"][ids.NOTE_BLOCK][ids.NOTE_INPUT].get("value") or ""
@@ -400,14 +425,14 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
         if not await opened_here(services, view):
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: UNKNOWN_VIEW})
             return
-        now, actor = services.clock(), actors.slack(user_id)
-        if not await permitted(services, groups, "resolve", user_id):
+        operator, now = operator_of(context), services.clock()
+        if not await operator.may("resolve"):
             result = await actions.refuse(
-                services.sessions, case_id=case_id, action="resolve", actor=actor, now=now
+                services.sessions, case_id=case_id, action="resolve", actor=operator.actor, now=now
             )
         else:
             result = await actions.resolve(
-                services.sessions, case_id=case_id, actor=actor, now=now, note=note
+                services.sessions, case_id=case_id, actor=operator.actor, now=now, note=note
             )
         if not result.changed:
             await ack(response_action="errors", errors={ids.NOTE_BLOCK: result.message[:150]})

@@ -24,9 +24,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.bodies import BodyError, read_body
 from bot.services import Services
 from bot.settings import Settings
-from bot.slack import actions, commands, home, ids, incident_actions
+from bot.slack import actions, commands, home, ids
 from bot.slack.groups import GroupDirectory
 from bot.slack.guard import Identity, replay_guard
+from bot.slack.operator import operator_middleware
 
 log = logging.getLogger("reauthbot.slack")
 
@@ -65,8 +66,9 @@ def build_bolt(services: Services, client: AsyncWebClient) -> AsyncApp:
     bolt.use(refuse_unstorable_text)
     bolt.use(replay_guard(services))
     groups = GroupDirectory(client)
-    actions.register(bolt, services, groups)
-    incident_actions.register(bolt, services, groups)
+    # Who acts, and what they may do, for every listener below.
+    bolt.use(operator_middleware(settings.policy.permissions, groups.members))
+    actions.register(bolt, services)
     home.register(bolt, services)
     commands.register(bolt, services, groups)
 

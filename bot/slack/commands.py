@@ -1,9 +1,10 @@
 """The ``/reauth`` slash command: ack at once, parse, run the workflow, answer privately.
 
 Sub-commands that change a case go through the same permission check and workflows as the
-alert's buttons (``bot.slack.actions.run_action``); ``revoke`` answers with the alert's own
-revoke button, so its confirmation is the same too, and so does ``retry`` when it would make
-Nylas bill a stopped account again. Wrong input gets a usage line.
+alert's buttons (``bot.slack.actions.run_action``, for the request's ``Operator``);
+``revoke`` answers with the alert's own revoke button, so its confirmation is the same too,
+and so does ``retry`` when it would make Nylas bill a stopped account again. Wrong input
+gets a usage line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from aiohttp import ClientError
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from sqlmodel import col, select
 
@@ -25,7 +27,8 @@ from bot.slack import ids, replies
 from bot.slack.blocks import escape, section
 from bot.slack.command_line import KINDS, OPEN_STATUSES, Command, UsageError, help_text, parse
 from bot.slack.groups import GroupDirectory
-from storage import actors, cases, reports
+from bot.slack.operator import Operator, operator_of
+from storage import cases, reports
 from storage.models import Account, Case, CaseStatus, Incident
 from workflows import actions
 from workflows.billing import retry_restarts_billing
@@ -38,7 +41,7 @@ log = logging.getLogger("reauthbot.slack.commands")
 Body = dict[str, Any]
 # The furthest a "More" button can page (its value comes from the client).
 MAX_OFFSET = 2**31 - 1
-Handler = Callable[[Services, GroupDirectory, Command, Body, AsyncRespond], Awaitable[None]]
+Handler = Callable[[Services, GroupDirectory, Operator, Command, AsyncRespond], Awaitable[None]]
 
 
 async def _say(respond: AsyncRespond, text: str, blocks: list[Body] | None = None) -> None:
@@ -76,7 +79,11 @@ async def _list(
 
 
 async def on_list(
-    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services,
+    groups: GroupDirectory,
+    operator: Operator,
+    command: Command,
+    respond: AsyncRespond,
 ) -> None:
     filters: dict[str, Any] = {
         "statuses": list(command.statuses),
@@ -90,7 +97,11 @@ async def on_list(
 
 
 async def on_show(
-    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services,
+    groups: GroupDirectory,
+    operator: Operator,
+    command: Command,
+    respond: AsyncRespond,
 ) -> None:
     found = await _find(services, respond, command.target or "")
     if found is None:
@@ -112,21 +123,20 @@ def _acting(permission: str, workflow: Any) -> Handler:
     async def handle(
         services: Services,
         groups: GroupDirectory,
+        operator: Operator,
         command: Command,
-        body: dict[str, Any],
-        respond: Any,
+        respond: AsyncRespond,
     ) -> None:
         found = await _find(services, respond, command.target or "")
         if found is None:
             return
         await buttons.run_action(
             services,
-            groups,
-            {"user": {"id": body.get("user_id", "")}},
+            operator,
             respond,
+            subject_id=found[0].id,
             permission=permission,
             workflow=workflow(services, command),
-            case_id=found[0].id,
             tell_on_success=True,
         )
 
@@ -134,7 +144,11 @@ def _acting(permission: str, workflow: Any) -> Handler:
 
 
 async def on_revoke(
-    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services,
+    groups: GroupDirectory,
+    operator: Operator,
+    command: Command,
+    respond: AsyncRespond,
 ) -> None:
     if services.settings.policy.permissions.revoke is None:
         await _say(respond, buttons.REVOKE_OFF)
@@ -144,13 +158,12 @@ async def on_revoke(
         return
     case, account = found
     assert case.id is not None
-    user_id = str(body.get("user_id", ""))
-    if not await buttons.permitted(services, groups, "revoke", user_id):
+    if not await operator.may("revoke"):
         result = await actions.refuse(
             services.sessions,
             case_id=case.id,
             action="revoke",
-            actor=actors.slack(user_id),
+            actor=operator.actor,
             now=services.clock(),
         )
         await _say(respond, escape(result.message))
@@ -162,7 +175,11 @@ async def on_revoke(
 
 
 async def on_retry(
-    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services,
+    groups: GroupDirectory,
+    operator: Operator,
+    command: Command,
+    respond: AsyncRespond,
 ) -> None:
     found = await _find(services, respond, command.target or "")
     if found is None:
@@ -170,15 +187,14 @@ async def on_retry(
     case, account = found
     assert case.id is not None
     if case.status == CaseStatus.RESOLVED or not retry_restarts_billing(case, account):
-        await _retry_now(services, groups, command, body, respond)
+        await _retry_now(services, groups, operator, command, respond)
         return
-    user_id = str(body.get("user_id", ""))
-    if not await buttons.permitted(services, groups, "retry", user_id):
+    if not await operator.may("retry"):
         result = await actions.refuse(
             services.sessions,
             case_id=case.id,
             action="retry",
-            actor=actors.slack(user_id),
+            actor=operator.actor,
             now=services.clock(),
         )
         await _say(respond, result.message)
@@ -188,7 +204,11 @@ async def on_retry(
 
 
 async def on_stats(
-    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services,
+    groups: GroupDirectory,
+    operator: Operator,
+    command: Command,
+    respond: AsyncRespond,
 ) -> None:
     async with services.readers() as session:
         report = await case_stats(
@@ -198,7 +218,11 @@ async def on_stats(
 
 
 async def on_oncall(
-    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services,
+    groups: GroupDirectory,
+    operator: Operator,
+    command: Command,
+    respond: AsyncRespond,
 ) -> None:
     policy = services.settings.policy.escalation
     wanted = {i for level in policy.levels for i in (*level.mention, *level.dm) if i[0] == "S"}
@@ -225,7 +249,11 @@ async def on_oncall(
 
 
 async def on_help(
-    services: Services, groups: GroupDirectory, command: Command, body: dict[str, Any], respond: Any
+    services: Services,
+    groups: GroupDirectory,
+    operator: Operator,
+    command: Command,
+    respond: AsyncRespond,
 ) -> None:
     text = help_text()
     if command.unknown is not None:
@@ -286,7 +314,9 @@ def _more_filters(raw: str) -> tuple[dict[str, Any], int]:
 
 def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None:
     @bolt.command(ids.COMMAND)
-    async def on_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+    async def on_command(
+        ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+    ) -> None:
         await ack()
         try:
             command = parse(str(body.get("text") or ""))
@@ -294,7 +324,7 @@ def register(bolt: AsyncApp, services: Services, groups: GroupDirectory) -> None
             await _say(respond, escape(str(exc)))
             return
         log.info("command", extra={"command": command.name, "user": body.get("user_id")})
-        await HANDLERS[command.name](services, groups, command, body, respond)
+        await HANDLERS[command.name](services, groups, operator_of(context), command, respond)
 
     @bolt.action(ids.INCIDENT_SHOW)
     async def on_show_cases(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from bot.slack import ids
 from bot.slack.blocks import (
+    MAX_SECTION,
     STATUS_WORDS,
     alert_blocks,
     case_actions,
@@ -22,6 +23,7 @@ from bot.slack.blocks import (
     slack_date,
     title,
     undo_send_only_button,
+    words,
 )
 from storage import actors
 from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus
@@ -33,9 +35,11 @@ from workflows.escalation import plan
 from workflows.policy import Escalation
 from workflows.states import classify
 from workflows.stats import CaseStats
+from workflows.subject import ActionResult
 
 PAGE = 10
 MAX_HISTORY = 25
+MAX_BLOCKS = 45  # Slack allows 50 blocks in a message; keep room for the heading
 
 
 def duration(value: timedelta | None) -> str:
@@ -284,4 +288,30 @@ def oncall(
     if next_due is not None:
         case, due = next_due
         blocks.append(context(f"Next escalation: case #{case.id} at {slack_date(due)}."))
+    return blocks
+
+
+def links_blocks(result: ActionResult) -> list[dict[str, Any]]:
+    """The links as CSV in code blocks the operator can copy, as many as fit one message."""
+    chunks: list[str] = []
+    current = ""
+    for row in result.links_csv().splitlines(keepends=True):
+        if len(current) + len(row) > MAX_SECTION - 8:
+            chunks.append(current)
+            current = ""
+        current += row
+    if current:
+        chunks.append(current)
+    shown = chunks[:MAX_BLOCKS]
+    blocks = [section(words(result.words))]
+    # In a code block Slack still reads <…> as links and mentions: the cells are escaped too.
+    blocks += [section(f"```{escape(chunk)}```") for chunk in shown]
+    if len(chunks) > len(shown):
+        rows = sum(chunk.count("\n") for chunk in shown) - 1
+        blocks.append(
+            section(
+                f"Only the first {rows} links fit in one message; the others are made too. "
+                "`/reauth list --status waiting_on_user` lists their cases."
+            )
+        )
     return blocks

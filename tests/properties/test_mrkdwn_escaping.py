@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from bot import render
 from bot.slack import blocks, incidents, replies
-from bot.slack.incident_actions import links_blocks
+from bot.slack.replies import links_blocks
 from bot.slack.sink import direct_note, thread_text
 from storage.incidents import IncidentView, Member
 from storage.models import (
@@ -34,8 +34,8 @@ from storage.models import (
 )
 from storage.reports import ChronicAccount, ChronicDomain, Tally
 from tests.properties.strategies import mostly
-from workflows.bulk import BulkResult
 from workflows.stats import CaseStats
+from workflows.subject import ActionOutcome, ActionResult
 from workflows.words import Person, line, payload
 
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -245,7 +245,9 @@ def test_thread_lines_and_direct_messages_show_outside_text_inert(
 @given(links=st.lists(st.tuples(hostile, hostile), min_size=1, max_size=5))
 @example(links=[("<http://evil.example|click here>@x.test", "'")])
 def test_the_links_csv_is_inert_in_slack_and_in_a_spreadsheet(links: list[tuple[str, str]]) -> None:
-    result = BulkResult("done", f"{len(links)} re-authentication links", links=tuple(links))
+    result = ActionResult(
+        ActionOutcome.DONE, f"{len(links)} re-authentication links", links=tuple(links)
+    )
     rows = list(csv.reader(io.StringIO(result.links_csv(), newline="")))
     assert rows[0] == ["email", "link"]
     cells = [cell for row in rows[1:] for cell in row]
