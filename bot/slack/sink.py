@@ -1,4 +1,7 @@
-"""The Slack sink: posts a case's parent message once, then updates it in place and threads.
+"""The Slack sink: posts an alert's parent message once, then updates it in place and threads.
+
+A case and an incident are sent alike: each is a ``Card`` (where its message is, its text,
+its blocks, the metadata that names it), and one path posts, updates, DMs or threads it.
 
 ``chat.postMessage`` is paced to one message per second per channel, Slack's documented
 pace, so a burst of alerts is spread out instead of answered with 429s. A 429 that happens
@@ -16,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -96,40 +101,36 @@ class SlackSink:
             if notice:
                 return await self._notice(message, parent)
             if incident is not None:
-                return await self._incident(message, incident)
+                return await self._send(message, incident_card(incident))
             assert case is not None and account is not None
-            return await self._send(message, case, account)
+            card = case_card(case, account, revoke_enabled=self._revoke_enabled)
+            return await self._send(message, card)
         except SlackApiError as exc:
             raise _sink_error(exc) from exc
         except (TimeoutError, ClientError) as exc:
             raise SinkError(type(exc).__name__) from exc
 
-    async def _send(self, message: OutboxMessage, case: Case, account: Account) -> Posted | None:
-        text = blocks.fallback_text(case, account)
+    async def _send(self, message: OutboxMessage, card: Card) -> Posted | None:
+        """Post a subject's parent message once, update it in place, DM it, or thread a line.
+
+        A direct message carries the whole alert, so it does not wait for the parent message:
+        when the channel cannot be posted to, the people an escalation calls still hear of it.
+        """
         if message.kind == OutboxKind.POST:
-            return await self._post_once(
-                message,
-                case.slack_channel or message.channel,
-                text,
-                blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
-                case_metadata(case),
-            )
-        if case.slack_ts is None or case.slack_channel is None:
+            channel = card.channel or message.channel
+            return await self._post_once(message, channel, card.text, card.blocks(), card.metadata)
+        if message.kind == OutboxKind.DM:
+            await self._direct(message, card.text, card.blocks())
+            return None
+        if card.ts is None or card.channel is None:
             # The parent message is not posted yet (its post is being retried): wait for it.
             raise SinkError("parent_not_posted", retry_after=2.0)
         if message.kind == OutboxKind.UPDATE:
             await self._client.chat_update(
-                channel=case.slack_channel,
-                ts=case.slack_ts,
-                text=text,
-                blocks=blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled),
+                channel=card.channel, ts=card.ts, text=card.text, blocks=card.blocks()
             )
             return None
-        if message.kind == OutboxKind.DM:
-            body = blocks.alert_blocks(case, account, revoke_enabled=self._revoke_enabled)
-            await self._direct(message, text, body)
-            return None
-        await self._reply(message, case.slack_channel, case.slack_ts)
+        await self._reply(message, card.channel, card.ts)
         return None
 
     async def _post_once(
@@ -155,34 +156,6 @@ class SlackSink:
             unfurl_media=False,
         )
         return Posted(channel=str(response["channel"]), ts=str(response["ts"]))
-
-    async def _incident(self, message: OutboxMessage, view: IncidentView) -> Posted | None:
-        """Post an incident's message once, update it in place, or add a line to its thread."""
-        incident = view.incident
-        text = incidents.incident_fallback(view)
-        if message.kind == OutboxKind.POST:
-            return await self._post_once(
-                message,
-                incident.slack_channel or message.channel,
-                text,
-                incidents.incident_blocks(view),
-                incident_metadata(view),
-            )
-        if message.kind == OutboxKind.DM:
-            await self._direct(message, text, incidents.incident_blocks(view))
-            return None
-        if incident.slack_ts is None or incident.slack_channel is None:
-            raise SinkError("parent_not_posted", retry_after=2.0)
-        if message.kind == OutboxKind.UPDATE:
-            await self._client.chat_update(
-                channel=incident.slack_channel,
-                ts=incident.slack_ts,
-                text=text,
-                blocks=incidents.incident_blocks(view),
-            )
-            return None
-        await self._reply(message, incident.slack_channel, incident.slack_ts)
-        return None
 
     async def _direct(self, message: OutboxMessage, text: str, body: list[dict[str, Any]]) -> None:
         """Send a message to one person: the escalation's note, then the alert it is about."""
@@ -288,6 +261,40 @@ class SlackSink:
         if due > now:
             await asyncio.sleep(due - now)
         self._next_post[channel] = max(due, now) + self._interval
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """An alert subject's parent message as the sink sends it: a case's or an incident's."""
+
+    channel: str | None  # where it is posted, once it is
+    ts: str | None
+    text: str  # the notification text
+    blocks: Callable[[], list[dict[str, Any]]]  # rendered only when a message needs them
+    metadata: dict[str, Any]  # names the subject, so a retried post finds an earlier copy
+
+
+def case_card(case: Case, account: Account, *, revoke_enabled: bool) -> Card:
+    """The card of a case: its alert."""
+    return Card(
+        channel=case.slack_channel,
+        ts=case.slack_ts,
+        text=blocks.fallback_text(case, account),
+        blocks=lambda: blocks.alert_blocks(case, account, revoke_enabled=revoke_enabled),
+        metadata=case_metadata(case),
+    )
+
+
+def incident_card(view: IncidentView) -> Card:
+    """The card of an incident: one message for its storm of cases."""
+    incident = view.incident
+    return Card(
+        channel=incident.slack_channel,
+        ts=incident.slack_ts,
+        text=incidents.incident_fallback(view),
+        blocks=lambda: incidents.incident_blocks(view),
+        metadata=incident_metadata(view),
+    )
 
 
 def case_metadata(case: Case) -> dict[str, Any]:
