@@ -15,6 +15,10 @@ downtime), only the latest runs; the ones passed over are recorded, not sent.
 Nylas resends the notifications a v3 grant missed only if the user re-authenticates within
 72 hours; when less than 12 hours of that window remain and the last level has not run yet,
 the last level runs at once.
+
+An incident escalates for all of its cases, by the same policy and the same steps: cases and
+incidents are both ``workflows.subject.AlertSubject``, and only what a step says of each (its
+direct message and PagerDuty trigger) and what it leaves in the audit log differ.
 """
 
 from __future__ import annotations

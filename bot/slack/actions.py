@@ -253,9 +253,10 @@ BUTTONS = (
     # Pressed on a private /reauth show card, which is not updated: say what happened.
     Button(ids.UNDO_SEND_ONLY, "resolve", _same(actions.undo_send_only), tell_on_success=True),
     Button(ids.DELETE_OLD, "revoke", _delete_old, tell_on_success=True, revoking=True),
-    Button(ids.INCIDENT_ACK, "ack", _same(bulk.acknowledge_all), INCIDENT, True),
-    Button(ids.INCIDENT_LINKS, "link", _links_all, INCIDENT, True),
-    Button(ids.INCIDENT_RETRY, "retry", _retry_all, INCIDENT, True),
+    # Bulk actions on an incident always say what they did.
+    Button(ids.INCIDENT_ACK, "ack", _same(bulk.acknowledge_all), INCIDENT, tell_on_success=True),
+    Button(ids.INCIDENT_LINKS, "link", _links_all, INCIDENT, tell_on_success=True),
+    Button(ids.INCIDENT_RETRY, "retry", _retry_all, INCIDENT, tell_on_success=True),
 )
 
 
