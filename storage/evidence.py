@@ -10,6 +10,10 @@ A small domain (at most ``SMALL_DOMAIN`` accounts, as during a storm of many sma
 read from its accounts, each one's cases found by account; a bigger one from the cases of the
 window (the index on ``opened_at``), each one's account looked up by id. How big a domain is
 is asked once per transaction.
+
+Cases opened together (a reconciliation's page) are diagnosed in one go: ``recent_cases`` and
+``revokes`` read what their findings count for all of them at once, one query per domain
+rather than several per case.
 """
 
 from __future__ import annotations
@@ -47,6 +51,17 @@ class Tally:
 
     cases: int
     accounts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRow:
+    """What a diagnosis counts of one case."""
+
+    id: int
+    account_id: str
+    kind: str
+    opened_at: datetime
+    went_bad: datetime
 
 
 def _of_domain(domain: str) -> Any:
@@ -171,3 +186,48 @@ async def count_cases(
         stmt = await _cases_of_domain(session, stmt, domain)
     cases, accounts = (await session.exec(stmt)).one()
     return Tally(int(cases), int(accounts))
+
+
+async def revokes(
+    session: AsyncSession, *, account_ids: Collection[str], until: datetime
+) -> list[CaseEvent]:
+    """Return the audit events of the accounts' revokes at or before ``until``, newest first."""
+    if not account_ids:
+        return []
+    stmt = (
+        select(CaseEvent)
+        .where(
+            col(CaseEvent.account_id).in_(sorted(account_ids)),
+            col(CaseEvent.action) == "revoked",
+            col(CaseEvent.at) <= until,
+        )
+        .order_by(col(CaseEvent.at).desc(), col(CaseEvent.id).desc())
+    )
+    return list((await session.exec(stmt)).all())
+
+
+async def recent_cases(
+    session: AsyncSession,
+    *,
+    since: datetime,
+    account_ids: Collection[str] | None = None,
+    domain: str | None = None,
+    including: Collection[int] = (),
+) -> list[CaseRow]:
+    """Return the cases opened since ``since``, of some accounts or of one domain, by id.
+
+    The cases of ``including`` are returned even if they opened earlier: those being diagnosed.
+    """
+    recent = col(Case.opened_at) >= since
+    if including:
+        recent = recent | col(Case.id).in_(sorted(including))
+    columns = (col(Case.id), col(Case.account_id), col(Case.kind), col(Case.opened_at))
+    stmt: Any = sa.select(*columns, _went_bad()).where(recent)
+    if account_ids is not None:
+        if not account_ids:
+            return []
+        stmt = stmt.where(col(Case.account_id).in_(sorted(account_ids)))
+    if domain is not None:
+        stmt = await _cases_of_domain(session, stmt, domain)
+    rows = (await session.exec(stmt.order_by(col(Case.id)))).all()
+    return [CaseRow(int(i), a, k, opened, bad) for i, a, k, opened, bad in rows]

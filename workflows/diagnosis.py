@@ -13,6 +13,7 @@ address is ever put into a finding.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -387,6 +388,29 @@ async def gather(session: AsyncSession, *, case: Case, account: Account, now: da
         domain_30 = await evidence.count_cases(
             session, since=now - timedelta(days=30), domain=domain, including=case.id
         )
+    return _facts(
+        case,
+        account,
+        now=now,
+        revocation=_revocation(revoke),
+        peers=peers,
+        account_30=account_30,
+        account_90=account_90,
+        domain_30=domain_30,
+    )
+
+
+def _facts(
+    case: Case,
+    account: Account,
+    *,
+    now: datetime,
+    revocation: Revocation | None,
+    peers: evidence.Peers,
+    account_30: evidence.Tally,
+    account_90: evidence.Tally,
+    domain_30: evidence.Tally,
+) -> Facts:
     state = case.state or account.sync_state
     return Facts(
         account_id=account.id,
@@ -395,12 +419,12 @@ async def gather(session: AsyncSession, *, case: Case, account: Account, now: da
         provider=account.provider,
         kind=case.kind,
         state=state,
-        broken_since=broken,
+        broken_since=case.broken_since or case.opened_at,
         now=now,
         # How long the account has been in the case's state, if it still is in it.
         state_since=account.state_since if account.sync_state == state else None,
         connected_since=max(account.first_seen_at, account.connected_at or account.first_seen_at),
-        revocation=_revocation(revoke),
+        revocation=revocation,
         domain_peers=peers.accounts,
         domain_peer_first=peers.first,
         domain_peer_last=peers.last,
@@ -425,3 +449,87 @@ async def refresh(
     case.diagnosis = [finding.to_json() for finding in findings]
     session.add(case)
     return findings
+
+
+async def refresh_opened(
+    session: AsyncSession, opened: Sequence[tuple[Case, Account]], *, now: datetime
+) -> None:
+    """Diagnose cases opened together, each as ``refresh`` would have just after it opened.
+
+    What a case's findings count is read once for all of them (once per domain), not once per
+    case; a case does not count those opened after it (a higher id), as it could not then.
+    """
+    if not opened:
+        return
+    ids = {_id(case) for case, _ in opened}
+    broken = [case.broken_since or case.opened_at for case, _ in opened]
+    accounts = {account.id for _, account in opened}
+    by_account: dict[str, list[evidence.CaseRow]] = {}
+    for row in await evidence.recent_cases(
+        session, since=now - timedelta(days=90), account_ids=accounts, including=ids
+    ):
+        by_account.setdefault(row.account_id, []).append(row)
+    revoked: dict[str, list[CaseEvent]] = {}
+    for event in await evidence.revokes(
+        session, account_ids=accounts, until=max(broken) + CLOCK_SKEW
+    ):
+        revoked.setdefault(event.account_id or "", []).append(event)
+    domains = {d for _, account in opened if (d := domain_of(account.email)) is not None}
+    since = min(now - timedelta(days=30), min(broken) - SAME_TIME)
+    by_domain = {
+        domain: await evidence.recent_cases(session, since=since, domain=domain, including=ids)
+        for domain in sorted(domains)
+    }
+    for case, account in opened:
+        case_id, went_bad = _id(case), case.broken_since or case.opened_at
+        mine = by_account.get(account.id, [])
+        until = went_bad + CLOCK_SKEW
+        revoke = next((e for e in revoked.get(account.id, []) if e.at <= until), None)
+        domain = domain_of(account.email)
+        peers, domain_30 = evidence.Peers(0, None, None), evidence.Tally(1, 1)
+        if domain is not None:
+            rows = by_domain[domain]
+            peers = _peers_of(rows, case_id, account.id, went_bad)
+            domain_30 = _tally(rows, case_id, now - timedelta(days=30))
+        facts = _facts(
+            case,
+            account,
+            now=now,
+            revocation=_revocation(revoke),
+            peers=peers,
+            account_30=_tally(mine, case_id, now - timedelta(days=30)),
+            account_90=_tally(mine, case_id, now - timedelta(days=90)),
+            domain_30=domain_30,
+        )
+        case.diagnosis = [finding.to_json() for finding in diagnose(facts)]
+        session.add(case)
+
+
+def _id(case: Case) -> int:
+    assert case.id is not None, "a case is diagnosed once it is stored"
+    return case.id
+
+
+def _tally(rows: Sequence[evidence.CaseRow], case_id: int, since: datetime) -> evidence.Tally:
+    """``evidence.count_cases`` over ``rows``, as it stood when case ``case_id`` opened."""
+    counted = [r for r in rows if r.id <= case_id and (r.opened_at >= since or r.id == case_id)]
+    return evidence.Tally(len(counted), len({r.account_id for r in counted}))
+
+
+def _peers_of(
+    rows: Sequence[evidence.CaseRow], case_id: int, account_id: str, went_bad: datetime
+) -> evidence.Peers:
+    """``evidence.domain_peers`` over ``rows``, as it stood when case ``case_id`` opened."""
+    start, end = went_bad - SAME_TIME, went_bad + SAME_TIME
+    matching = [
+        r
+        for r in rows
+        if r.id <= case_id
+        and r.account_id != account_id
+        and r.kind in WENT_BAD_KINDS
+        and r.opened_at >= start
+        and start <= r.went_bad <= end
+    ]
+    times = [r.went_bad for r in matching]
+    peers = {r.account_id for r in matching}
+    return evidence.Peers(len(peers), min(times, default=None), max(times, default=None))

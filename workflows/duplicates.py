@@ -57,6 +57,14 @@ async def emails_with_duplicates(
     return sorted(email for email, n in seen.items() if n > 1)
 
 
+async def known_emails(
+    session: AsyncSession, *, emails: Iterable[str], api_version: str
+) -> set[str]:
+    """The emails among ``emails`` that a live account already has (stripped, lower-cased)."""
+    stmt = select(col(Account.email)).where(*_live_with_email(emails, api_version)).distinct()
+    return {(email or "").strip().lower() for email in (await session.exec(stmt)).all()}
+
+
 async def flag(
     session: AsyncSession,
     *,

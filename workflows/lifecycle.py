@@ -34,6 +34,7 @@ __all__ = [
     "Router",
     "actor_of",
     "apply_event",
+    "audit_of",
     "open_case_for",
     "record_not_applied",
 ]
@@ -65,6 +66,11 @@ def _audit(event: AccountEvent) -> dict[str, object]:
         "occurred_at": event.occurred_at.isoformat(),
         **event.details,
     }
+
+
+def audit_of(event: AccountEvent) -> dict[str, object]:
+    """What the audit line of an applied event records about it."""
+    return _audit(event)
 
 
 async def record_not_applied(

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
-from storage.models import Account, OutboxKind
+from storage.models import Account, Case, OutboxKind
 from workflows import incidents
 from workflows.diagnosis import refresh
 from workflows.policy import Storms
@@ -40,6 +40,7 @@ async def open_case_for(
     route: Router,
     audit: dict[str, object],
     storms: Storms | None = None,
+    diagnose_later: list[tuple[Case, Account]] | None = None,
 ) -> Outcome:
     """Open a case for the account and queue its alert (the caller checked none is open).
 
@@ -47,6 +48,9 @@ async def open_case_for(
     posted on its own. During a storm most cases open into an incident that is already
     open: the incident's message stands for them from the start, so they get no alert and
     no findings of their own (``/reauth show`` works those out when asked).
+
+    With ``diagnose_later``, a case that gets findings is appended to it instead of being
+    diagnosed here: the caller diagnoses the cases it opened together in one go.
     """
     # The case records where its alert goes; the message ts is added once it is posted.
     channel = route(account.email)
@@ -85,7 +89,10 @@ async def open_case_for(
             case_id=case.id,
             dedupe_key=f"case:{case.id}:post",
         )
-        await refresh(session, case=case, account=account, now=now)
+        if diagnose_later is None:
+            await refresh(session, case=case, account=account, now=now)
+        else:
+            diagnose_later.append((case, account))
         await incidents.place(session, case, account, storms=storms, now=now)
     log.info("case opened", extra={"case": case.id, "account": account.id, "kind": kind})
     return Outcome("opened", case.id)

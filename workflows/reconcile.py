@@ -11,6 +11,7 @@ logged and counted; its id still counts as seen, so the account is not taken for
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,11 +21,13 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import Account, domain_of
+from storage.models import Account, Case, domain_of
 from workflows import duplicates
+from workflows.billing import stopped_on_purpose
 from workflows.clock import Clock
+from workflows.diagnosis import refresh_opened
 from workflows.events import AccountEvent
-from workflows.lifecycle import Router, apply_event
+from workflows.lifecycle import Router, actor_of, apply_event, audit_of, open_case_for
 from workflows.nylas import NylasClient, RemoteAccount, SkippedAccount
 from workflows.policy import Storms
 from workflows.states import Health, classify
@@ -122,6 +125,78 @@ def _count(report: ReconcileReport, action: str) -> None:
         report.resolved += 1
 
 
+def _snapshot(remote: RemoteAccount, state: str, now: datetime) -> dict[str, object]:
+    """The row of a new account, as the lifecycle would write it for its first event."""
+    return {
+        "id": remote.id,
+        "api_version": remote.api_version,
+        "email": remote.email,
+        "email_domain": domain_of(remote.email),
+        "provider": remote.provider,
+        "sync_state": state,
+        "billing_state": remote.billing_state,
+        "credential_id": remote.credential_id,
+        "state_at": now,
+        "state_since": now,
+        "first_seen_at": now,
+        "updated_at": now,
+        "details": {},
+    }
+
+
+def _poll_event(remote: RemoteAccount, state: str, now: datetime) -> AccountEvent:
+    return AccountEvent(
+        account_id=remote.id,
+        api_version=remote.api_version,
+        event_type="poll",
+        state=state,
+        occurred_at=now,
+        source="poll",
+        email=remote.email,
+        provider=remote.provider,
+        billing_state=remote.billing_state,
+        credential_id=remote.credential_id,
+    )
+
+
+def _email_key(email: str | None) -> str | None:
+    return email.strip().lower() if email else None
+
+
+async def _plainly_new(
+    session: AsyncSession, broken: list[RemoteAccount], new: list[RemoteAccount], now: datetime
+) -> set[str]:
+    """The ids of the new broken accounts whose case opens the plain way.
+
+    An account stopped on purpose, or one whose email another account has (stored, or new in
+    this page), goes through the whole lifecycle instead, one by one.
+    """
+    repeats = Counter(key for remote in new if (key := _email_key(remote.email)))
+    known: set[str] = set()
+    by_version: dict[str, list[str]] = {}
+    for remote in broken:
+        if remote.email:
+            by_version.setdefault(remote.api_version, []).append(remote.email)
+    for version, emails in by_version.items():
+        known |= await duplicates.known_emails(session, emails=emails, api_version=version)
+    plain = set()
+    for remote in broken:
+        key = _email_key(remote.email)
+        on_purpose = stopped_on_purpose(
+            Account(
+                id=remote.id,
+                api_version=remote.api_version,
+                sync_state=remote.sync_state,
+                billing_state=remote.billing_state,
+                first_seen_at=now,
+                updated_at=now,
+            )
+        )
+        if not on_purpose and (key is None or (repeats[key] == 1 and key not in known)):
+            plain.add(remote.id)
+    return plain
+
+
 async def _apply_page(
     sessions: async_sessionmaker[AsyncSession],
     page: Sequence[RemoteAccount],
@@ -132,12 +207,25 @@ async def _apply_page(
     route: Router,
     storms: Storms | None,
 ) -> None:
+    """Apply a page of the listing in one transaction.
+
+    Known accounts that changed go through the lifecycle, one event each. New accounts are
+    stored with one multi-row insert; a case is opened for each broken one, and the cases
+    opened so are diagnosed together (a new account has no history to read one by one).
+    """
     now = clock()
     async with sessions() as session, session.begin():
         ids = [remote.id for remote in page]
         stored = {
             a.id: a for a in (await session.exec(select(Account).where(col(Account.id).in_(ids))))
         }
+        new = [remote for remote in page if remote.id not in stored]
+        broken = [
+            remote
+            for remote in new
+            if classify(remote.api_version, remote.sync_state or "unknown").health is Health.BROKEN
+        ]
+        plain = await _plainly_new(session, broken, new, now) if broken else set()
         snapshots: list[dict[str, object]] = []
         for remote in page:
             seen.add(remote.id)
@@ -146,25 +234,12 @@ async def _apply_page(
             state = remote.sync_state or "unknown"
             if known is None:
                 report.new += 1
-                if classify(remote.api_version, state).health in (Health.HEALTHY, Health.TRANSIENT):
-                    # A new healthy account needs a snapshot, not the whole lifecycle.
-                    snapshots.append(
-                        {
-                            "id": remote.id,
-                            "api_version": remote.api_version,
-                            "email": remote.email,
-                            "email_domain": domain_of(remote.email),
-                            "provider": remote.provider,
-                            "sync_state": state,
-                            "billing_state": remote.billing_state,
-                            "credential_id": remote.credential_id,
-                            "state_at": now,
-                            "state_since": now,
-                            "first_seen_at": now,
-                            "updated_at": now,
-                            "details": {},
-                        }
-                    )
+                if remote.id in plain or classify(remote.api_version, state).health in (
+                    Health.HEALTHY,
+                    Health.TRANSIENT,
+                ):
+                    # A new account needs a snapshot, not the whole lifecycle.
+                    snapshots.append(_snapshot(remote, state, now))
                     continue
             elif known.sync_state == state and (known.email, known.billing_state) == (
                 remote.email or known.email,
@@ -173,24 +248,64 @@ async def _apply_page(
                 continue
             else:
                 report.changed += 1
-            event = AccountEvent(
-                account_id=remote.id,
-                api_version=remote.api_version,
-                event_type="poll",
-                state=state,
-                occurred_at=now,
-                source="poll",
-                email=remote.email,
-                provider=remote.provider,
-                billing_state=remote.billing_state,
-                credential_id=remote.credential_id,
-            )
+            event = _poll_event(remote, state, now)
             outcome = await apply_event(session, event, now=now, route=route, storms=storms)
             _count(report, outcome.action)
         if snapshots:
             # One multi-row insert: building ORM objects for thousands of rows costs seconds.
             await session.exec(insert(Account), params=snapshots)
-            await _flag_duplicates(session, snapshots, now=now, route=route)
+            if plain:
+                await _open_plain_cases(
+                    session,
+                    [r for r in page if r.id in plain],
+                    report,
+                    now=now,
+                    route=route,
+                    storms=storms,
+                )
+            healthy = [row for row in snapshots if row["id"] not in plain]
+            await _flag_duplicates(session, healthy, now=now, route=route)
+
+
+async def _open_plain_cases(
+    session: AsyncSession,
+    broken: list[RemoteAccount],
+    report: ReconcileReport,
+    *,
+    now: datetime,
+    route: Router,
+    storms: Storms | None,
+) -> None:
+    """Open the cases of new broken accounts just stored, in listing order, as their first
+    event would (see ``_plainly_new``), and diagnose those that stand alone together."""
+    accounts = {
+        a.id: a
+        for a in await session.exec(
+            select(Account).where(col(Account.id).in_([r.id for r in broken]))
+        )
+    }
+    diagnose_later: list[tuple[Case, Account]] = []
+    for remote in broken:
+        account = accounts[remote.id]
+        state = remote.sync_state or "unknown"
+        kind = classify(remote.api_version, state).kind
+        assert kind is not None
+        event = _poll_event(remote, state, now)
+        outcome = await open_case_for(
+            session,
+            account,
+            kind=kind,
+            state=state,
+            broken_since=now,
+            actor=actor_of(event),
+            now=now,
+            route=route,
+            audit=audit_of(event),
+            storms=storms,
+            diagnose_later=diagnose_later,
+        )
+        _count(report, outcome.action)
+    await refresh_opened(session, diagnose_later, now=now)
 
 
 async def _apply_missing(

@@ -14,7 +14,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import evidence
-from storage.models import Account, Case, CaseKind
+from storage.models import Account, Case, CaseEvent, CaseKind
 
 Sessions = async_sessionmaker[AsyncSession]
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -136,3 +136,63 @@ async def test_a_big_domain_is_read_from_the_cases_of_the_window(
             )
             # Never a walk over the domain's thousands of accounts for a few recent cases.
             assert "ix_accounts_email_domain" not in plan, (sql, plan)
+
+
+@pytest.mark.parametrize("read_from", ["accounts", "cases"])
+async def test_the_recent_cases_of_a_domain_read_either_way(
+    sessions: Sessions, monkeypatch: pytest.MonkeyPatch, read_from: str
+) -> None:
+    await make_history(sessions, quiet_accounts=20)
+    if read_from == "cases":
+        monkeypatch.setattr(evidence, "SMALL_DOMAIN", 5)
+    async with sessions() as session:
+        case_a6 = (await session.exec(select(Case.id).where(Case.account_id == "a6"))).one()
+        month = await evidence.recent_cases(session, since=T0 - 30 * D, domain="ACME.example")
+        including = await evidence.recent_cases(
+            session, since=T0 - 30 * D, domain="acme.example", including={case_a6}
+        )
+    # In the order the cases were opened (by id); a6's opened 40 days ago.
+    expected = [(a, k, opened, went_bad) for a, k, went_bad, opened in HISTORY]
+    assert [(r.account_id, r.kind, r.opened_at, r.went_bad) for r in month] == expected[:-1]
+    assert [(r.account_id, r.kind, r.opened_at, r.went_bad) for r in including] == expected
+    assert [r.id for r in including] == sorted(r.id for r in including)
+    assert including[-1].id == case_a6
+
+
+async def test_the_recent_cases_of_some_accounts(sessions: Sessions) -> None:
+    await make_history(sessions, quiet_accounts=0)
+    async with sessions() as session:
+        rows = await evidence.recent_cases(
+            session, since=T0 - 30 * D, account_ids={"a2", "b1", "a6", "q0"}
+        )
+        none = await evidence.recent_cases(session, since=T0 - 30 * D, account_ids=set())
+    assert [(r.account_id, r.kind) for r in rows] == [
+        ("a2", CaseKind.REAUTH),
+        ("a2", CaseKind.STOPPED),
+        ("b1", CaseKind.REAUTH),
+    ]
+    assert none == []
+
+
+async def test_the_revokes_of_some_accounts_newest_first(sessions: Sessions) -> None:
+    await make_history(sessions, quiet_accounts=0)
+    lines = [
+        ("a1", "revoked", T0 - 120 * M),
+        ("a1", "revoked", T0 - 60 * M),
+        ("a1", "revoked", T0 + 60 * M),  # after the time asked about
+        ("a1", "acknowledged", T0 - 30 * M),  # not a revoke
+        ("a2", "revoked", T0 - 90 * M),
+        ("a3", "revoked", T0 - 10 * M),  # not asked about
+    ]
+    async with sessions() as session, session.begin():
+        for account_id, action, at in lines:
+            session.add(CaseEvent(account_id=account_id, actor="cli", action=action, at=at))
+    async with sessions() as session:
+        found = await evidence.revokes(session, account_ids={"a1", "a2"}, until=T0)
+        none = await evidence.revokes(session, account_ids=(), until=T0)
+    assert [(e.account_id, e.at) for e in found] == [
+        ("a1", T0 - 60 * M),
+        ("a2", T0 - 90 * M),
+        ("a1", T0 - 120 * M),
+    ]
+    assert none == []

@@ -12,7 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases
 from storage.models import Case, CaseEvent, CaseKind, CaseStatus, OutboxMessage
 from tests.conftest import Nylas
-from workflows import actions
+from workflows import actions, duplicates
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
 from workflows.reconcile import reconcile
@@ -245,3 +245,19 @@ async def test_a_failed_delete_is_told_and_leaves_the_case_open(
             await session.exec(select(CaseEvent.action).where(CaseEvent.case_id == case.id))
         ).all()
     assert "delete_failed" in actions_seen
+
+
+async def test_known_emails_are_those_a_live_account_has(sessions: Sessions) -> None:
+    await seen(sessions, "a-1", "running", T0, email="Hal@acme.com")
+    await seen(sessions, "a-2", "running", T0, email="ivy@acme.com")
+    await seen(sessions, "a-3", "running", T0, email="jo@acme.com")
+    await seen(sessions, "a-3", "deleted", T0 + timedelta(minutes=1), email="jo@acme.com")
+    await seen(sessions, "g-1", "valid", T0, version="v3", email="kim@acme.com")
+    async with sessions() as session:
+        known = await duplicates.known_emails(
+            session,
+            emails=[" Hal@acme.com", "ivy@acme.com", "jo@acme.com", "kim@acme.com", "new@x.org"],
+            api_version="v2",
+        )
+    # Deleted accounts and those of the other API version have no email that counts.
+    assert known == {"hal@acme.com", "ivy@acme.com"}

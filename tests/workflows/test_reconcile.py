@@ -269,3 +269,50 @@ async def test_unusable_rows_are_skipped_and_a_vanished_account_is_still_noticed
 
 def _state(version: str) -> str:
     return "grant_status" if version == "v3" else "sync_state"
+
+
+async def test_the_cases_of_a_first_pass_are_diagnosed_as_they_open(
+    sessions: Sessions, nylas_fake: FakeNylas, http: httpx.AsyncClient, clock: FrozenClock
+) -> None:
+    for i in range(25):
+        broken = i % 6 == 0  # 0, 6, 12, 18, 24: over three pages of ten
+        nylas_fake.add_grant(
+            id=f"g-{i:02d}",
+            email=f"user{i}@acme-corp.com",
+            provider="microsoft",
+            grant_status="invalid" if broken else "valid",
+        )
+    report = await run(sessions, client_for(nylas_fake, http), clock)
+    assert report.opened == 5
+    opened = await open_cases(sessions)
+    peers = {
+        account_id: [e for f in case.diagnosis for e in f["evidence"] if "went bad" in e]
+        for account_id, case in opened.items()
+    }
+    # Each case counts the accounts of its domain that went bad before it, in listing order.
+    assert peers["g-00"] == peers["g-06"] == []
+    assert peers["g-12"] == [
+        "2 other accounts at acme-corp.com went bad between 09:30 and 09:30 UTC"
+    ]
+    assert peers["g-24"] == [
+        "4 other accounts at acme-corp.com went bad between 09:30 and 09:30 UTC"
+    ]
+    rules = {account_id: [f["rule"] for f in case.diagnosis] for account_id, case in opened.items()}
+    assert rules["g-00"] == rules["g-06"] == ["oauth"]
+    assert rules["g-18"] == ["same_domain", "oauth"]  # 4 cases at the domain: not recurring yet
+    assert rules["g-24"] == ["same_domain", "oauth", "recurring"]
+
+
+async def test_a_new_broken_account_with_a_known_email_flags_the_old_one(
+    sessions: Sessions, nylas_fake: FakeNylas, http: httpx.AsyncClient, clock: FrozenClock
+) -> None:
+    nylas_fake.add_grant(id="g-old", email="ana@example.com")
+    nylas = client_for(nylas_fake, http)
+    await run(sessions, nylas, clock)
+    nylas_fake.add_grant(id="g-new", email="ana@example.com", grant_status="invalid")
+    clock.advance(minutes=15)
+    report = await run(sessions, nylas, clock)
+    assert (report.new, report.opened) == (1, 1)
+    opened = await open_cases(sessions)
+    assert (opened["g-new"].kind, opened["g-new"].state) == ("reauth", "invalid")
+    assert (opened["g-old"].kind, opened["g-old"].related_account_id) == ("duplicate", "g-new")
