@@ -20,9 +20,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import inbox
 from storage.models import ApiVersion, InboxDelivery
+from workflows import stages
 from workflows.clock import Clock
 from workflows.events import AccountEvent
-from workflows.lifecycle import Router, apply_event, record_not_applied
+from workflows.lifecycle import Router
 from workflows.nylas import (
     NylasClient,
     NylasError,
@@ -42,12 +43,6 @@ WAIT_FOR_NYLAS = timedelta(hours=24)
 NYLAS_AWAY = (NylasUnavailable, NylasRateLimited)
 # v2 account lookups in flight at once (Nylas allows 500 requests/s per application).
 ENRICH_CONCURRENCY = 8
-# Why a v2 delivery is kept in the audit log only when there is no v2 client to re-read the
-# account with (v3 mode with NYLAS_ACCEPT_V2_WEBHOOKS, or v2 credentials missing).
-NOT_REREAD = (
-    "a v2 delivery is applied only after re-reading the account from the Nylas v2 API, "
-    "and no v2 API client is configured"
-)
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -96,11 +91,14 @@ class _Batch:
     async def apply(
         self, session: AsyncSession, now: datetime, *, isolate: bool
     ) -> tuple[int, list[tuple[InboxDelivery, Exception]]]:
-        """Claim and apply each; return how many were applied, and those that failed.
+        """Claim and apply them; return how many were applied, and those that failed.
 
-        Without ``isolate`` the first failure is raised (the caller rolls everything back);
-        with it, each delivery has a savepoint, and a failure rolls back only its own changes.
+        Without ``isolate`` they go through the stages together, and a failure is raised (the
+        caller rolls everything back); with it, each is applied alone in a savepoint, and a
+        failure rolls back only its own changes.
         """
+        if not isolate:
+            return await self._together(session, now)
         failed: list[tuple[InboxDelivery, Exception]] = []
         applied = 0
         for delivery, event in self.items:
@@ -109,28 +107,41 @@ class _Batch:
             if isinstance(event, Exception):
                 failed.append((delivery, event))
                 continue
-            if not isolate:
-                applied += await self._apply_one(session, delivery, event, now)
-                continue
+            assert delivery.id is not None
             try:
                 async with session.begin_nested():
-                    applied += await self._apply_one(session, delivery, event, now)
+                    ran, _ = await self._stages(session, [(delivery.id, event)], now)
+                    applied += ran
             except Exception as exc:
                 log.exception("cannot apply delivery", extra={"delivery": delivery.id})
                 failed.append((delivery, exc))
         return applied, failed
 
-    async def _apply_one(
-        self, session: AsyncSession, delivery: InboxDelivery, event: AccountEvent, now: datetime
-    ) -> int:
-        assert delivery.id is not None
-        if not await inbox.claim_delivery(session, delivery_id=delivery.id, now=now):
-            return 0  # another worker took it
-        if event.details.get("reread") is False:
-            await record_not_applied(session, event, now=now, reason=NOT_REREAD)
-            return 1
-        await apply_event(session, event, now=now, route=self.route, storms=self.storms)
-        return 1
+    async def _together(
+        self, session: AsyncSession, now: datetime
+    ) -> tuple[int, list[tuple[InboxDelivery, Exception]]]:
+        readable = [
+            (position, delivery.id or 0, event)
+            for position, (delivery, event) in enumerate(self.items)
+            if not isinstance(event, Exception)
+        ]
+        applied, went = await self._stages(session, [(d, e) for _, d, e in readable], now)
+        # Those that could not be read fail, up to where the batch stepped aside.
+        end = readable[went][0] if went < len(readable) else len(self.items)
+        failed = [(d, e) for d, e in self.items[:end] if isinstance(e, Exception)]
+        return applied, failed
+
+    async def _stages(
+        self, session: AsyncSession, items: list[tuple[int, AccountEvent]], now: datetime
+    ) -> tuple[int, int]:
+        return await stages.apply_batch(
+            session,
+            items,
+            now=now,
+            route=self.route,
+            storms=self.storms,
+            step_aside=self.step_aside,
+        )
 
 
 async def _defer(
