@@ -12,7 +12,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage._sql import dialect_insert, insert_ignoring_conflict
-from storage.models import OPEN_CASE_SQL, Account, Case, CaseEvent, CaseStatus, domain_of
+from storage.models import OPEN_CASE_SQL, Account, Case, CaseEvent, CaseStatus, built, domain_of
 
 
 async def get_account(session: AsyncSession, *, account_id: str) -> Account | None:
@@ -150,7 +150,7 @@ async def accounts_for_update(
         .with_for_update()
     )
     rows = (await session.exec(stmt)).mappings().all()  # type: ignore[call-overload]
-    return {row["id"]: Account(**row) for row in rows}
+    return {row["id"]: built(Account, dict(row)) for row in rows}
 
 
 async def write_accounts(
@@ -195,7 +195,7 @@ async def open_cases_of(session: AsyncSession, *, account_ids: Sequence[str]) ->
         _CASES.c.status != CaseStatus.RESOLVED,
     )
     rows = (await session.exec(stmt)).mappings().all()  # type: ignore[call-overload]
-    return {row["account_id"]: Case(**row) for row in rows}
+    return {row["account_id"]: built(Case, dict(row)) for row in rows}
 
 
 async def open_many(session: AsyncSession, *, opening: Sequence[Case]) -> int:

@@ -32,7 +32,16 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage import cases, inbox, outbox
 from storage import incidents as store
 from storage.cases import AuditLine
-from storage.models import Account, Case, CaseKind, CaseStatus, Incident, OutboxKind, domain_of
+from storage.models import (
+    Account,
+    Case,
+    CaseKind,
+    CaseStatus,
+    Incident,
+    OutboxKind,
+    built,
+    domain_of,
+)
 from workflows import incidents
 from workflows.billing import stopped_on_purpose
 from workflows.diagnosis import refresh
@@ -85,6 +94,21 @@ class _Plan:
     lines: list[AuditLine | _Opening] = field(default_factory=list)
     openings: list[_Opening] = field(default_factory=list)
     stop: int | None = None
+    # The ids of ``accounts`` by lower-cased email: a batch's duplicate check looks there,
+    # not through every account of the batch.
+    emails: dict[str, set[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for account in self.accounts.values():
+            self.emails.setdefault((account.email or "").lower(), set()).add(account.id)
+
+    def hold(self, account: Account) -> None:
+        """Keep ``account`` as the batch leaves it."""
+        before = self.accounts.get(account.id)
+        if before is not None:
+            self.emails[(before.email or "").lower()].discard(account.id)
+        self.emails.setdefault((account.email or "").lower(), set()).add(account.id)
+        self.accounts[account.id] = account
 
 
 @dataclass
@@ -197,7 +221,7 @@ async def _tallies(
 
 
 def _copy(account: Account) -> Account:
-    return Account(**{name: getattr(account, name) for name in _ACCOUNT_COLUMNS})
+    return built(Account, {name: getattr(account, name) for name in _ACCOUNT_COLUMNS})
 
 
 def _plan(events: Sequence[AccountEvent], known: _Known, *, now: datetime, route: Router) -> _Plan:
@@ -229,9 +253,8 @@ def _decide(
     case = open_cases.get(event.account_id) if before is not None else None
     case_id = case.id if case is not None else None
     if before is None:
-        before = Account(
-            id=event.account_id, api_version=event.api_version, first_seen_at=now, updated_at=now
-        )
+        fresh = {"id": event.account_id, "api_version": event.api_version}
+        before = built(Account, {**fresh, "first_seen_at": now, "updated_at": now})
     elif before.api_version != event.api_version:
         plan.lines.append(not_applied_line(event, now, other_version(before, event), case_id))
         return True
@@ -249,7 +272,7 @@ def _decide(
         if event.account_id not in plan.accounts:
             plan.new.add(event.account_id)
         plan.changed.add(event.account_id)
-        plan.accounts[event.account_id] = account
+        plan.hold(account)
         if line is not None:
             plan.lines.append(line)
         return True
@@ -303,18 +326,21 @@ def _line(
 def _new_case(
     account: Account, event: AccountEvent, kind: str, now: datetime, route: Router
 ) -> Case:
-    return Case(
-        account_id=account.id,
-        kind=kind,
-        state=event.state,
-        status=CaseStatus.OPEN,
-        opened_at=now,
-        updated_at=now,
-        # The case records where its alert goes; the message ts is added once it is posted.
-        slack_channel=route(account.email),
-        broken_since=min(event.occurred_at, now),
-        incident_id=None,
-        own_alert=True,
+    return built(
+        Case,
+        {
+            "account_id": account.id,
+            "kind": kind,
+            "state": event.state,
+            "status": CaseStatus.OPEN,
+            "opened_at": now,
+            "updated_at": now,
+            # The case records where its alert goes; the message ts is added once it is posted.
+            "slack_channel": route(account.email),
+            "broken_since": min(event.occurred_at, now),
+            "incident_id": None,
+            "own_alert": True,
+        },
     )
 
 
@@ -334,10 +360,8 @@ def _may_have_duplicate(plan: _Plan, known: _Known, account: Account) -> bool:
 
     if any(same(i, e, v) for i, e, v in known.others):
         return True
-    return any(
-        same(a.id, a.email, a.api_version) and a.sync_state != "deleted"
-        for a in plan.accounts.values()
-    )
+    held = (plan.accounts[i] for i in plan.emails.get(folded, ()))
+    return any(same(a.id, a.email, a.api_version) and a.sync_state != "deleted" for a in held)
 
 
 # --- place -----------------------------------------------------------------------------------
