@@ -47,7 +47,7 @@ from storage.engine import (
 from storage.migrate import upgrade
 from storage.models import PAGER_CHANNEL
 from workflows.clock import Clock, system_clock
-from workflows.ingest import drain_inbox
+from workflows.ingest import BATCH, drain_inbox
 from workflows.nylas import NylasClient
 from workflows.paging import PagerDuty
 
@@ -311,7 +311,7 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
             step_aside=inbox_writer.step_aside,
             storms=settings.policy.storms,
         )
-        runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.load))
+        runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.load, full=BATCH))
         pager_http = None
         if settings.pagerduty_routing_key is not None:
             pager_http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
