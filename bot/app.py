@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import jobs, routes, webhook
 from bot.bodies import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, quiet_client_faults
-from bot.inbox_writer import InboxWriter, paced
+from bot.inbox_writer import InboxWriter, Load, paced
 from bot.loops import Worker
 from bot.notifier import LogSink, Notifier, Sink
 from bot.pager import PagerSink
@@ -47,7 +47,7 @@ from storage.engine import (
 from storage.migrate import upgrade
 from storage.models import PAGER_CHANNEL
 from workflows.clock import Clock, system_clock
-from workflows.ingest import drain_inbox
+from workflows.ingest import BATCH, drain_inbox
 from workflows.nylas import NylasClient
 from workflows.paging import PagerDuty
 
@@ -309,9 +309,10 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
             route=services.route,
             readers=services.readers,
             step_aside=inbox_writer.step_aside,
+            saturated=lambda: inbox_writer.load() is Load.SATURATED,
             storms=settings.policy.storms,
         )
-        runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.load))
+        runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.load, full=BATCH))
         pager_http = None
         if settings.pagerduty_routing_key is not None:
             pager_http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))

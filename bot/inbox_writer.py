@@ -40,11 +40,13 @@ STORE_TIMEOUT = 5.0
 EXPIRY_CHECK_EVERY = 0.25
 BUSY_WINDOW = 0.5
 # Deliveries are arriving faster than they are acknowledged when this many requests wait
-# for one commit (at a few hundred a second, each commit carries one or two).
+# for each commit, on average over BUSY_WINDOW (at a few hundred a second, each commit
+# carries one or two; the first after another writer's transaction may carry a dozen).
 SATURATED_BATCH = 8
 # While webhook deliveries arrive, background work rests twice as long as it worked, so
 # acknowledging deliveries keeps about two thirds of the CPU; when they arrive faster than
-# they can be acknowledged at that (many wait for each commit), eight times as long.
+# they can be acknowledged at that (many wait for each commit), eight times as long. A step
+# that found a backlog rests less (see ``paced``): processing must keep up with arrival.
 REST_UNDER_LOAD = 2.0
 REST_SATURATED = 8.0
 # The rest follows the step's wall time, which is mostly CPU; but a step that waited (for a
@@ -82,7 +84,9 @@ class InboxWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._last_store = -1e9
-        self._last_batch = 0  # requests the last commit carried
+        # (time.monotonic(), requests) of the commits within BUSY_WINDOW; appended to by the
+        # writer, read by load().
+        self._commits: deque[tuple[float, int]] = deque()
         # SQLite has one writer at a time: other writers commit early when deliveries wait
         # to be stored. PostgreSQL stores them alongside, so they need not.
         self._single_writer = is_sqlite(engine)
@@ -102,7 +106,10 @@ class InboxWriter:
     def load(self) -> Load:
         if not self.busy():
             return Load.IDLE
-        return Load.SATURATED if self._last_batch >= SATURATED_BATCH else Load.BUSY
+        since = time.monotonic() - BUSY_WINDOW
+        recent = [n for at, n in list(self._commits) if at >= since]
+        saturated = bool(recent) and sum(recent) >= SATURATED_BATCH * len(recent)
+        return Load.SATURATED if saturated else Load.BUSY
 
     async def store(self, entries: Sequence[InboxEntry]) -> int:
         """Store entries durably; return how many were new.
@@ -179,7 +186,10 @@ class InboxWriter:
                 rows += len(request.entries)
         if not batch:
             return None
-        self._last_batch = len(batch)
+        now = time.monotonic()
+        while self._commits and self._commits[0][0] < now - BUSY_WINDOW:
+            self._commits.popleft()
+        self._commits.append((now, len(batch)))
         self._committing = batch
         return [(e.dedupe_key, e.source, e.body) for r in batch for e in r.entries]
 
@@ -215,20 +225,29 @@ def paced(
     step: Callable[[], Awaitable[int]],
     load: Callable[[], Load],
     *,
+    full: int | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Callable[[], Awaitable[int]]:
     """Wrap a background step so it yields the CPU while webhook deliveries are arriving.
 
     ``load`` is the writer's (``InboxWriter.load``). The work is safe in the inbox and the
-    outbox, so it can wait; Nylas cannot.
+    outbox, so it can wait; Nylas cannot. But not for ever: ``full`` is the most a step
+    takes on, and a step that did that much left more waiting. While deliveries arrive no
+    faster than they are acknowledged (``Load.BUSY``), a step rests the less the closer it
+    came to ``full``, and not at all when it found a full batch: then processing lags
+    arrival, and resting would only let the backlog grow.
     """
     rest = {Load.IDLE: 0.0, Load.BUSY: REST_UNDER_LOAD, Load.SATURATED: REST_SATURATED}
 
     async def run() -> int:
         started = clock()
         done = await step()
-        if done and (factor := rest[load()]):
+        now = load()
+        factor = rest[now]
+        if full and now is Load.BUSY:
+            factor *= max(0.0, 1.0 - done / full)
+        if done and factor:
             await sleep(min((clock() - started) * factor, REST_MAX))
         return done
 

@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -14,6 +15,12 @@ def dialect_name(session: AsyncSession) -> str:
     bind = session.bind
     assert bind is not None, "session is not bound to an engine"
     return bind.dialect.name
+
+
+def dialect_insert(session: AsyncSession, table: sa.Table) -> Any:
+    """The engine's own INSERT construct, which can say ``ON CONFLICT``."""
+    dialect = postgresql if dialect_name(session) == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 async def insert_ignoring_conflict(

@@ -259,3 +259,24 @@ async def defer_delivery(
     session.add(delivery)
     await session.flush()
     return delivery.status
+
+
+async def claim_deliveries(
+    session: AsyncSession, *, delivery_ids: Sequence[int], now: datetime
+) -> set[int]:
+    """Mark pending deliveries done inside the caller's transaction, in one statement.
+
+    Returns the ids this transaction claimed; one missing was claimed by another worker.
+    """
+    if not delivery_ids:
+        return set()
+    stmt = (
+        update(InboxDelivery)
+        .where(
+            col(InboxDelivery.id).in_(delivery_ids),
+            col(InboxDelivery.status) == InboxStatus.PENDING,
+        )
+        .values(status=InboxStatus.DONE, processed_at=now, attempts=InboxDelivery.attempts + 1)
+        .returning(col(InboxDelivery.id))
+    )
+    return set((await session.exec(stmt)).scalars().all())

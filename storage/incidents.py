@@ -54,17 +54,76 @@ async def open_incident(session: AsyncSession, *, scope: str, key: str) -> Incid
     return (await session.exec(stmt)).first()
 
 
+async def absorbing(
+    session: AsyncSession, *, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Incident]:
+    """``open_incident`` for many ``(scope, key)`` at once: those still taking cases, locked."""
+    if not keys:
+        return {}
+    wanted = sa.or_(
+        *(
+            (col(Incident.scope) == scope) & (col(Incident.key) == key)
+            for scope, key in sorted(set(keys))
+        )
+    )
+    stmt = (
+        select(Incident)
+        .where(
+            wanted,
+            col(Incident.status) == IncidentStatus.OPEN,
+            col(Incident.sealed_at).is_(None),
+        )
+        .order_by(col(Incident.id))
+        .with_for_update()
+    )
+    return {(i.scope, i.key): i for i in (await session.exec(stmt)).all()}
+
+
+def _key_of(scope: str) -> Any:
+    if scope == IncidentScope.DOMAIN:
+        return col(Account.email_domain)
+    if scope == IncidentScope.CREDENTIAL:
+        return col(Account.credential_id)
+    return sa.func.lower(col(Account.provider))
+
+
+async def loose_by_domain(
+    session: AsyncSession, *, scope: str, keys: Sequence[str], since: datetime
+) -> dict[str, Counter[str | None]]:
+    """``loose_tally`` for many keys of one scope in one grouped count: for each key, the
+    loose cases by email domain."""
+    if not keys:
+        return {}
+    key = _key_of(scope)
+    matches = sa.or_(*(_matches(scope, k) for k in sorted(set(keys))))
+    stmt = (
+        select(key, col(Account.email_domain), sa.func.count())
+        .select_from(Case)
+        .join(Account, col(Account.id) == col(Case.account_id))
+        .where(*_loose_cases(since), matches)
+        .group_by(key, col(Account.email_domain))
+    )
+    tallies: dict[str, Counter[str | None]] = {}
+    for k, domain, n in (await session.exec(stmt)).all():
+        tallies.setdefault(k, Counter())[domain] += int(n)
+    return tallies
+
+
 async def lock_incident(session: AsyncSession, *, incident_id: int) -> Incident | None:
     return await session.get(Incident, incident_id, with_for_update=True)
 
 
-def _loose(scope: str, key: str, since: datetime) -> list[Any]:
+def _loose_cases(since: datetime) -> list[Any]:
+    """Unresolved cases opened since ``since`` that are in no incident."""
     return [
         col(Case.opened_at) >= since,
         col(Case.status) != CaseStatus.RESOLVED,
         col(Case.incident_id).is_(None),
-        _matches(scope, key),
     ]
+
+
+def _loose(scope: str, key: str, since: datetime) -> list[Any]:
+    return [*_loose_cases(since), _matches(scope, key)]
 
 
 async def loose_tally(

@@ -28,11 +28,13 @@ concurrency live here as constraints, not in application code:
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -79,6 +81,37 @@ def domain_of(email: str | None) -> str | None:
 def utcnow() -> datetime:
     """Return the current time as an aware UTC datetime."""
     return datetime.now(UTC)
+
+
+Model = TypeVar("Model", bound=SQLModel)
+
+
+def built(model: type[Model], values: dict[str, Any]) -> Model:
+    """An instance of a table model made as a read from the database makes one: ``values``
+    over the fields' defaults, without the constructor's validation and attribute events.
+
+    For the objects the ingest stages make by the thousand and write with statements of their
+    own: the constructor took about a fifth of a storm's processing time. The values are
+    taken as they are; they must be what the columns hold.
+    """
+    sa.orm.configure_mappers()  # as a query would first (at once when done already)
+    instance = manager_of_class(model).new_instance()
+    fixed, made = _defaults(model)
+    held = instance.__dict__
+    held.update(fixed)
+    for name, factory in made:
+        held[name] = factory()
+    held.update(values)
+    return instance
+
+
+@functools.cache
+def _defaults(model: type[SQLModel]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """The fields' plain defaults, and the factories of the others (a dict each, say)."""
+    optional = {n: f for n, f in model.model_fields.items() if not f.is_required()}
+    fixed = {n: f.default for n, f in optional.items() if f.default_factory is None}
+    made = [(n, f.default_factory) for n, f in optional.items() if f.default_factory is not None]
+    return fixed, made
 
 
 def _ts(*, nullable: bool = True, index: bool = False) -> Any:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, SessionTransaction, aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage._sql import insert_ignoring_conflict
+from storage._sql import dialect_insert, insert_ignoring_conflict
 from storage.models import PAGER_CHANNEL, OutboxKind, OutboxMessage, OutboxStatus
 
 log = logging.getLogger("reauthbot.storage")
@@ -104,6 +104,42 @@ async def enqueue(
     if queued is not None:
         session.info.setdefault(_QUEUED, set()).add(channel)
     return queued
+
+
+async def enqueue_many(
+    session: AsyncSession, *, kind: str, now: datetime, messages: Sequence[dict[str, Any]]
+) -> None:
+    """Queue messages of one kind, due now, in one statement; each is ``enqueue``'s
+    ``channel``, ``case_id``, ``incident_id``, ``payload`` and ``dedupe_key`` (a message whose
+    dedupe key exists is not queued again)."""
+    if not messages:
+        return
+    rows = [
+        {
+            "channel": m["channel"],
+            "kind": kind,
+            "case_id": m.get("case_id"),
+            "incident_id": m.get("incident_id"),
+            "payload": m.get("payload") or {},
+            "dedupe_key": m.get("dedupe_key"),
+            "status": OutboxStatus.PENDING,
+            "attempts": 0,
+            "created_at": now,
+            "available_at": now,
+        }
+        for m in messages
+    ]
+    stmt = (
+        dialect_insert(session, _OUTBOX)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(_OUTBOX.c.channel)
+    )
+    queued = (await session.exec(stmt, params=rows)).scalars().all()
+    if queued:
+        session.info.setdefault(_QUEUED, set()).update(queued)
+
+
+_OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
 async def enqueue_page(

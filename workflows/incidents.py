@@ -37,6 +37,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import actors, cases, outbox
 from storage import incidents as store
+from storage.cases import AuditLine
 from storage.models import (
     Account,
     ApiVersion,
@@ -93,7 +94,7 @@ def is_over(incident: Incident, storms: Storms, now: datetime) -> bool:
     )
 
 
-def _bar(scope: str, storms: Storms) -> tuple[int, int]:
+def storm_bar(scope: str, storms: Storms) -> tuple[int, int]:
     """The cases and distinct domains a storm of ``scope`` needs."""
     if scope == IncidentScope.DOMAIN:
         return storms.threshold, 1
@@ -174,16 +175,27 @@ async def _joined(
 ) -> None:
     """The case's audit line saying it joined the incident (written with the next flush)."""
     assert incident.id is not None and case.id is not None
-    await cases.record_event(
-        session,
-        actor=actors.SYSTEM,
-        action="joined_incident",
-        at=now,
-        case_id=case.id,
-        account_id=case.account_id,
-        details={"incident": incident.id, **details},
-        flush=False,
-    )
+    await cases.record_event(session, **joined_line(incident, case, now, **details), flush=False)
+
+
+def joined_line(incident: Incident, case: Case, now: datetime, **details: object) -> AuditLine:
+    """The audit line of a case joining an incident (``record_event``'s arguments)."""
+    return {
+        "actor": actors.SYSTEM,
+        "action": "joined_incident",
+        "at": now,
+        "case_id": case.id,
+        "account_id": case.account_id,
+        "details": {"incident": incident.id, **details},
+    }
+
+
+async def opened_many_into(
+    session: AsyncSession, incident: Incident, opened: list[Case], *, now: datetime
+) -> None:
+    """``opened_into`` for cases the caller opened into ``incident`` and audited itself
+    (``joined_line`` with ``alert_withdrawn=False, own_alert=False``): refresh its message."""
+    await _grown(session, incident, opened, now=now, new=False)
 
 
 async def place(
@@ -198,7 +210,7 @@ async def place(
         return incident
     since = now - storms.window
     for scope, key in storm_keys(account):
-        need_cases, need_domains = _bar(scope, storms)
+        need_cases, need_domains = storm_bar(scope, storms)
         n, domains = await store.loose_tally(session, scope=scope, key=key, since=since)
         if n < need_cases or domains < need_domains:
             continue  # a provider's storm of few domains is theirs, not the provider's

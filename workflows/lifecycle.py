@@ -19,6 +19,7 @@ from datetime import datetime
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import actors, cases
+from storage.cases import AuditLine
 from storage.models import Account, Case, CaseKind, CaseStatus
 from workflows import duplicates
 from workflows.billing import on_purpose_words, stopped_on_purpose
@@ -58,7 +59,8 @@ def actor_of(event: AccountEvent) -> str:
     return actors.NYLAS if event.source == "webhook" else event.source
 
 
-def _audit(event: AccountEvent) -> dict[str, object]:
+def audit_of(event: AccountEvent) -> dict[str, object]:
+    """What the audit log records of an event."""
     return {
         "event": event.event_type,
         "state": event.state,
@@ -82,22 +84,76 @@ async def record_not_applied(
     case_id: int | None = None,
 ) -> Outcome:
     """Record in the audit log (and the log) an event that is deliberately left unapplied."""
+    await cases.record_event(session, **not_applied_line(event, now, reason, case_id))
+    return Outcome("not_applied", case_id)
+
+
+def not_applied_line(
+    event: AccountEvent, now: datetime, reason: str, case_id: int | None = None
+) -> AuditLine:
+    """The audit line of an event left unapplied (``record_event``'s arguments), logged."""
     log.warning(
         "%s event not applied: %s",
         event.api_version,
         reason,
         extra={"account": event.account_id[:64], "event": event.event_type},
     )
-    await cases.record_event(
-        session,
-        actor=actor_of(event),
-        action="event_not_applied",
-        at=now,
-        case_id=case_id,
-        account_id=event.account_id,
-        details={**_audit(event), "api_version": event.api_version, "reason": reason},
+    return {
+        "actor": actor_of(event),
+        "action": "event_not_applied",
+        "at": now,
+        "case_id": case_id,
+        "account_id": event.account_id,
+        "details": {**audit_of(event), "api_version": event.api_version, "reason": reason},
+    }
+
+
+def other_version(account: Account, event: AccountEvent) -> str:
+    """Why an event of the other API version than the account's is not applied."""
+    return (
+        f"account {account.id} is a {account.api_version} account; "
+        f"a {event.api_version} event never changes it"
     )
-    return Outcome("not_applied", case_id)
+
+
+def is_stale(account: Account, event: AccountEvent) -> bool:
+    """Whether the event is older than the state the account holds (recorded, not applied)."""
+    return account.state_at is not None and event.occurred_at < account.state_at
+
+
+def stale_line(
+    account: Account, event: AccountEvent, now: datetime, case_id: int | None
+) -> AuditLine:
+    """The audit line of a stale event (``record_event``'s arguments)."""
+    assert account.state_at is not None
+    return {
+        "actor": actor_of(event),
+        "action": "stale_event",
+        "at": now,
+        "case_id": case_id,
+        "account_id": account.id,
+        "details": {
+            **audit_of(event),
+            "current_state": account.sync_state,
+            "current_state_at": account.state_at.isoformat(),
+        },
+    }
+
+
+def update_snapshot(account: Account, event: AccountEvent, now: datetime) -> None:
+    """Apply a (not stale) event to the account's snapshot, in memory."""
+    for name in ("email", "provider", "billing_state", "credential_id"):
+        value = getattr(event, name)
+        if value is not None:
+            setattr(account, name, value)
+    account.updated_at = now
+    if connects(event):
+        account.connected_at = min(event.occurred_at, now)
+    if event.state is not None:
+        if account.sync_state != event.state or account.state_since is None:
+            account.state_since = event.occurred_at
+        account.sync_state = event.state
+        account.state_at = event.occurred_at
 
 
 async def apply_event(
@@ -119,42 +175,16 @@ async def apply_event(
         open_case = await cases.get_open_case(session, account_id=event.account_id)
     case_id = open_case.id if open_case else None
     if account.api_version != event.api_version:
-        reason = (
-            f"account {account.id} is a {account.api_version} account; "
-            f"a {event.api_version} event never changes it"
-        )
+        reason = other_version(account, event)
         return await record_not_applied(session, event, now=now, reason=reason, case_id=case_id)
-    audit = _audit(event)
+    audit = audit_of(event)
 
-    if account.state_at is not None and event.occurred_at < account.state_at:
-        await cases.record_event(
-            session,
-            actor=actor_of(event),
-            action="stale_event",
-            at=now,
-            case_id=case_id,
-            account_id=account.id,
-            details={
-                **audit,
-                "current_state": account.sync_state,
-                "current_state_at": account.state_at.isoformat(),
-            },
-        )
+    if is_stale(account, event):
+        await cases.record_event(session, **stale_line(account, event, now, case_id))
         return Outcome("stale", case_id)
 
     email_before = account.email
-    for name in ("email", "provider", "billing_state", "credential_id"):
-        value = getattr(event, name)
-        if value is not None:
-            setattr(account, name, value)
-    account.updated_at = now
-    if connects(event):
-        account.connected_at = min(event.occurred_at, now)
-    if event.state is not None:
-        if account.sync_state != event.state or account.state_since is None:
-            account.state_since = event.occurred_at
-        account.sync_state = event.state
-        account.state_at = event.occurred_at
+    update_snapshot(account, event, now)
     session.add(account)
     if account.email and account.email != email_before:
         # Flagged against the account as it is now: a deleted one is nobody's newer copy.

@@ -37,6 +37,28 @@ async def test_background_work_rests_longer_the_harder_deliveries_arrive() -> No
     assert rests == [0.02, 0.08]  # none while idle, then 2x and 8x the time it worked
 
 
+async def test_a_step_that_found_a_backlog_rests_less_while_deliveries_arrive() -> None:
+    now = 100.0
+    rests: list[float] = []
+    found = iter([500, 250, 10, 500])
+    loads = iter([Load.BUSY, Load.BUSY, Load.BUSY, Load.SATURATED])
+
+    async def step() -> int:  # a pass of the ingest worker that takes 10 ms
+        nonlocal now
+        now += 0.01
+        return next(found)
+
+    async def rest(seconds: float) -> None:
+        rests.append(round(seconds, 6))
+
+    run = paced(step, lambda: next(loads), full=500, clock=lambda: now, sleep=rest)
+    for _ in range(4):
+        await run()
+    # A full batch: processing lags arrival, no rest; half a batch, half the rest; a batch
+    # that was nearly all there was, nearly all of it. Saturated, the rest is not shortened.
+    assert rests == [0.01, 0.0196, 0.08]
+
+
 async def test_a_step_that_waited_long_rests_no_more_than_the_cap() -> None:
     now = 100.0
     rests: list[float] = []
@@ -64,8 +86,13 @@ async def test_deliveries_waiting_together_for_a_commit_mean_saturation(
         assert writer.load() is Load.IDLE
         await writer.store([inbox_entry("one")])
         assert writer.load() is Load.BUSY  # one request per commit
-        # Many requests at once, as when senders outpace the commits: they share one.
-        await asyncio.gather(*(writer.store([inbox_entry(f"k{n}")]) for n in range(10)))
+        # A dozen at once, as after another writer's transaction: they share one commit, but
+        # on average the commits of the last moments carry fewer than SATURATED_BATCH.
+        await asyncio.gather(*(writer.store([inbox_entry(f"k{n}")]) for n in range(12)))
+        assert writer.load() is Load.BUSY
+        # Many at once, again and again, as when senders outpace the commits.
+        for burst in range(3):
+            await asyncio.gather(*(writer.store([inbox_entry(f"b{burst}-{n}")]) for n in range(20)))
         assert writer.load() is Load.SATURATED
     finally:
         stop.set()
