@@ -70,11 +70,6 @@ def audit_of(event: AccountEvent) -> dict[str, object]:
     }
 
 
-def audit_of(event: AccountEvent) -> dict[str, object]:
-    """What the audit line of an applied event records about it."""
-    return _audit(event)
-
-
 async def record_not_applied(
     session: AsyncSession,
     event: AccountEvent,
