@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -225,6 +225,38 @@ def attach(session: AsyncSession, case: Case) -> Case:
     make_transient_to_detached(case)
     session.add(case)
     return case
+
+
+async def acknowledge_many(
+    session: AsyncSession, *, case_ids: Collection[int], actor: str, at: datetime
+) -> list[Case]:
+    """Acknowledge those of the cases not acknowledged yet nor resolved, in one statement;
+    return them as they are now, oldest first (not held by the session).
+
+    An open case becomes acknowledged; a snoozed one, or one waiting on the end user, keeps
+    its status, as acknowledging it alone does.
+    """
+    if not case_ids:
+        return []
+    status = _CASES.c.status
+    stmt = (
+        sa.update(_CASES)
+        .where(
+            _CASES.c.id.in_(sorted(case_ids)),
+            _CASES.c.acknowledged_at.is_(None),
+            status != CaseStatus.RESOLVED,
+        )
+        .values(
+            status=sa.case((status == CaseStatus.OPEN, CaseStatus.ACKNOWLEDGED), else_=status),
+            acknowledged_at=at,
+            acknowledged_by=actor,
+            updated_at=at,
+        )
+        .returning(*_CASES.c)
+    )
+    rows = (await session.exec(stmt)).mappings().all()
+    acked = [built(Case, dict(row)) for row in rows]
+    return sorted(acked, key=lambda case: (case.opened_at, case.id or 0))
 
 
 async def record_events(session: AsyncSession, *, lines: Sequence[AuditLine]) -> None:

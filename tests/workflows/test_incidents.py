@@ -261,6 +261,65 @@ async def test_an_incident_escalates_as_one_and_stands_down(sessions: Sessions) 
     assert "all 3 accounts at acme.com are resolved" in summary.payload["text"]
 
 
+async def test_acknowledge_all_acknowledges_each_unresolved_case_once(
+    sessions: Sessions,
+) -> None:
+    await expire(sessions, 1, T0)
+    # The first alert went out before the storm was recognized: the case keeps its message.
+    async with sessions() as session, session.begin():
+        (first,) = (await session.exec(select(OutboxMessage))).all()
+        first.status, first.attempts = OutboxStatus.SENT, 1
+        session.add(first)
+    for n in range(2, 7):
+        await expire(sessions, n, T0 + timedelta(minutes=1))
+    (incident,) = await incidents(sessions)
+    later = T0 + timedelta(minutes=5)
+    async with sessions() as session, session.begin():
+        members = {
+            c.id: c
+            for c in (await session.exec(select(Case).where(Case.incident_id == incident.id)))
+        }
+        assert sorted(members) == [1, 2, 3, 4, 5, 6]
+        members[2].status, members[2].snoozed_until = "snoozed", later
+        members[3].status = "acknowledged"
+        members[3].acknowledged_at, members[3].acknowledged_by = T0, "slack:U0ANA"
+        members[4].status, members[4].resolved_at = "resolved", T0
+        for case in members.values():
+            session.add(case)
+    threads_before = len(await outbox(sessions, kind=OutboxKind.THREAD))
+
+    result = await bulk.acknowledge_all(
+        sessions, incident_id=incident.id or 0, actor="slack:U0SUE", now=later
+    )
+
+    assert result.outcome == "done"
+    assert result.message == f"You acknowledged incident #{incident.id} and 4 cases."
+    async with sessions() as session:
+        cases_now = {
+            c.id: (c.status, c.acknowledged_by, c.acknowledged_at, c.updated_at)
+            for c in (await session.exec(select(Case).where(Case.incident_id == incident.id)))
+        }
+        audit = (
+            await session.exec(
+                select(CaseEvent.case_id, CaseEvent.details)
+                .where(CaseEvent.action == "acknowledged")
+                .order_by(col(CaseEvent.id))
+            )
+        ).all()
+    assert cases_now[1] == ("acknowledged", "slack:U0SUE", later, later)
+    assert cases_now[2] == ("snoozed", "slack:U0SUE", later, later)  # stays snoozed
+    assert cases_now[3][:3] == ("acknowledged", "slack:U0ANA", T0)  # acknowledged before
+    assert cases_now[4][:2] == ("resolved", None)
+    assert cases_now[5] == cases_now[6] == ("acknowledged", "slack:U0SUE", later, later)
+    assert [case_id for case_id, _ in audit] == [1, 2, 5, 6]
+    assert all(details == {"incident": incident.id} for _, details in audit)
+    # The case with its own message is told in its thread; the incident's thread says it once.
+    threads = (await outbox(sessions, kind=OutboxKind.THREAD))[threads_before:]
+    assert [(m.case_id, m.incident_id) for m in threads] == [(1, None), (None, incident.id)]
+    assert threads[0].payload["text"].startswith("Acknowledged by ")
+    assert [m.case_id for m in await outbox(sessions, kind=OutboxKind.UPDATE, case_id=1)] == [1]
+
+
 async def test_bulk_actions_refuse_a_missing_or_ended_incident(sessions: Sessions) -> None:
     missing = await bulk.acknowledge_all(sessions, incident_id=99, actor="slack:U0SUE", now=T0)
     assert missing.outcome == "missing"
