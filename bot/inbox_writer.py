@@ -39,10 +39,13 @@ MAX_BATCH = 500
 STORE_TIMEOUT = 5.0
 EXPIRY_CHECK_EVERY = 0.25
 BUSY_WINDOW = 0.5
-# Deliveries are arriving faster than they are acknowledged when this many requests wait
-# for each commit, on average over BUSY_WINDOW (at a few hundred a second, each commit
-# carries one or two; the first after another writer's transaction may carry a dozen).
-SATURATED_BATCH = 8
+# Deliveries arrive faster than the service can both acknowledge and process them from this
+# many a second, counted over BUSY_WINDOW: acknowledging one costs about 0.15 ms of the
+# loop, processing one about 1 ms. Below it (a storm of a few hundred a second) processing
+# must keep up; above it, acknowledging comes first and the backlog waits in the inbox. How
+# many requests share a commit says little on SQLite: after each of the ingest worker's
+# transactions, a commit carries a dozen even at 300 a second.
+SATURATED_RATE = 1000.0
 # While webhook deliveries arrive, background work rests twice as long as it worked, so
 # acknowledging deliveries keeps about two thirds of the CPU; when they arrive faster than
 # they can be acknowledged at that (many wait for each commit), eight times as long. A step
@@ -60,7 +63,7 @@ class Load(enum.Enum):
 
     IDLE = "idle"
     BUSY = "busy"  # some arrived within BUSY_WINDOW
-    SATURATED = "saturated"  # and the last commit carried SATURATED_BATCH requests or more
+    SATURATED = "saturated"  # at SATURATED_RATE deliveries a second or more
 
 
 @dataclass
@@ -73,11 +76,17 @@ class _Request:
 
 class InboxWriter:
     def __init__(
-        self, engine: AsyncEngine, *, clock: Clock, timeout: float = STORE_TIMEOUT
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock,
+        timeout: float = STORE_TIMEOUT,
+        saturated_rate: float = SATURATED_RATE,
     ) -> None:
         self._engine = engine
         self._clock = clock
         self._timeout = timeout
+        self._saturated_rate = saturated_rate
         # Appended to on the event loop, taken from by the writer (a worker thread on SQLite).
         self._waiting: deque[_Request] = deque()
         self._committing: list[_Request] = []
@@ -107,9 +116,8 @@ class InboxWriter:
         if not self.busy():
             return Load.IDLE
         since = time.monotonic() - BUSY_WINDOW
-        recent = [n for at, n in list(self._commits) if at >= since]
-        saturated = bool(recent) and sum(recent) >= SATURATED_BATCH * len(recent)
-        return Load.SATURATED if saturated else Load.BUSY
+        recent = sum(n for at, n in list(self._commits) if at >= since)
+        return Load.SATURATED if recent >= self._saturated_rate * BUSY_WINDOW else Load.BUSY
 
     async def store(self, entries: Sequence[InboxEntry]) -> int:
         """Store entries durably; return how many were new.
