@@ -310,6 +310,7 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
             readers=services.readers,
             step_aside=inbox_writer.step_aside,
             saturated=lambda: inbox_writer.load() is Load.SATURATED,
+            contended=inbox_writer.contended,
             storms=settings.policy.storms,
         )
         runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.load, full=BATCH))

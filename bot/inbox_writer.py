@@ -108,6 +108,10 @@ class InboxWriter:
         """True when another writer should commit early: deliveries wait for the write lock."""
         return self._single_writer and bool(self._waiting)
 
+    def contended(self) -> bool:
+        """True when deliveries keep arriving for the one write lock that other writers hold."""
+        return self._single_writer and self.busy()
+
     def busy(self, within: float = BUSY_WINDOW) -> bool:
         """True when deliveries arrived in the last ``within`` seconds."""
         return time.monotonic() - self._last_store < within

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -84,3 +85,44 @@ async def test_a_delivery_that_fails_is_left_out_and_the_others_are_applied(
     accounts, deliveries = await state(sessions)
     assert accounts == ["g-1", "g-3", "g-2"]
     assert deliveries["g-2"][0] == InboxStatus.DONE
+
+
+async def test_while_deliveries_contend_for_the_write_lock_transactions_are_short(
+    sessions: Sessions,
+) -> None:
+    clock = FrozenClock()
+    grants = [f"g-{n}" for n in range(20)]
+    await store_expiries(sessions, clock, grants)
+    commits: list[int] = []
+    engine = sessions.kw["bind"].sync_engine
+    count = lambda conn: commits.append(1)  # noqa: E731
+    event.listen(engine, "commit", count)
+    try:
+        looked_at = await ingest.drain_inbox(
+            sessions, nylas=None, clock=clock, route=route, contended=lambda: True
+        )
+    finally:
+        event.remove(engine, "commit", count)
+
+    assert looked_at == 20
+    # Twenty deliveries, at most PER_TRANSACTION_CONTENDED (8) a transaction: three commits,
+    # where one transaction would take them all when nothing else waits for the lock.
+    assert ingest.PER_TRANSACTION_CONTENDED == 8 < 20 <= ingest.PER_TRANSACTION
+    assert len(commits) == 3
+    accounts, deliveries = await state(sessions)
+    assert sorted(accounts) == sorted(grants)
+    assert set(deliveries.values()) == {(InboxStatus.DONE, 1, False)}
+
+
+async def test_without_contention_a_pass_is_one_transaction(sessions: Sessions) -> None:
+    clock = FrozenClock()
+    await store_expiries(sessions, clock, [f"g-{n}" for n in range(20)])
+    commits: list[int] = []
+    engine = sessions.kw["bind"].sync_engine
+    count = lambda conn: commits.append(1)  # noqa: E731
+    event.listen(engine, "commit", count)
+    try:
+        await ingest.drain_inbox(sessions, nylas=None, clock=clock, route=route)
+    finally:
+        event.remove(engine, "commit", count)
+    assert len(commits) == 1
