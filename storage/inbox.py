@@ -8,6 +8,7 @@ and a second worker racing for the same delivery finds it already claimed.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from storage import sqlite_inline
 from storage._sql import dialect_name, insert_ignoring_conflict
 from storage.engine import is_sqlite
 from storage.models import InboxDelivery, InboxStatus
+
+log = logging.getLogger("reauthbot.inbox")
 
 MAX_ATTEMPTS = 5
 
@@ -119,12 +122,38 @@ async def store_while_waiting(
     deadline = time.monotonic() + spell
     while time.monotonic() < deadline and (entries := take()):
         try:
-            async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
-                new = await add_deliveries(session, entries=entries, received_at=received_at())
+            new = await _store_batch(engine, entries, received_at)
         except Exception as exc:
             stored(exc)
             return
         stored(new)
+
+
+# PostgreSQL's SQLSTATE for a transaction it chose to fail to break a deadlock.
+DEADLOCK = "40P01"
+DEADLOCK_ATTEMPTS = 3
+
+
+async def _store_batch(
+    engine: AsyncEngine, entries: Entries, received_at: Callable[[], datetime]
+) -> set[str]:
+    """Store one batch in a transaction of its own; on a deadlock, store it again.
+
+    Two replicas storing the same deliveries at once (a delivery to one, Nylas' retry of it
+    to the other) may take the same keys' unique-index entries in opposite orders, and
+    PostgreSQL then fails one of them. Its batch is stored again once the other committed
+    (finding those keys stored), keeping the order the deliveries arrived in.
+    """
+    attempt = 1
+    while True:
+        try:
+            async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
+                return await add_deliveries(session, entries=entries, received_at=received_at())
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != DEADLOCK or attempt >= DEADLOCK_ATTEMPTS:
+                raise
+        attempt += 1
+        log.info("storing webhook deliveries met a deadlock; storing them again")
 
 
 _INSERTED_SQLITE = "SELECT dedupe_key FROM inbox WHERE id > ? AND id <= ?"
