@@ -10,6 +10,8 @@ needs no case. Retry sync on it upgrades it, which makes Nylas bill it again.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from storage.models import Account, ApiVersion, Case, CaseKind
 
 NOT_BILLED = ("cancelled", "deleted")  # v2 billing states Nylas does not bill
@@ -37,7 +39,18 @@ def billing_words(account: Account) -> str:
     return f"Nylas still bills this account (billing state {account.billing_state})."
 
 
-def stopped_on_purpose(account: Account) -> bool:
+class BillingView(Protocol):
+    """What tells an account stopped on purpose: a stored Account or one Nylas lists."""
+
+    @property
+    def api_version(self) -> str: ...
+    @property
+    def sync_state(self) -> str | None: ...
+    @property
+    def billing_state(self) -> str | None: ...
+
+
+def stopped_on_purpose(account: BillingView) -> bool:
     """Whether a v2 account is stopped because it was downgraded, not because sync failed."""
     return (
         account.api_version == ApiVersion.V2

@@ -182,16 +182,7 @@ async def _plainly_new(
     plain = set()
     for remote in broken:
         key = _email_key(remote.email)
-        on_purpose = stopped_on_purpose(
-            Account(
-                id=remote.id,
-                api_version=remote.api_version,
-                sync_state=remote.sync_state,
-                billing_state=remote.billing_state,
-                first_seen_at=now,
-                updated_at=now,
-            )
-        )
+        on_purpose = stopped_on_purpose(remote)
         if not on_purpose and (key is None or (repeats[key] == 1 and key not in known)):
             plain.add(remote.id)
     return plain
