@@ -813,9 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wrk-max-rate",
         type=float,
-        default=20000.0,
+        default=40000.0,
         help="deliveries/s assumed before any has been measured, to size wrk's first pool of "
-        "pre-signed deliveries; later pools follow the rates measured (20000)",
+        "pre-signed deliveries; later pools follow the rates measured (40000)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument(
