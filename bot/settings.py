@@ -7,10 +7,12 @@ names the variable and says what to do.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,6 +84,12 @@ class Settings(BaseSettings):
     poll_interval: timedelta = Field(
         default=timedelta(minutes=15), validation_alias="REAUTHBOT_POLL_INTERVAL"
     )
+    # The service's public base URL: re-auth links are {public_url}/r/{token}, tracked.
+    public_url: str | None = Field(default=None, validation_alias="REAUTHBOT_PUBLIC_URL")
+    # Signs the outreach webhook's events ([outreach] channel = "webhook").
+    outreach_secret: SecretStr | None = Field(
+        default=None, validation_alias="REAUTHBOT_OUTREACH_SECRET"
+    )
     # The daily digest's time of day, UTC ("09:00"); unset: no digest.
     digest_at: time | None = Field(default=None, validation_alias="REAUTHBOT_DIGEST_AT")
 
@@ -133,6 +141,11 @@ class Settings(BaseSettings):
         if value is not None and not _URL.match(value):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None else public_base_url(value)
 
     @field_validator("slack_alert_channel")
     @classmethod
@@ -216,6 +229,7 @@ class Settings(BaseSettings):
             self.nylas_client_secret,
             self.nylas_webhook_secret,
             self.pagerduty_routing_key,
+            self.outreach_secret,
         ]
         found = [v.get_secret_value() for v in values if v is not None]
         password = normalize_url(self.database_url).password
@@ -257,6 +271,34 @@ class Settings(BaseSettings):
         ):
             if value is None:
                 raise ConfigError(name, "is required for the Nylas v2 API (NYLAS_API_VERSION=v2)")
+
+
+def public_base_url(value: str) -> str:
+    """The public base URL without a trailing slash; plain http only for loopback hosts.
+
+    The end user opens links on it: over plain http anyone on their network could read the
+    token, so it is accepted only for development on this machine.
+    """
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an https URL like https://reauthbot.example.com")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r} must not have a query or a fragment")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValueError(
+            f"{value!r} must use https; plain http is accepted only for localhost and loopback "
+            "addresses"
+        )
+    return value.strip().rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _split_address(value: str) -> tuple[str, int]:
@@ -303,4 +345,30 @@ def load_settings(**overrides: Any) -> Settings:
             f"is required: escalation level {paging[0]} pages PagerDuty; use the integration "
             "key of an Events API v2 service",
         )
+    _check_outreach(settings)
     return settings
+
+
+def _check_outreach(settings: Settings) -> None:
+    """Check that the [outreach] section has what its channel needs to reach end users."""
+    outreach = settings.policy.outreach
+    if outreach.channel is None:
+        return
+    if settings.public_url is None:
+        raise ConfigError(
+            "REAUTHBOT_PUBLIC_URL",
+            "is required by [outreach]: the messages carry tracked links on reauthbot's address",
+        )
+    if outreach.channel == "webhook" and settings.outreach_secret is None:
+        raise ConfigError(
+            "REAUTHBOT_OUTREACH_SECRET",
+            'is required by [outreach] channel = "webhook": every event is signed with it',
+        )
+    if outreach.channel == "nylas" and (
+        settings.nylas_api_version != ApiVersion.V3 or settings.nylas_api_key is None
+    ):
+        raise ConfigError(
+            "NYLAS_API_KEY",
+            'is required by [outreach] channel = "nylas": emails are sent through the Nylas '
+            "v3 API (NYLAS_API_VERSION=v3)",
+        )

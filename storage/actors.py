@@ -7,7 +7,8 @@ and filter the audit log by it:
 - ``system``: reauthbot itself (escalation, snoozes ending, duplicates, storms…);
 - ``nylas``: a webhook delivery, ``poll``: reconciliation; other event sources name themselves
   (``retry``, ``revoke``…);
-- ``cli``: the command line.
+- ``cli``: the command line;
+- ``end_user``: the owner of the mailbox (opening a tracked re-auth link).
 
 Whatever comes before the first ':' is the actor's source (``source``); only a Slack actor
 carries a user id after it. This module is the one place that makes and reads these strings.
@@ -19,6 +20,7 @@ SYSTEM = "system"
 NYLAS = "nylas"
 POLL = "poll"
 CLI = "cli"
+END_USER = "end_user"
 SLACK = "slack"
 
 _SLACK_PREFIX = f"{SLACK}:"

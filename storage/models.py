@@ -15,6 +15,8 @@
 - ``SlackRequest``: the signature of every Slack request served in the last minutes, so that
   a copy replayed within Slack's 5-minute signature window is served once, by any replica.
 - ``SlackView``: the modals the app opened, so that only their submissions are accepted.
+- ``ReauthLink``: a tracked re-authentication link handed out for a case (``/r/{token}``),
+  and what became of it: sent to the end user, opened.
 
 All timestamps are aware UTC datetimes. The uniqueness rules that make deduplication hold under
 concurrency live here as constraints, not in application code:
@@ -23,7 +25,8 @@ concurrency live here as constraints, not in application code:
 - at most one open case per account (a partial unique index);
 - at most one incident taking new cases per domain or integration (a partial unique index);
 - at most one outbox row per ``dedupe_key`` (used for "post the parent message once");
-- at most one open webhook alert per destination (a partial unique index).
+- at most one open webhook alert per destination (a partial unique index);
+- one tracked link per token.
 """
 
 from __future__ import annotations
@@ -173,9 +176,13 @@ class OutboxKind(StrEnum):
     NOTICE = "notice"
     NOTICE_UPDATE = "notice_update"  # re-render the notice posted under payload "key"
     NOTICE_THREAD = "notice_thread"  # one line (payload "text") in that notice's thread
+    OUTREACH = "outreach"  # an email or webhook event to the end user (OUTREACH_CHANNEL)
 
 
 PAGER_CHANNEL = "pagerduty"
+# The outbox channel of messages to end users (payload "event": reauth.requested, .nudge,
+# .completed), sent by email through Nylas or to the team's own webhook.
+OUTREACH_CHANNEL = "outreach"
 
 
 class IncidentStatus(StrEnum):
@@ -458,3 +465,26 @@ class SlackView(SQLModel, table=True):
 
     view_id: str = Field(primary_key=True, max_length=64)
     expires_at: datetime = Field(sa_type=UTCDateTime(), nullable=False, index=True)
+
+
+class ReauthLink(SQLModel, table=True):
+    """A re-authentication link on reauthbot's own address, ``{public URL}/r/{token}``.
+
+    Only the token's SHA-256 is stored: whoever reads the database cannot open the links.
+    Opening one redirects to a Nylas hosted-auth URL built at that moment.
+    """
+
+    __tablename__ = "reauth_links"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    case_id: int = Field(foreign_key="cases.id", index=True)
+    created_by: str = Field(max_length=128)  # an actor (storage.actors)
+    created_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    expires_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    # Sent to the end user by outreach ("nylas" or "webhook"), and when it went out.
+    sent_via: str | None = Field(default=None, max_length=16)
+    sent_at: datetime | None = _ts()
+    first_opened_at: datetime | None = _ts()
+    last_opened_at: datetime | None = _ts()
+    opens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

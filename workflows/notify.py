@@ -7,20 +7,27 @@ from datetime import datetime
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
-from storage.models import Case, OutboxKind
-from workflows import words
+from storage.models import Case, CaseStatus, OutboxKind
+from workflows import links, words
 from workflows.incidents import member_changed
 from workflows.subject import queue_pager_follow_up
 from workflows.words import Text
 
 
 async def queue_case_change(
-    session: AsyncSession, case: Case, line: Text, now: datetime, *, quote: str | None = None
+    session: AsyncSession,
+    case: Case,
+    line: Text,
+    now: datetime,
+    *,
+    quote: str | None = None,
+    thread: bool = True,
 ) -> None:
     """Queue the in-place update of the case's message and one line in its thread.
 
     ``line`` is plain text and the people it names (``workflows.words``); ``quote`` is text
     someone typed, shown after it. The sink escapes both, so neither can ping or link anyone.
+    Without ``thread``, only the message is updated.
     """
     assert case.slack_channel is not None, "a case gets its channel when it opens"
     channel = case.slack_channel
@@ -30,6 +37,8 @@ async def queue_case_change(
     if not case.own_alert:
         return  # its incident's message stands for it
     await outbox.enqueue(session, channel=channel, kind=OutboxKind.UPDATE, now=now, case_id=case.id)
+    if not thread:
+        return
     await outbox.enqueue(
         session,
         channel=channel,
@@ -63,4 +72,6 @@ async def record_change(
         account_id=case.account_id,
         details=details,
     )
+    if case.status in (CaseStatus.RESOLVED, CaseStatus.SNOOZED):
+        await links.case_closed(session, case, now=now)
     await queue_case_change(session, case, line, now, quote=quote)

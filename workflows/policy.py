@@ -2,7 +2,8 @@
 
 Sections: ``[escalation]`` (who is told when nobody acknowledges), ``[permissions]`` (who may
 press which button), ``[storms]`` (when many cases become one incident), ``[routing]`` and
-``[stuck]`` (how long a v2 account may stay in a transient sync state).
+``[stuck]`` (how long a v2 account may stay in a transient sync state), ``[links]`` (how long a
+tracked re-auth link works) and ``[outreach]`` (how the end user is asked to re-authenticate).
 Every error names the key and says what is expected.
 """
 
@@ -12,7 +13,7 @@ import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -209,12 +210,87 @@ class Stuck(_Section):
         return {"downloading": self.downloading, "initializing": self.initializing}.get(state or "")
 
 
+class Links(_Section):
+    """Tracked re-authentication links (``/r/{token}``)."""
+
+    expire_after: Duration = timedelta(days=7)
+
+    @field_validator("expire_after")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+class Outreach(_Section):
+    """Reaching the end user: by email through Nylas, or through the team's own webhook.
+
+    Off while ``channel`` is unset.
+    """
+
+    channel: Literal["nylas", "webhook"] | None = None
+    grant_id: str | None = None  # nylas: the support mailbox, a v3 grant
+    webhook_url: str | None = None  # webhook: where the events go
+    subject: str = Field(default="Please reconnect your mailbox", min_length=1, max_length=200)
+    auto: bool = False  # reach out as soon as a re-auth case opens
+    nudges: list[Duration] = []  # reminders, counted from the link, while the user has not fixed it
+    template: Path | None = None  # a text file replacing the email's body ({link}, {expires})
+
+    @field_validator("nudges")
+    @classmethod
+    def _nudges(cls, value: list[timedelta]) -> list[timedelta]:
+        if any(n <= timedelta(0) for n in value):
+            raise ValueError("every nudge must come after the link (longer than 0s)")
+        if value != sorted(set(value)):
+            raise ValueError("nudges must be listed from the earliest, each once")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        lowered = value.lower()
+        local = any(lowered.startswith(f"http://{h}") for h in _LOOPBACK_HOSTS)
+        if not (lowered.startswith("https://") or local):
+            raise ValueError(
+                f"{value!r} must be an https URL (plain http only for localhost and loopback)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _needs(self) -> Outreach:
+        if self.channel == "nylas" and not self.grant_id:
+            raise ValueError('channel = "nylas" needs grant_id: the support mailbox\'s grant')
+        if self.channel == "webhook" and not self.webhook_url:
+            raise ValueError('channel = "webhook" needs webhook_url')
+        if self.template is not None:
+            try:
+                text = self.template.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                raise ValueError(f"template {self.template} cannot be read ({reason})") from None
+            if "{link}" not in text:
+                raise ValueError(f"template {self.template} must hold {{link}}")
+        return self
+
+    @property
+    def template_text(self) -> str | None:
+        return None if self.template is None else self.template.read_text(encoding="utf-8")
+
+
 class Policy(_Section):
     escalation: Escalation = Escalation()
     permissions: Permissions = Permissions()
     storms: Storms = Storms()
     routing: Routing = Routing()
     stuck: Stuck = Stuck()
+    links: Links = Links()
+    outreach: Outreach = Outreach()
 
 
 def _location(loc: tuple[Any, ...]) -> str:
