@@ -488,3 +488,5 @@ class ReauthLink(SQLModel, table=True):
     first_opened_at: datetime | None = _ts()
     last_opened_at: datetime | None = _ts()
     opens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # When the case said the link was opened but not completed within a day.
+    stalled_at: datetime | None = _ts()

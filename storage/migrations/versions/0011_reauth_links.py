@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("first_opened_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_opened_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("opens", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("stalled_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index("ix_reauth_links_case_id", "reauth_links", ["case_id"])
 
