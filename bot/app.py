@@ -25,12 +25,15 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
+from workflows.outreach import NylasMailer, OutreachWebhook
 
-from bot import jobs, routes, webhook
+from bot import jobs, reauth_links, routes, webhook
 from bot.bodies import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, quiet_client_faults
 from bot.inbox_writer import InboxWriter, Load, paced
 from bot.loops import Worker
+from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Sink
+from bot.outreach import OutreachSink
 from bot.pager import PagerSink
 from bot.runtime import RUNTIME, Runtime
 from bot.services import SERVICES, Services, build_services
@@ -45,7 +48,8 @@ from storage.engine import (
     reader_engine,
 )
 from storage.migrate import upgrade
-from storage.models import PAGER_CHANNEL
+from storage.models import OUTREACH_CHANNEL, PAGER_CHANNEL
+from workflows import links
 from workflows.clock import Clock, system_clock
 from workflows.ingest import BATCH, drain_inbox
 from workflows.nylas import NylasClient
@@ -114,7 +118,9 @@ def create_app(
         settings.require_slack()
         client = slack_client or slack_app.build_client(settings)
         revoke_enabled = settings.policy.permissions.revoke is not None
-        sink = sink or SlackSink(client, revoke_enabled=revoke_enabled)
+        sink = sink or SlackSink(
+            client, revoke_enabled=revoke_enabled, outreach=settings.outreach_channel
+        )
     # Made here, opened on first use: the startup hook migrates, the cleanup disposes.
     owned = engine is None
     engine = engine or create_engine(settings.database_url, checkpoint_wal=False)
@@ -141,6 +147,7 @@ def create_app(
     listen = settings.metrics_listen
     routes.register(app, operational=listen is None)
     webhook.register(app)
+    reauth_links.register(app)
     bolt = None
     if client is not None:
         bolt = slack_app.build_bolt(services, client)
@@ -294,7 +301,7 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
             clock=services.clock,
             metrics=services.metrics,
             readers=services.readers,
-            not_channel=PAGER_CHANNEL,
+            not_channels=(PAGER_CHANNEL, OUTREACH_CHANNEL),
             stopping=stop.is_set,
         )
         inbox_writer = InboxWriter(services.engine, clock=services.clock)
@@ -332,9 +339,27 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
                 stopping=stop.is_set,
             )
             runtime.page = Worker("pager", paging.drain_once)
+        outreach_http = None
+        if settings.outreach_channel is not None:
+            outreach_http = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
+            reaching = Notifier(
+                sessions,
+                outreach_sink(settings, outreach_http, services.metrics),
+                clock=services.clock,
+                metrics=services.metrics,
+                readers=services.readers,
+                batch=10,
+                channel=OUTREACH_CHANNEL,
+                stopping=stop.is_set,
+                still_due=links.still_due,
+                after_sent=links.record_sent,
+                after_failed=links.record_failed,
+            )
+            runtime.reach = Worker("outreach", reaching.drain_once)
         # Whatever commits queued messages wakes the drain of their channel.
-        stop_waking = outbox.on_queued(wake_senders(runtime.notify, runtime.page))
-        workers = [w for w in (runtime.ingest, runtime.notify, runtime.page) if w is not None]
+        stop_waking = outbox.on_queued(wake_senders(runtime.notify, runtime.page, runtime.reach))
+        drains = (runtime.ingest, runtime.notify, runtime.page, runtime.reach)
+        workers = [w for w in drains if w is not None]
         tasks = [asyncio.create_task(worker.run(stop), name=worker.name) for worker in workers]
         tasks.append(asyncio.create_task(runtime.inbox_writer.run(stop), name="inbox-writer"))
         scheduler = AsyncIOScheduler(timezone="UTC")
@@ -352,21 +377,53 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
         stop.set()
         await asyncio.gather(*tasks)
         stop_waking()
-        if pager_http is not None:
-            await pager_http.aclose()
+        for http_client in (pager_http, outreach_http):
+            if http_client is not None:
+                await http_client.aclose()
         log.info("workers stopped")
 
     return ctx
 
 
-def wake_senders(slack: Worker, pager: Worker | None) -> Callable[[frozenset[str]], None]:
+def outreach_sink(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> OutreachSink:
+    """The sink that reaches end users the way ``[outreach]`` says."""
+    policy = settings.policy.outreach
+    mailer = webhook_client = None
+    if policy.channel == "nylas":
+        assert policy.grant_id is not None and settings.nylas_api_key is not None
+        mailer = NylasMailer(
+            http,
+            base_url=settings.nylas_base_url,
+            api_key=settings.nylas_api_key.get_secret_value(),
+            grant_id=policy.grant_id,
+        )
+    else:
+        assert policy.webhook_url is not None and settings.outreach_secret is not None
+        webhook_client = OutreachWebhook(
+            http, url=policy.webhook_url, secret=settings.outreach_secret.get_secret_value()
+        )
+    return OutreachSink(
+        channel=str(policy.channel),
+        mailer=mailer,
+        webhook=webhook_client,
+        subject=policy.subject,
+        template=policy.template_text,
+        metrics=metrics,
+    )
+
+
+def wake_senders(
+    slack: Worker, pager: Worker | None, reach: Worker | None = None
+) -> Callable[[frozenset[str]], None]:
     """Wake the drain of each channel that has new messages (from any thread of the process)."""
     loop = asyncio.get_running_loop()
+    own = {PAGER_CHANNEL: pager, OUTREACH_CHANNEL: reach}
 
     def wake(channels: frozenset[str]) -> None:
-        if channels - {PAGER_CHANNEL}:
+        if channels - own.keys():
             loop.call_soon_threadsafe(slack.wake)
-        if pager is not None and PAGER_CHANNEL in channels:
-            loop.call_soon_threadsafe(pager.wake)
+        for channel, worker in own.items():
+            if worker is not None and channel in channels:
+                loop.call_soon_threadsafe(worker.wake)
 
     return wake

@@ -25,6 +25,7 @@ from storage import leases
 from workflows.actions import end_snoozes
 from workflows.digest import queue_digest
 from workflows.escalation import escalate_due, sweep_period
+from workflows.links import auto_outreach
 from workflows.maintenance import purge_old_rows
 from workflows.reconcile import reconcile
 from workflows.stuck import open_stuck_cases
@@ -68,6 +69,8 @@ def table(settings: Settings) -> list[Job]:
         Job("snoozes", end_due_snoozes, every(minutes=1)),
         Job("stuck", open_stuck, every(minutes=5)),
     ]
+    if settings.outreach_channel is not None and settings.policy.outreach.auto:
+        jobs.append(Job("outreach", reach_new_cases, every(seconds=15), at_start=True))
     if settings.policy.escalation.levels:
         period = sweep_period(settings.policy.escalation).total_seconds()
         jobs.append(Job("escalation", escalate, every(seconds=period)))
@@ -131,6 +134,12 @@ async def open_stuck(services: Services) -> None:
     limits = services.settings.policy.stuck
     now = services.clock()
     await open_stuck_cases(services.sessions, limits=limits, now=now, route=services.route)
+
+
+async def reach_new_cases(services: Services) -> None:
+    reached = await auto_outreach(services.sessions, now=services.clock(), maker=services.links)
+    if reached:
+        log.info("end users reached automatically", extra={"cases": reached})
 
 
 async def end_due_snoozes(services: Services) -> None:

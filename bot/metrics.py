@@ -35,6 +35,11 @@ class Metrics:
             ["sink", "error"],
             registry=self.registry,
         )
+        self.links_opened = Counter(
+            "reauthbot_links_opened",
+            "Tracked re-auth links opened by end users and sent on to Nylas",
+            registry=self.registry,
+        )
         self.database_up = Gauge(
             "reauthbot_database_up",
             "1 when the database answered the last readiness or metrics query",

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -121,6 +121,14 @@ class LogSink:
         return None
 
 
+# Asked before a message is sent, with a reading session and the time: should it still go?
+MessageCheck = Callable[[AsyncSession, OutboxMessage, datetime], Awaitable[bool]]
+# Called in the transaction that marks a message sent.
+AfterSent = Callable[[AsyncSession, OutboxMessage, datetime], Awaitable[None]]
+# Called in the transaction that gives a message up, with the error's code.
+AfterFailed = Callable[[AsyncSession, OutboxMessage, str, datetime], Awaitable[None]]
+
+
 def _subject(message: OutboxMessage) -> tuple[int | None, int | None]:
     """What a message is about: updates of one subject coalesce."""
     return (message.case_id, message.incident_id)
@@ -146,13 +154,19 @@ class Notifier:
         lease: timedelta = timedelta(seconds=60),
         readers: async_sessionmaker[AsyncSession] | None = None,
         channel: str | None = None,
-        not_channel: str | None = None,
+        not_channels: Sequence[str] = (),
         stopping: Callable[[], bool] = lambda: False,
+        still_due: MessageCheck | None = None,
+        after_sent: AfterSent | None = None,
+        after_failed: AfterFailed | None = None,
     ) -> None:
         self._sessions = sessions
         self._stopping = stopping
         self._channel = channel
-        self._not_channel = not_channel
+        self._not_channels = tuple(not_channels)
+        self._still_due = still_due
+        self._after_sent = after_sent
+        self._after_failed = after_failed
         self._readers = readers or sessions
         self._sink = sink
         self._clock = clock
@@ -176,7 +190,7 @@ class Notifier:
                     lease=self._lease,
                     limit=self._batch,
                     channel=self._channel,
-                    not_channel=self._not_channel,
+                    not_channels=self._not_channels,
                 )
             )
             last_update = {_subject(m): m.id for m in claimed if m.kind == OutboxKind.UPDATE}
@@ -223,7 +237,11 @@ class Notifier:
                 where = await notices.find_posted(session, key=str(notice_key))
                 if where is not None:
                     parent = Posted(channel=where.channel, ts=where.ts)
+            due = self._still_due is None or await self._still_due(session, message, self._clock())
         sink = self._sink.name
+        if not due:
+            await self._withdraw(message)
+            return
         try:
             if message.incident_id is not None and incident is None:
                 raise SinkError("incident_missing", permanent=True)
@@ -243,6 +261,8 @@ class Notifier:
             sent = await outbox.mark_sent(session, message_id=message.id, owner=owner, now=now)
             if not sent:
                 log.warning("lease lost before marking sent", extra={"message_id": message.id})
+            elif self._after_sent is not None:
+                await self._after_sent(session, message, now)
             if posted is not None and case is not None:
                 stored = await cases.get_case(session, case_id=case.id or 0)
                 if stored is not None:
@@ -259,6 +279,17 @@ class Notifier:
                     found.slack_channel, found.slack_ts = posted.channel, posted.ts
                     session.add(found)
         self._metrics.notifier_messages.labels(sink=sink, kind=message.kind, outcome="sent").inc()
+
+    async def _withdraw(self, message: OutboxMessage) -> None:
+        """Drop a message that is no longer due (``still_due`` said so) without sending it."""
+        assert message.id is not None
+        async with self._sessions() as session, session.begin():
+            await outbox.mark_superseded(
+                session, message_ids=[message.id], owner=self._owner, now=self._clock()
+            )
+        self._metrics.notifier_messages.labels(
+            sink=self._sink.name, kind=message.kind, outcome="withdrawn"
+        ).inc()
 
     async def _failed(self, message: OutboxMessage, error: SinkError) -> None:
         assert message.id is not None
@@ -298,6 +329,8 @@ class Notifier:
                         account_id=case.account_id,
                         details={"kind": message.kind, "error": error.code},
                     )
+                if self._after_failed is not None:
+                    await self._after_failed(session, message, error.code, now)
         log_fn = log.error if give_up else log.warning
         log_fn(
             "message %s: %s",

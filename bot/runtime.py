@@ -24,6 +24,7 @@ class Runtime:
     ingest: Worker | None = None
     notify: Worker | None = None
     page: Worker | None = None
+    reach: Worker | None = None  # outreach to end users, when configured
     scheduler: AsyncIOScheduler | None = None  # the periodic jobs, started or not
     # Where /metrics and /readyz are served apart from the public port, once listening.
     metrics_address: tuple[str, int] | None = None

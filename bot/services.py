@@ -29,8 +29,10 @@ from bot.metrics import Metrics
 from bot.notifier import Sink
 from bot.settings import Settings
 from storage.engine import readonly_session_factory, session_factory
+from storage.models import Account
 from workflows.clock import Clock
 from workflows.lifecycle import Router
+from workflows.links import HostedUrl, LinkMaker
 from workflows.nylas import NylasClient
 from workflows.routing import make_router
 
@@ -53,6 +55,8 @@ class Services:
     # The keys Nylas signs webhooks with, read once: every delivery needs them.
     webhook_secrets: dict[str, str]
     webhook_versions: frozenset[str]
+    # How re-auth links are made (tracked, sent to end users) and how long they work.
+    links: LinkMaker
 
 
 def build_services(
@@ -81,7 +85,30 @@ def build_services(
         instance=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         webhook_secrets=settings.webhook_secrets(),
         webhook_versions=settings.webhook_versions(),
+        links=LinkMaker(
+            hosted=hosted_auth(settings, nylas),
+            public_url=settings.public_url,
+            expire_after=settings.policy.links.expire_after,
+            outreach=settings.policy.outreach,
+        ),
     )
+
+
+def hosted_auth(settings: Settings, nylas: NylasClient | None) -> HostedUrl | None:
+    """Build Nylas hosted-auth URLs (``login_hint``, ``provider``) when Nylas' client id and
+    redirect URI are set; None otherwise."""
+    if nylas is None or not settings.nylas_client_id or not settings.nylas_redirect_uri:
+        return None
+    redirect = settings.nylas_redirect_uri
+
+    def build(account: Account) -> str:
+        assert nylas is not None and account.email is not None
+        # No state: the account id in it would let anyone who sees the link guess others.
+        return nylas.reauth_url(
+            email=account.email, redirect_uri=redirect, provider=account.provider
+        )
+
+    return build
 
 
 SERVICES = web.AppKey("services", Services)

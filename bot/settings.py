@@ -190,6 +190,11 @@ class Settings(BaseSettings):
         return None if self.metrics_addr is None else _split_address(self.metrics_addr)
 
     @property
+    def outreach_channel(self) -> str | None:
+        """How end users are reached ("nylas" or "webhook"), or None when they are not."""
+        return self.policy.outreach.channel if self.public_url is not None else None
+
+    @property
     def nylas_base_url(self) -> str:
         return (self.nylas_api_url or NYLAS_DEFAULT_URLS[self.nylas_api_version]).rstrip("/")
 

@@ -204,18 +204,19 @@ async def claim(
     lease: timedelta,
     limit: int = 50,
     channel: str | None = None,
-    not_channel: str | None = None,
+    not_channels: Sequence[str] = (),
 ) -> Sequence[OutboxMessage]:
     """Lease up to ``limit`` due messages to ``owner``, oldest first; commit before sending.
 
-    ``channel`` / ``not_channel`` split the outbox between drains (Slack and PagerDuty).
+    ``channel`` / ``not_channels`` split the outbox between drains (Slack, PagerDuty and
+    outreach to end users).
     Lines of one thread and events of one PagerDuty alert go out one at a time, in order.
     """
     where = _claimable(now) & _next_in_line()
     if channel is not None:
         where &= col(OutboxMessage.channel) == channel
-    if not_channel is not None:
-        where &= col(OutboxMessage.channel) != not_channel
+    if not_channels:
+        where &= col(OutboxMessage.channel).not_in(not_channels)
     candidates = (
         select(OutboxMessage.id)
         .where(where)

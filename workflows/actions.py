@@ -16,9 +16,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import actors, cases
 from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
-from workflows import subject
+from workflows import links, subject
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
+from workflows.links import LinkMaker
 from workflows.notify import record_change
 from workflows.nylas import NylasClient, NylasError, NylasNotFound, RemoteAccount
 from workflows.snoozes import SNOOZE_CHOICES
@@ -225,19 +226,21 @@ async def undo_send_only(
     )
 
 
-LinkBuilder = Callable[[Account], str]
-
-
 async def send_reauth_link(
-    sessions: Sessions, *, case_id: int, actor: str, now: datetime, build: LinkBuilder | None
+    sessions: Sessions,
+    *,
+    case_id: int,
+    actor: str,
+    now: datetime,
+    maker: LinkMaker | None,
+    send: bool = False,
 ) -> ActionResult:
-    """Make the end user's re-authentication link; the case then waits on the end user."""
-    if build is None:
-        return ActionResult(
-            ActionOutcome.UNAVAILABLE,
-            "Re-authentication links need NYLAS_CLIENT_ID and NYLAS_REDIRECT_URI to be set.",
-        )
-    link: list[str] = []
+    """Make the end user's re-authentication link, and with ``send`` send it to them (the
+    policy's ``[outreach]``); the case then waits on the end user."""
+    refused = links_refused(maker, send=send)
+    if refused is not None:
+        return refused
+    assert maker is not None
 
     async def change(session: AsyncSession, case: Case) -> Changed | ActionResult:
         account = await cases.get_account(session, account_id=case.account_id)
@@ -247,17 +250,64 @@ async def send_reauth_link(
                 f"Case #{case_id}: the account's email is not known yet.",
                 case,
             )
-        link.append(build(account))
+        made = await links.make(session, case, account, actor=actor, now=now, maker=maker)
+        if send:
+            await links.reach_out(session, case, account, made, now=now, outreach=maker.outreach)
         case.status = CaseStatus.WAITING_ON_USER
+        channel = maker.outreach.channel if send else None
         return Changed(
             "reauth_link",
-            {"email": account.email},
-            line("Re-authentication link made by ", who(actor), "; waiting on the end user."),
+            {"email": account.email, "tracked": made.link is not None, "sent": channel},
+            link_line(actor, channel),
             # The email is the end user's own text: the renderer escapes it like any other.
-            f"Send this link to {account.email} to re-authenticate:\n{link[0]}",
+            link_reply(account.email, made, channel),
         )
 
     return await _act(sessions, case_id=case_id, actor=actor, now=now, change=change)
+
+
+def links_refused(maker: LinkMaker | None, *, send: bool) -> ActionResult | None:
+    """Why links cannot be made (or sent) as asked, or None when they can."""
+    if maker is None or maker.hosted is None:
+        return ActionResult(
+            ActionOutcome.UNAVAILABLE,
+            "Re-authentication links need NYLAS_CLIENT_ID and NYLAS_REDIRECT_URI to be set.",
+        )
+    if send and not maker.reaches_out:
+        return ActionResult(
+            ActionOutcome.UNAVAILABLE,
+            "Sending links to end users needs REAUTHBOT_PUBLIC_URL and an [outreach] channel "
+            "in the policy file.",
+        )
+    return None
+
+
+def link_line(actor: str, channel: str | None, *, incident: int | None = None) -> Text:
+    """The case's thread line for a link made (and sent through ``channel``)."""
+    where = f" with all of incident #{incident}" if incident is not None else ""
+    how = ""
+    if channel is not None:
+        how = " and emailed to the end user" if channel == "nylas" else " and sent to the end user"
+    return line(
+        "Re-authentication link made by ", who(actor), f"{where}{how}; waiting on the end user."
+    )
+
+
+def link_reply(email: str, made: links.Made, channel: str | None) -> str:
+    if channel == "nylas":
+        return f"Emailing a re-authentication link to {email}; the card shows when it is opened."
+    if channel is not None:
+        return (
+            f"Your product is being asked to send {email} a re-authentication link; the card "
+            "shows when it is opened."
+        )
+    if made.link is None:
+        return f"Send this link to {email} to re-authenticate:\n{made.url}"
+    until = made.link.expires_at.strftime("%b %-d %H:%M UTC")
+    return (
+        f"Send this link to {email} to re-authenticate (it works until {until}, and the card "
+        f"shows when it is opened):\n{made.url}"
+    )
 
 
 async def end_snoozes(sessions: Sessions, *, now: datetime) -> int:

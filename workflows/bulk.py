@@ -22,9 +22,10 @@ from storage import cases
 from storage import incidents as store
 from storage.incidents import LINKABLE_KINDS
 from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus, Incident, IncidentStatus
-from workflows import actions, subject
-from workflows.actions import LinkBuilder, who
+from workflows import actions, links, subject
+from workflows.actions import who
 from workflows.incidents import queue_line, queue_update
+from workflows.links import LinkMaker
 from workflows.notify import queue_case_change, record_change
 from workflows.nylas import NylasClient
 from workflows.subject import (
@@ -173,23 +174,31 @@ async def reauth_links(
     incident_id: int,
     actor: str,
     now: datetime,
-    build: LinkBuilder | None,
+    maker: LinkMaker | None,
+    send: bool = False,
 ) -> ActionResult:
-    """Make a re-authentication link for every case of the incident a link can fix."""
-    if build is None:
-        return ActionResult(
-            ActionOutcome.UNAVAILABLE,
-            "Re-authentication links need NYLAS_CLIENT_ID and NYLAS_REDIRECT_URI to be set.",
-        )
+    """Make a re-authentication link for every case of the incident a link can fix, and with
+    ``send`` send each to its end user, one every ``links.BULK_PACE``."""
+    refused = actions.links_refused(maker, send=send)
+    if refused is not None:
+        return refused
+    assert maker is not None
+    channel = maker.outreach.channel if send else None
 
     async def change(
         session: AsyncSession, incident: Incident, locked: set[int]
     ) -> Changed | ActionResult:
-        links: list[tuple[str, str]] = []
+        made: list[tuple[str, str]] = []
         for case, account in await _unresolved(session, incident_id):
             if case.kind not in LINKABLE_KINDS or not account.email or case.id not in locked:
                 continue
-            links.append((account.email, build(account)))
+            link = await links.make(session, case, account, actor=actor, now=now, maker=maker)
+            if send:
+                after = links.BULK_PACE * len(made)
+                await links.reach_out(
+                    session, case, account, link, now=now, outreach=maker.outreach, after=after
+                )
+            made.append((account.email, link.url))
             case.status = CaseStatus.WAITING_ON_USER
             await record_change(
                 session,
@@ -197,33 +206,51 @@ async def reauth_links(
                 actor=actor,
                 action="reauth_link",
                 now=now,
-                line=line(
-                    "Re-authentication link made by ",
-                    who(actor),
-                    f" with all of incident #{incident_id}; waiting on the end user.",
-                ),
-                details={"email": account.email, "incident": incident_id},
+                line=actions.link_line(actor, channel, incident=incident_id),
+                details={"email": account.email, "incident": incident_id, "sent": channel},
             )
-        if not links:
+        if not made:
             return ActionResult(
                 ActionOutcome.ALREADY,
                 f"No case of incident #{incident_id} needs a re-authentication link.",
                 incident,
             )
+        if send:
+            return Changed(
+                "reauth_link",
+                {"sent": channel},
+                line(
+                    f"{len(made)} re-authentication links made by ",
+                    who(actor),
+                    f" and {_sent_words(channel)}; waiting on the end users.",
+                ),
+                f"Sending {len(made)} end users of incident #{incident_id} their own link, one "
+                f"every {links.BULK_PACE.total_seconds():g} s (about "
+                f"{_minutes(len(made))}); each card shows when its link is opened.",
+            )
         return Changed(
             "reauth_link",
             {},
             line(
-                f"{len(links)} re-authentication links made by ",
+                f"{len(made)} re-authentication links made by ",
                 who(actor),
                 "; waiting on the end users.",
             ),
-            f"{len(links)} re-authentication links for incident #{incident_id}: send each end "
+            f"{len(made)} re-authentication links for incident #{incident_id}: send each end "
             "user their own link.",
-            links=tuple(links),
+            links=tuple(made),
         )
 
     return await _act(sessions, incident_id=incident_id, now=now, change=change)
+
+
+def _sent_words(channel: str | None) -> str:
+    return "emailed to each" if channel == "nylas" else "sent through your product to each"
+
+
+def _minutes(count: int) -> str:
+    seconds = links.BULK_PACE.total_seconds() * count
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
 
 
 async def retry_all(

@@ -26,10 +26,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import actors, cases, outbox
 from storage import links as store
+from storage.incidents import LINKABLE_KINDS
 from storage.models import (
     OUTREACH_CHANNEL,
     Account,
@@ -303,6 +306,87 @@ async def record_sent(session: AsyncSession, message: OutboxMessage, now: dateti
         line=sent_line(payload),
         details={"event": payload.get("event"), "channel": payload.get("channel")},
     )
+
+
+async def record_failed(
+    session: AsyncSession, message: OutboxMessage, error: str, now: datetime
+) -> None:
+    """Show on the case that an outreach message was given up (the notifier stored the error
+    in ``case.last_error``)."""
+    from workflows.notify import record_change
+
+    case = await cases.get_case(session, case_id=message.case_id) if message.case_id else None
+    if case is None:
+        return
+    await record_change(
+        session,
+        case,
+        actor=actors.SYSTEM,
+        action="outreach_failed",
+        now=now,
+        line=f"Reaching the end user failed ({error}): send them the link another way.",
+        details={"event": message.payload.get("event"), "error": error},
+    )
+
+
+# Cases ``auto_outreach`` takes on in one pass.
+AUTO_BATCH = 100
+# Only cases opened this recently are reached automatically: turning ``auto`` on must not
+# email every end user of an old backlog at once.
+AUTO_SINCE = timedelta(days=1)
+
+
+async def auto_outreach(
+    sessions: async_sessionmaker[AsyncSession], *, now: datetime, maker: LinkMaker
+) -> int:
+    """Send a link to the end user of every new re-auth case nobody has made one for
+    (``[outreach] auto = true``); return how many were reached.
+
+    A case an operator acknowledged, snoozed or made a link for is theirs to handle. Safe
+    with several replicas: cases are taken FOR UPDATE SKIP LOCKED, and one with a link is
+    left alone.
+    """
+    if not (maker.reaches_out and maker.outreach.auto and maker.hosted is not None):
+        return 0
+    has_link = select(ReauthLink.id).where(col(ReauthLink.case_id) == col(Case.id)).exists()
+    stmt = (
+        select(Case)
+        .where(
+            col(Case.status) == CaseStatus.OPEN,
+            col(Case.kind).in_(LINKABLE_KINDS),
+            col(Case.opened_at) >= now - AUTO_SINCE,
+            ~has_link,
+        )
+        .order_by(col(Case.id))
+        .limit(AUTO_BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    from workflows.notify import record_change
+
+    reached = 0
+    async with sessions() as session, session.begin():
+        for case in (await session.exec(stmt)).all():
+            account = await cases.get_account(session, account_id=case.account_id)
+            if account is None or not account.email:
+                continue
+            made = await make(session, case, account, actor=actors.SYSTEM, now=now, maker=maker)
+            after = BULK_PACE * reached
+            await reach_out(
+                session, case, account, made, now=now, outreach=maker.outreach, after=after
+            )
+            case.status = CaseStatus.WAITING_ON_USER
+            how = "emailed to" if maker.outreach.channel == "nylas" else "sent to"
+            await record_change(
+                session,
+                case,
+                actor=actors.SYSTEM,
+                action="reauth_link",
+                now=now,
+                line=f"Re-authentication link {how} the end user automatically; waiting on them.",
+                details={"sent": maker.outreach.channel, "auto": True},
+            )
+            reached += 1
+    return reached
 
 
 class Opening(StrEnum):

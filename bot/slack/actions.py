@@ -28,7 +28,7 @@ from bot.slack import blocks, ids
 from bot.slack.operator import Operator, operator_of
 from bot.slack.replies import links_blocks
 from storage import cases, slack_requests
-from storage.models import Account, ApiVersion
+from storage.models import ApiVersion
 from storage.reports import MAX_CASE_NUMBER
 from workflows import actions, bulk
 from workflows.subject import ActionResult
@@ -181,21 +181,6 @@ def ticket_message(text: str) -> str:
     return f"```\n{blocks.clip(blocks.escape(text), MAX_TEXT - 8)}\n```"
 
 
-def link_builder(services: Services) -> actions.LinkBuilder | None:
-    """Build hosted-auth links with ``login_hint`` when Nylas and a redirect URI are set."""
-    settings, nylas = services.settings, services.nylas
-    if nylas is None or not settings.nylas_client_id or not settings.nylas_redirect_uri:
-        return None
-    redirect = settings.nylas_redirect_uri
-
-    def build(account: Account) -> str:
-        assert nylas is not None and account.email is not None
-        # No state: the account id in it would let anyone who sees the link guess others.
-        return nylas.reauth_url(email=account.email, redirect_uri=redirect)
-
-    return build
-
-
 # Builds the workflow a click runs, from the services and the click's payload.
 Build = Callable[[Services, dict[str, Any]], Workflow]
 
@@ -217,7 +202,11 @@ def _same(workflow: Workflow) -> Build:
 
 
 def _links(services: Services, body: dict[str, Any]) -> Workflow:
-    return partial(actions.send_reauth_link, build=link_builder(services))
+    return partial(actions.send_reauth_link, maker=services.links)
+
+
+def _send_link(services: Services, body: dict[str, Any]) -> Workflow:
+    return partial(actions.send_reauth_link, maker=services.links, send=True)
 
 
 def _snooze(services: Services, body: dict[str, Any]) -> Workflow:
@@ -237,7 +226,11 @@ def _delete_old(services: Services, body: dict[str, Any]) -> Workflow:
 
 
 def _links_all(services: Services, body: dict[str, Any]) -> Workflow:
-    return partial(bulk.reauth_links, build=link_builder(services))
+    return partial(bulk.reauth_links, maker=services.links)
+
+
+def _send_links_all(services: Services, body: dict[str, Any]) -> Workflow:
+    return partial(bulk.reauth_links, maker=services.links, send=True)
 
 
 def _retry_all(services: Services, body: dict[str, Any]) -> Workflow:
@@ -247,6 +240,7 @@ def _retry_all(services: Services, body: dict[str, Any]) -> Workflow:
 BUTTONS = (
     Button(ids.ACK, "ack", _same(actions.acknowledge)),
     Button(ids.LINK, "link", _links, tell_on_success=True),
+    Button(ids.SEND_LINK, "link", _send_link, tell_on_success=True),
     Button(ids.SNOOZE, "snooze", _snooze),
     Button(ids.RETRY, "retry", _retry, tell_on_success=True),
     Button(ids.SEND_ONLY, "resolve", _same(actions.mark_send_only), tell_on_success=True),
@@ -256,6 +250,7 @@ BUTTONS = (
     # Bulk actions on an incident always say what they did.
     Button(ids.INCIDENT_ACK, "ack", _same(bulk.acknowledge_all), INCIDENT, tell_on_success=True),
     Button(ids.INCIDENT_LINKS, "link", _links_all, INCIDENT, tell_on_success=True),
+    Button(ids.INCIDENT_SEND_LINKS, "link", _send_links_all, INCIDENT, tell_on_success=True),
     Button(ids.INCIDENT_RETRY, "retry", _retry_all, INCIDENT, tell_on_success=True),
 )
 

@@ -45,6 +45,10 @@ STATUS_WORDS = {
     CaseStatus.RESOLVED: "Resolved",
 }
 
+# The button that sends the end user their link, by how they are reached.
+OUTREACH_BUTTONS = {"nylas": "Email the user", "webhook": "Notify the user"}
+OUTREACH_ALL_BUTTONS = {"nylas": "Email all users", "webhook": "Notify all users"}
+
 
 def escape(text: str) -> str:
     """Escape mrkdwn control characters (Slack's rule: &, < and >)."""
@@ -149,10 +153,12 @@ def alert_blocks(
     *,
     revoke_enabled: bool = False,
     findings: Sequence[Finding] | None = None,
+    outreach: str | None = None,
 ) -> list[dict[str, Any]]:
     """The alert for a case: who, what, since when, why it matters, what to do, and buttons.
 
-    ``findings`` default to the diagnosis stored on the case.
+    ``findings`` default to the diagnosis stored on the case. ``outreach`` is how end users
+    are reached ("nylas", "webhook"), for the button that reaches them.
     """
     resolved = case.status == CaseStatus.RESOLVED
     rule = classify(account.api_version, case.state or "unknown")
@@ -221,7 +227,11 @@ def alert_blocks(
     if findings is None:
         findings = [Finding.from_json(f) for f in case.diagnosis or []]
     blocks += diagnosis_blocks(findings)
-    blocks.append(case_actions(case, account, revoke_enabled=revoke_enabled, findings=findings))
+    blocks.append(
+        case_actions(
+            case, account, revoke_enabled=revoke_enabled, findings=findings, outreach=outreach
+        )
+    )
     return blocks
 
 
@@ -231,12 +241,15 @@ def case_actions(
     *,
     revoke_enabled: bool,
     findings: Sequence[Finding] | None = None,
+    outreach: str | None = None,
 ) -> dict[str, Any]:
     """The actions block of a case: the buttons that fit it as it is now."""
     if findings is None:
         findings = [Finding.from_json(f) for f in case.diagnosis or []]
     ticket = case.kind == CaseKind.SUPPORT or any(f.rule == "support" for f in findings)
-    elements = _buttons(case, account, revoke_enabled=revoke_enabled, ticket=ticket)
+    elements = _buttons(
+        case, account, revoke_enabled=revoke_enabled, ticket=ticket, outreach=outreach
+    )
     return {"type": "actions", "block_id": f"case-{case.id}", "elements": elements}
 
 
@@ -274,7 +287,12 @@ def _button(action_id: str, text: str, case: Case, style: str | None = None) -> 
 
 
 def _buttons(
-    case: Case, account: Account, *, revoke_enabled: bool, ticket: bool = False
+    case: Case,
+    account: Account,
+    *,
+    revoke_enabled: bool,
+    ticket: bool = False,
+    outreach: str | None = None,
 ) -> list[dict[str, Any]]:
     """The actions that fit the case as it is now."""
     elements = []
@@ -282,6 +300,8 @@ def _buttons(
         elements.append(_button(ids.ACK, "Acknowledge", case, "primary"))
     if case.kind in LINKABLE_KINDS and case.status != CaseStatus.WAITING_ON_USER:
         elements.append(_button(ids.LINK, "Send re-auth link", case))
+    if case.kind in LINKABLE_KINDS and outreach is not None and account.email:
+        elements.append(_button(ids.SEND_LINK, OUTREACH_BUTTONS[outreach], case))
     options = [
         {"text": {"type": "plain_text", "text": choice.label}, "value": f"{case.id}:{choice.code}"}
         for choice in SNOOZE_CHOICES.values()

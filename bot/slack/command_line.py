@@ -33,7 +33,7 @@ USAGE = {
     "show": "/reauth show CASE|EMAIL|ACCOUNT",
     "ack": "/reauth ack CASE",
     "retry": "/reauth retry CASE",
-    "link": "/reauth link CASE",
+    "link": "/reauth link CASE [--send]",
     "snooze": f"/reauth snooze CASE {'|'.join(SNOOZES)}",
     "resolve": "/reauth resolve CASE [note]",
     "revoke": "/reauth revoke CASE",
@@ -46,7 +46,7 @@ WHAT = {
     "show": "a case with its history",
     "ack": "acknowledge a case (stops escalation)",
     "retry": "retry sync (v2 stopped) or check the grant again (v3)",
-    "link": "get a re-authentication link for the end user",
+    "link": "get a re-authentication link for the end user (--send: send it to them)",
     "snooze": "silence a case and its escalation for a while",
     "resolve": "close a case with a note",
     "revoke": "revoke the account's tokens (asks for confirmation)",
@@ -71,6 +71,7 @@ class Command:
     domain: str | None = None
     provider: str | None = None
     incident: int | None = None  # list: the cases of one incident
+    send: bool = False  # link: send it to the end user ([outreach])
     unknown: str | None = None  # help: the sub-command that was not one
 
 
@@ -126,6 +127,15 @@ def parse(text: str) -> Command:
         if len(words) != 2 or words[1].lower() not in SNOOZES:
             raise UsageError(f"Snooze for {snooze_codes_in_words()}.", name)
         return Command(name, target=words[0], duration=words[1].lower())
+    if name == "link":
+        send = "--send" in words
+        rest = [w for w in words if w != "--send"]
+        unknown = [w for w in rest if w.startswith("--")]
+        if unknown:
+            raise UsageError(f"`{unknown[0][:40]}` is not an option of `link`.", name)
+        if len(rest) != 1:
+            raise UsageError("Name one case.", name)
+        return Command(name, target=rest[0], send=send)
     if len(words) != 1:
         raise UsageError("Name one case.", name)
     return Command(name, target=words[0])

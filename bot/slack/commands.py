@@ -74,7 +74,12 @@ async def _list(
         )
     revoke = services.settings.policy.permissions.revoke is not None
     return replies.case_list(
-        rows, has_more=more, offset=offset, filters=filters, revoke_enabled=revoke
+        rows,
+        has_more=more,
+        offset=offset,
+        filters=filters,
+        revoke_enabled=revoke,
+        outreach=services.settings.outreach_channel,
     )
 
 
@@ -114,7 +119,12 @@ async def on_show(
         facts = await gather(session, case=case, account=account, now=services.clock())
     revoke = services.settings.policy.permissions.revoke is not None
     card = replies.case_card(
-        case, account, history, revoke_enabled=revoke, findings=diagnose(facts)
+        case,
+        account,
+        history,
+        revoke_enabled=revoke,
+        findings=diagnose(facts),
+        outreach=services.settings.outreach_channel,
     )
     await _say(respond, f"Case #{case.id}", card)
 
@@ -273,7 +283,7 @@ HANDLERS: dict[str, Handler] = {
     "link": _acting(
         "link",
         lambda services, command: partial(
-            actions.send_reauth_link, build=buttons.link_builder(services)
+            actions.send_reauth_link, maker=services.links, send=command.send
         ),
     ),
     "snooze": _acting(

@@ -7,6 +7,7 @@ EVENTS_PATH = "/slack/events"
 # Buttons on a case's alert. The button's value carries the case number.
 ACK = "case_ack"
 LINK = "case_link"
+SEND_LINK = "case_send_link"  # makes a link and sends it to the end user ([outreach])
 SNOOZE = "case_snooze"  # a menu; each option's value is "<case>:<duration>"
 RESOLVE = "case_resolve"  # opens the resolve modal
 RETRY = "case_retry"
@@ -22,12 +23,14 @@ LIST_MORE = "cases_more"
 # Bulk actions on an incident's message (a storm). The button's value carries the incident.
 INCIDENT_ACK = "incident_ack_all"
 INCIDENT_LINKS = "incident_links"
+INCIDENT_SEND_LINKS = "incident_send_links"  # sends every end user their link, paced
 INCIDENT_RETRY = "incident_retry_all"
 INCIDENT_SHOW = "incident_show_cases"  # answers privately with the cases and their buttons
 
 ACTIONS = (
     ACK,
     LINK,
+    SEND_LINK,
     SNOOZE,
     RESOLVE,
     RETRY,
@@ -39,6 +42,7 @@ ACTIONS = (
     LIST_MORE,
     INCIDENT_ACK,
     INCIDENT_LINKS,
+    INCIDENT_SEND_LINKS,
     INCIDENT_RETRY,
     INCIDENT_SHOW,
 )

@@ -7,6 +7,7 @@ from typing import Any
 from bot.slack import ids
 from bot.slack.blocks import (
     KIND_TITLES,
+    OUTREACH_ALL_BUTTONS,
     STATUS_WORDS,
     context,
     escape,
@@ -38,7 +39,7 @@ def _tally(view: IncidentView) -> str:
     return ", ".join(parts) or "no cases"
 
 
-def incident_blocks(view: IncidentView) -> list[dict[str, Any]]:
+def incident_blocks(view: IncidentView, *, outreach: str | None = None) -> list[dict[str, Any]]:
     """The incident's message: what happened, where its cases are, and bulk actions."""
     incident = view.incident
     ended = incident.status == IncidentStatus.ENDED
@@ -83,6 +84,9 @@ def incident_blocks(view: IncidentView) -> list[dict[str, Any]]:
         elements.append(_button(ids.INCIDENT_ACK, "Acknowledge all", view, "primary"))
     if view.linkable:
         elements.append(_button(ids.INCIDENT_LINKS, f"Re-auth links ({view.linkable})", view))
+        if outreach is not None:
+            label = f"{OUTREACH_ALL_BUTTONS[outreach]} ({view.linkable})"
+            elements.append(_button(ids.INCIDENT_SEND_LINKS, label, view))
     if view.retryable:
         elements.append(_button(ids.INCIDENT_RETRY, f"Retry all ({view.retryable})", view))
     blocks.append({"type": "actions", "block_id": f"incident-{incident.id}", "elements": elements})

@@ -86,6 +86,7 @@ def case_list(
     offset: int,
     filters: Mapping[str, Any],
     revoke_enabled: bool = False,
+    outreach: str | None = None,
 ) -> list[dict[str, Any]]:
     """A page of open cases; those of one incident come with their own buttons, since their
     alerts were never posted one by one."""
@@ -105,7 +106,9 @@ def case_list(
     for case, account in rows:
         blocks.append(section(case_line(case, account)))
         if incident is not None:
-            blocks.append(case_actions(case, account, revoke_enabled=revoke_enabled))
+            blocks.append(
+                case_actions(case, account, revoke_enabled=revoke_enabled, outreach=outreach)
+            )
     if has_more:
         blocks.append(
             {
@@ -138,12 +141,15 @@ def case_card(
     *,
     revoke_enabled: bool,
     findings: Sequence[Finding] | None = None,
+    outreach: str | None = None,
 ) -> list[dict[str, Any]]:
     """The alert as it is now, with its buttons, and the case's history below.
 
     A send-only account's card offers to take the mark back, whatever state its case is in.
     """
-    blocks = alert_blocks(case, account, revoke_enabled=revoke_enabled, findings=findings)
+    blocks = alert_blocks(
+        case, account, revoke_enabled=revoke_enabled, findings=findings, outreach=outreach
+    )
     if account.send_only:
         blocks.append(
             context(

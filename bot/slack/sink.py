@@ -79,9 +79,11 @@ class SlackSink:
         *,
         post_interval: float = POST_INTERVAL,
         revoke_enabled: bool = False,
+        outreach: str | None = None,
     ) -> None:
         self._client = client
         self._revoke_enabled = revoke_enabled
+        self._outreach = outreach
         self._interval = post_interval
         self._next_post: dict[str, float] = {}
 
@@ -101,9 +103,11 @@ class SlackSink:
             if notice:
                 return await self._notice(message, parent)
             if incident is not None:
-                return await self._send(message, incident_card(incident))
+                return await self._send(message, incident_card(incident, outreach=self._outreach))
             assert case is not None and account is not None
-            card = case_card(case, account, revoke_enabled=self._revoke_enabled)
+            card = case_card(
+                case, account, revoke_enabled=self._revoke_enabled, outreach=self._outreach
+            )
             return await self._send(message, card)
         except SlackApiError as exc:
             raise _sink_error(exc) from exc
@@ -274,25 +278,29 @@ class Card:
     metadata: dict[str, Any]  # names the subject, so a retried post finds an earlier copy
 
 
-def case_card(case: Case, account: Account, *, revoke_enabled: bool) -> Card:
+def case_card(
+    case: Case, account: Account, *, revoke_enabled: bool, outreach: str | None = None
+) -> Card:
     """The card of a case: its alert."""
     return Card(
         channel=case.slack_channel,
         ts=case.slack_ts,
         text=blocks.fallback_text(case, account),
-        blocks=lambda: blocks.alert_blocks(case, account, revoke_enabled=revoke_enabled),
+        blocks=lambda: blocks.alert_blocks(
+            case, account, revoke_enabled=revoke_enabled, outreach=outreach
+        ),
         metadata=case_metadata(case),
     )
 
 
-def incident_card(view: IncidentView) -> Card:
+def incident_card(view: IncidentView, *, outreach: str | None = None) -> Card:
     """The card of an incident: one message for its storm of cases."""
     incident = view.incident
     return Card(
         channel=incident.slack_channel,
         ts=incident.slack_ts,
         text=incidents.incident_fallback(view),
-        blocks=lambda: incidents.incident_blocks(view),
+        blocks=lambda: incidents.incident_blocks(view, outreach=outreach),
         metadata=incident_metadata(view),
     )
 

@@ -25,6 +25,7 @@ from workflows import bulk
 from workflows.escalation import escalate_due
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
+from workflows.links import LinkMaker
 from workflows.policy import Escalation, EscalationLevel, Storms, parse_duration
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -329,7 +330,11 @@ async def test_bulk_actions_refuse_a_missing_or_ended_incident(sessions: Session
         await expire(sessions, n, T0 + timedelta(hours=1), state="valid")
     before = len(await outbox(sessions))
     ended = await bulk.reauth_links(
-        sessions, incident_id=1, actor="slack:U0SUE", now=T0, build=lambda a: "https://x"
+        sessions,
+        incident_id=1,
+        actor="slack:U0SUE",
+        now=T0,
+        maker=LinkMaker(hosted=lambda a: "https://x"),
     )
     assert ended.outcome == "stale"
     assert len(await outbox(sessions)) == before
@@ -343,7 +348,7 @@ async def test_links_for_all_are_one_per_end_user(sessions: Sessions) -> None:
         incident_id=1,
         actor="slack:U0SUE",
         now=T0,
-        build=lambda a: f"https://auth.example/{a.id}",
+        maker=LinkMaker(hosted=lambda a: f"https://auth.example/{a.id}"),
     )
     assert result.outcome == "done"
     assert result.links_csv().splitlines() == [

@@ -17,6 +17,7 @@ from tests.conftest import Nylas
 from workflows import actions
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
+from workflows.links import LinkMaker
 from workflows.stats import GONE_STATES, CaseStats, case_stats
 
 # aiohttp warns once per process that the fake Nylas server keys its request state by a string;
@@ -139,7 +140,7 @@ async def history(sessions: Sessions, nylas: Nylas) -> None:
     c5 = await event(s, "g3", "invalid", NOW - 4 * D, **g3)
     assert c5 is not None
     await actions.send_reauth_link(
-        s, case_id=c5, actor="slack:U1", now=NOW - 4 * D + 5 * M, build=link
+        s, case_id=c5, actor="slack:U1", now=NOW - 4 * D + 5 * M, maker=LinkMaker(hosted=link)
     )
     await event(s, "g3", "valid", NOW - 4 * D + 3 * H, version="v3", **reauthenticated())  # 3 h
     await event(s, "g3", "invalid", NOW - 2 * D, version="v3")
@@ -301,7 +302,9 @@ async def snooze_then_recover(s: Sessions, n: Nylas, case_id: int) -> None:
 
 
 async def link_then_recover(s: Sessions, n: Nylas, case_id: int) -> None:
-    await actions.send_reauth_link(s, case_id=case_id, actor="slack:U1", now=T0 + H, build=link)
+    await actions.send_reauth_link(
+        s, case_id=case_id, actor="slack:U1", now=T0 + H, maker=LinkMaker(hosted=link)
+    )
     await recover(s, n, case_id)
 
 
@@ -373,7 +376,7 @@ async def test_fixed_without_operator_v3(
     assert case_id is not None
     if how == "link sent":
         await actions.send_reauth_link(
-            sessions, case_id=case_id, actor="slack:U1", now=T0 + H, build=link
+            sessions, case_id=case_id, actor="slack:U1", now=T0 + H, maker=LinkMaker(hosted=link)
         )
     if how == "grant deleted by an operator":
         result = await actions.revoke(
