@@ -82,6 +82,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.outreach = Counter(
+            "reauthbot_outreach",
+            "Deliveries to end users, by channel (nylas, webhook) and outcome "
+            "(sent, rejected, unavailable, uncertain)",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
         self.job_runs = Counter(
             "reauthbot_job_runs",
             "Scheduled job runs by job and outcome",

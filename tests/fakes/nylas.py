@@ -16,6 +16,9 @@ picks one and says so here:
 - v2 DELETE answers ``{"success": true}``;
 - query parameters the fake does not implement (filters, sorting) are refused with 400
   rather than silently ignored;
+- ``POST /v3/grants/{id}/messages/send`` sends from any grant the fake holds, whatever its
+  grant_status; a body whose ``to`` is not a non-empty list of objects with an ``email`` is
+  400, and a sent message is kept in ``sent_messages`` (the answer's ``date`` is now);
 - webhook lists (``GET /v3/webhooks``, ``GET /a/{client_id}/webhooks``) come whole, in
   insertion order, with no pagination; ``webhooks`` and ``v2_webhooks`` hold the rows as
   sent, so a test may put a malformed row among them.
@@ -120,6 +123,8 @@ class FakeNylas(LoopbackFake):
         self.api_key = api_key
         self.calls: list[Call] = []
         self.revocations: list[tuple[str, str | None]] = []
+        # Messages sent through a grant: id, grant_id, to (emails), subject, body.
+        self.sent_messages: list[dict[str, Any]] = []
         self.v2_accounts: dict[str, dict[str, Any]] = {}
         self.grants: dict[str, dict[str, Any]] = {}
         # Lists keep the order for offset pagination; slicing them is O(page).
@@ -143,6 +148,7 @@ class FakeNylas(LoopbackFake):
         app.router.add_get("/v3/grants", self._v3_list)
         app.router.add_get("/v3/grants/{id}", self._v3_get)
         app.router.add_delete("/v3/grants/{id}", self._v3_delete)
+        app.router.add_post("/v3/grants/{id}/messages/send", self._v3_send)
         return app
 
     # -- state -------------------------------------------------------------------------
@@ -495,6 +501,38 @@ class FakeNylas(LoopbackFake):
             return _error(request.path, 404, "Grant not found.")
         self._grant_order.remove(grant["id"])
         return web.json_response({"request_id": str(uuid.uuid4())})
+
+    async def _v3_send(self, request: web.Request) -> web.StreamResponse:
+        grant_id = request.match_info["id"]
+        if grant_id not in self.grants:
+            return _error(request.path, 404, "Grant not found.")
+        body = request.get(_JSON_BODY)
+        to = body.get("to") if isinstance(body, dict) else None
+        if (
+            not isinstance(to, list)
+            or not to
+            or not all(isinstance(r, dict) and isinstance(r.get("email"), str) for r in to)
+        ):
+            return _error(request.path, 400, "to must be a non-empty list of recipients.")
+        assert isinstance(body, dict)
+        message = {
+            "id": uuid.uuid4().hex,
+            "grant_id": grant_id,
+            "to": [r["email"] for r in to],
+            "subject": body.get("subject"),
+            "body": body.get("body"),
+        }
+        self.sent_messages.append(message)
+        data = {
+            "id": message["id"],
+            "grant_id": grant_id,
+            "subject": message["subject"],
+            "to": to,
+            "body": message["body"],
+            "date": int(time.time()),
+        }
+        answer = {"request_id": str(uuid.uuid4()), "grant_id": grant_id, "data": data}
+        return web.json_response(answer)
 
 
 def _mix(good: str, bad: str, every: int) -> tuple[str, ...]:
