@@ -25,7 +25,6 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
-from workflows.outreach import NylasMailer, OutreachWebhook
 
 from bot import jobs, reauth_links, routes, webhook
 from bot.bodies import DEFAULT_READ_TIMEOUT, READ_TIMEOUT, quiet_client_faults
@@ -53,6 +52,7 @@ from workflows import links
 from workflows.clock import Clock, system_clock
 from workflows.ingest import BATCH, drain_inbox
 from workflows.nylas import NylasClient
+from workflows.outreach import NylasMailer, OutreachWebhook
 from workflows.paging import PagerDuty
 
 log = logging.getLogger("reauthbot.app")
@@ -354,6 +354,7 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
                 still_due=links.still_due,
                 after_sent=links.record_sent,
                 after_failed=links.record_failed,
+                mark_in_flight=True,
             )
             runtime.reach = Worker("outreach", reaching.drain_once)
         # Whatever commits queued messages wakes the drain of their channel.

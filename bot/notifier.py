@@ -159,6 +159,7 @@ class Notifier:
         still_due: MessageCheck | None = None,
         after_sent: AfterSent | None = None,
         after_failed: AfterFailed | None = None,
+        mark_in_flight: bool = False,
     ) -> None:
         self._sessions = sessions
         self._stopping = stopping
@@ -167,6 +168,8 @@ class Notifier:
         self._still_due = still_due
         self._after_sent = after_sent
         self._after_failed = after_failed
+        # Commit, before each send, that it has begun: for sinks that must never send twice.
+        self._mark_in_flight = mark_in_flight
         self._readers = readers or sessions
         self._sink = sink
         self._clock = clock
@@ -242,6 +245,9 @@ class Notifier:
         if not due:
             await self._withdraw(message)
             return
+        if self._mark_in_flight:
+            async with self._sessions() as session, session.begin():
+                await outbox.mark_in_flight(session, message_id=message.id, owner=self._owner)
         try:
             if message.incident_id is not None and incident is None:
                 raise SinkError("incident_missing", permanent=True)

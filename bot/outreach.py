@@ -18,6 +18,7 @@ from typing import Any
 
 from bot.metrics import Metrics
 from bot.notifier import Posted, SinkError
+from storage import outbox
 from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxMessage
 from workflows.outreach import (
@@ -82,6 +83,11 @@ class OutreachSink:
         to = payload.get("to")
         if event not in EVENTS or not isinstance(to, str) or not to:
             raise SinkError("outreach_bad_message", permanent=True)
+        if self.channel == "nylas" and message.last_error == outbox.IN_FLIGHT:
+            # An earlier attempt was cut off mid-send (the process died): the email may have
+            # gone out, and it must never go out twice.
+            self._count("uncertain")
+            raise SinkError("outreach_uncertain", permanent=True)
         try:
             if self.channel == "nylas":
                 if event == COMPLETED:

@@ -254,6 +254,16 @@ async def _finish(session: AsyncSession, *, message_id: int, owner: str, **value
     return result.rowcount == 1
 
 
+# ``last_error`` of a message whose send has begun: a message claimed with it was cut off
+# mid-send by a crash, and may have reached its recipient.
+IN_FLIGHT = "in_flight"
+
+
+async def mark_in_flight(session: AsyncSession, *, message_id: int, owner: str) -> bool:
+    """Note, before sending, that a send has begun (see ``IN_FLIGHT``)."""
+    return await _finish(session, message_id=message_id, owner=owner, last_error=IN_FLIGHT)
+
+
 async def mark_sent(session: AsyncSession, *, message_id: int, owner: str, now: datetime) -> bool:
     """Record a delivered message; False if the lease was lost to another process."""
     return await _finish(

@@ -11,9 +11,10 @@ from bot.settings import Settings
 
 
 async def start_app(settings: Settings, **kwargs: Any) -> TestClient:
-    """Start the app with the production server options; close the client when done."""
+    """Start the app with the production server options (no access log, as ``run`` serves
+    it); close the client when done."""
     server = TestServer(create_app(settings, **kwargs))
-    await server.start_server(**SERVER_OPTIONS)
+    await server.start_server(access_log=None, **SERVER_OPTIONS)
     client = TestClient(server)
     await client.start_server()
     return client
