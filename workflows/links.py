@@ -67,6 +67,8 @@ NUDGE = "reauth.nudge"
 COMPLETED = "reauth.completed"
 
 HostedUrl = Callable[[Account], str]
+# Who resolves a case the end user fixed: a webhook, polling, or "Check again" (retry).
+RECOVERED_BY = (actors.NYLAS, actors.POLL, "retry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,16 +222,17 @@ def _event_id() -> str:
 
 
 async def case_closed(session: AsyncSession, case: Case, *, now: datetime) -> None:
-    """A case was resolved or snoozed: withdraw its nudges, and tell the team's product of a
-    re-authentication when the end user was reached."""
+    """A case was resolved or snoozed: withdraw its nudges, and tell the team's product
+    (``webhook``) of a re-authentication when the end user was reached through it."""
     assert case.id is not None
     withdrawn = await store.cancel_outreach(session, case_id=case.id, now=now)
     if withdrawn:
         log.debug("nudges withdrawn", extra={"case": case.id, "count": withdrawn})
-    if case.status != CaseStatus.RESOLVED:
-        return
+    if case.status != CaseStatus.RESOLVED or case.resolved_by not in RECOVERED_BY:
+        return  # only a recovery Nylas reported is a re-authentication
     link = await store.latest(session, case_id=case.id)
-    if link is None or link.sent_via is None or link.id is None:
+    # Only the team's product is told: an email saying so would tell the user what they did.
+    if link is None or link.sent_via != "webhook" or link.id is None:
         return
     account = await cases.get_account(session, account_id=case.account_id)
     payload = {
