@@ -26,7 +26,7 @@ from bot.slack.blocks import (
     words,
 )
 from storage import actors
-from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus
+from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus, ReauthLink
 from storage.reports import Tally
 from workflows.billing import restart_warning
 from workflows.clock import how_long
@@ -138,12 +138,16 @@ def case_card(
     *,
     revoke_enabled: bool,
     findings: Sequence[Finding] | None = None,
+    link: ReauthLink | None = None,
 ) -> list[dict[str, Any]]:
     """The alert as it is now, with its buttons, and the case's history below.
 
     A send-only account's card offers to take the mark back, whatever state its case is in.
+    ``link`` is the case's newest re-authentication link, as on the alert.
     """
-    blocks = alert_blocks(case, account, revoke_enabled=revoke_enabled, findings=findings)
+    blocks = alert_blocks(
+        case, account, revoke_enabled=revoke_enabled, findings=findings, link=link
+    )
     if account.send_only:
         blocks.append(
             context(

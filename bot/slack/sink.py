@@ -31,7 +31,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.notifier import Posted, SinkError
 from bot.slack import blocks, incidents, notices
 from storage.incidents import IncidentView
-from storage.models import Account, Case, OutboxKind, OutboxMessage
+from storage.models import Account, Case, OutboxKind, OutboxMessage, ReauthLink
 from workflows.words import from_json
 
 log = logging.getLogger("reauthbot.slack.sink")
@@ -93,6 +93,7 @@ class SlackSink:
         incident: IncidentView | None = None,
         *,
         parent: Posted | None = None,
+        link: ReauthLink | None = None,
     ) -> Posted | None:
         notice = message.kind in NOTICE_KINDS
         if not notice and incident is None and (case is None or account is None):
@@ -103,7 +104,7 @@ class SlackSink:
             if incident is not None:
                 return await self._send(message, incident_card(incident))
             assert case is not None and account is not None
-            card = case_card(case, account, revoke_enabled=self._revoke_enabled)
+            card = case_card(case, account, revoke_enabled=self._revoke_enabled, link=link)
             return await self._send(message, card)
         except SlackApiError as exc:
             raise _sink_error(exc) from exc
@@ -274,13 +275,15 @@ class Card:
     metadata: dict[str, Any]  # names the subject, so a retried post finds an earlier copy
 
 
-def case_card(case: Case, account: Account, *, revoke_enabled: bool) -> Card:
-    """The card of a case: its alert."""
+def case_card(
+    case: Case, account: Account, *, revoke_enabled: bool, link: ReauthLink | None = None
+) -> Card:
+    """The card of a case: its alert, with what became of its newest re-auth ``link``."""
     return Card(
         channel=case.slack_channel,
         ts=case.slack_ts,
         text=blocks.fallback_text(case, account),
-        blocks=lambda: blocks.alert_blocks(case, account, revoke_enabled=revoke_enabled),
+        blocks=lambda: blocks.alert_blocks(case, account, revoke_enabled=revoke_enabled, link=link),
         metadata=case_metadata(case),
     )
 
