@@ -27,6 +27,7 @@ from workflows.digest import queue_digest
 from workflows.escalation import escalate_due, sweep_period
 from workflows.maintenance import purge_old_rows
 from workflows.reconcile import reconcile
+from workflows.stalled import flag_stalled_links
 from workflows.stuck import open_stuck_cases
 from workflows.webhook_watch import check_webhook_destinations
 
@@ -68,6 +69,9 @@ def table(settings: Settings) -> list[Job]:
         Job("snoozes", end_due_snoozes, every(minutes=1)),
         Job("stuck", open_stuck, every(minutes=5)),
     ]
+    if settings.public_url is not None:
+        # Only tracked links record their opens.
+        jobs.append(Job("stalled_links", flag_stalled, every(minutes=10)))
     if settings.policy.escalation.levels:
         period = sweep_period(settings.policy.escalation).total_seconds()
         jobs.append(Job("escalation", escalate, every(seconds=period)))
@@ -135,6 +139,10 @@ async def open_stuck(services: Services) -> None:
 
 async def end_due_snoozes(services: Services) -> None:
     await end_snoozes(services.sessions, now=services.clock())
+
+
+async def flag_stalled(services: Services) -> None:
+    await flag_stalled_links(services.sessions, now=services.clock())
 
 
 async def escalate(services: Services) -> None:

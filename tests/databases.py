@@ -23,6 +23,7 @@ PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
 TABLES = [
     "outbox",
     "case_events",
+    "reauth_links",
     "cases",
     "incidents",
     "inbox",
