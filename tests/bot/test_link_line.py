@@ -10,8 +10,10 @@ from slack_sdk.models.blocks import Block
 
 from bot import render
 from bot.slack.blocks import alert_blocks
+from bot.slack.replies import outreach_text
 from storage import actors
 from storage.models import Account, Case, CaseStatus, ReauthLink
+from workflows.stats import NO_OUTREACH, OutreachFigures
 
 MADE = datetime(2026, 12, 7, 10, 2, tzinfo=UTC)
 EMAIL = "ana+mailbox@example.com"
@@ -207,3 +209,17 @@ def link_context(blocks: list[dict[str, Any]]) -> str:
     found = [b for b in blocks if is_link(b)]
     assert len(found) == 1
     return str(found[0]["elements"][0]["text"])
+
+
+def test_stats_tell_outreach_or_that_there_was_none() -> None:
+    assert outreach_text(NO_OUTREACH) == "Outreach: no outreach yet"
+    assert outreach_text(OutreachFigures(4, 3, timedelta(hours=2, minutes=5), 1)).splitlines() == [
+        "Fixed after outreach: 75% (3 of 4 end users reached)",
+        "Median time from the first link to re-authentication: 2 h 5 min",
+        "Links opened but not completed: 1",
+    ]
+    assert outreach_text(OutreachFigures(0, 0, None, 2)).splitlines() == [
+        "Fixed after outreach: no end user reached",
+        "Median time from the first link to re-authentication: no re-authentication yet",
+        "Links opened but not completed: 2",
+    ]
