@@ -28,6 +28,7 @@ from workflows.escalation import escalate_due, sweep_period
 from workflows.links import auto_outreach
 from workflows.maintenance import purge_old_rows
 from workflows.reconcile import reconcile
+from workflows.stalled import flag_stalled_links
 from workflows.stuck import open_stuck_cases
 from workflows.webhook_watch import check_webhook_destinations
 
@@ -71,6 +72,9 @@ def table(settings: Settings) -> list[Job]:
     ]
     if settings.outreach_channel is not None and settings.policy.outreach.auto:
         jobs.append(Job("outreach", reach_new_cases, every(seconds=15), at_start=True))
+    if settings.public_url is not None:
+        # Only tracked links record their opens.
+        jobs.append(Job("stalled_links", flag_stalled, every(minutes=10)))
     if settings.policy.escalation.levels:
         period = sweep_period(settings.policy.escalation).total_seconds()
         jobs.append(Job("escalation", escalate, every(seconds=period)))
@@ -144,6 +148,10 @@ async def reach_new_cases(services: Services) -> None:
 
 async def end_due_snoozes(services: Services) -> None:
     await end_snoozes(services.sessions, now=services.clock())
+
+
+async def flag_stalled(services: Services) -> None:
+    await flag_stalled_links(services.sessions, now=services.clock())
 
 
 async def escalate(services: Services) -> None:

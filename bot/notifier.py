@@ -22,9 +22,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import render
 from bot.metrics import Metrics
-from storage import actors, cases, incidents, notices, outbox
+from storage import actors, cases, incidents, links, notices, outbox
 from storage.incidents import IncidentView
-from storage.models import Account, Case, OutboxKind, OutboxMessage
+from storage.models import Account, Case, OutboxKind, OutboxMessage, ReauthLink
 from workflows.clock import Clock
 from workflows.webhook_watch import ABOUT as WEBHOOK_DESTINATION
 
@@ -39,6 +39,8 @@ RETRY_FOR = timedelta(hours=24)
 # Messages that go where an earlier notice was posted (its payload "key" names it).
 NOTICE_FOLLOWUPS = (OutboxKind.NOTICE_UPDATE, OutboxKind.NOTICE_THREAD)
 NOTICE_KINDS = (OutboxKind.NOTICE, *NOTICE_FOLLOWUPS)
+# Messages that show a case's card, and so its re-authentication link.
+CARD_KINDS = (OutboxKind.POST, OutboxKind.UPDATE, OutboxKind.DM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +74,13 @@ class Sink(Protocol):
         incident: IncidentView | None = None,
         *,
         parent: Posted | None = None,
+        link: ReauthLink | None = None,
     ) -> Posted | None:
         """Send one message; return the coordinates of a newly posted parent message.
 
         A message of an incident comes with ``incident`` (and no case). An update or thread
         line of a notice comes with ``parent``, where the notice was posted (None: not yet).
+        A message of a case comes with the case's newest re-authentication ``link``, if any.
         """
 
 
@@ -96,6 +100,7 @@ class LogSink:
         incident: IncidentView | None = None,
         *,
         parent: Posted | None = None,
+        link: ReauthLink | None = None,
     ) -> Posted | None:
         fields = {"case": message.case_id, "kind": message.kind}
         if incident is not None and message.kind in (OutboxKind.POST, OutboxKind.UPDATE):
@@ -117,7 +122,8 @@ class LogSink:
             self._log.info("%s: %s", title, " ".join(lines), extra=fields)
         elif case is not None and account is not None:
             verb = "alert" if message.kind == OutboxKind.POST else "alert updated"
-            self._log.warning("%s: %s", verb, render.alert_text(case, account), extra=fields)
+            text = render.alert_text(case, account, link)
+            self._log.warning("%s: %s", verb, text, extra=fields)
         return None
 
 
@@ -227,13 +233,15 @@ class Notifier:
 
     async def _deliver(self, message: OutboxMessage) -> None:
         assert message.id is not None
-        case = account = incident = parent = None
+        case = account = incident = parent = link = None
         notice_key = message.payload.get("key") if message.kind in NOTICE_KINDS else None
         async with self._readers() as session:
             if message.case_id is not None:
                 case = await cases.get_case(session, case_id=message.case_id)
                 if case is not None:
                     account = await cases.get_account(session, account_id=case.account_id)
+                if case is not None and message.kind in CARD_KINDS:
+                    link = await links.latest(session, case_id=message.case_id)
             if message.incident_id is not None:
                 incident = await incidents.view(session, incident_id=message.incident_id)
             if notice_key is not None and message.kind in NOTICE_FOLLOWUPS:
@@ -251,7 +259,9 @@ class Notifier:
         try:
             if message.incident_id is not None and incident is None:
                 raise SinkError("incident_missing", permanent=True)
-            posted = await self._sink.deliver(message, case, account, incident, parent=parent)
+            posted = await self._sink.deliver(
+                message, case, account, incident, parent=parent, link=link
+            )
         except SinkError as exc:
             self._metrics.notifier_errors.labels(sink=sink, error=exc.code).inc()
             await self._failed(message, exc)

@@ -20,7 +20,7 @@ from bot.metrics import Metrics
 from bot.notifier import Posted, SinkError
 from storage import outbox
 from storage.incidents import IncidentView
-from storage.models import Account, Case, OutboxMessage
+from storage.models import Account, Case, OutboxMessage, ReauthLink
 from workflows.outreach import (
     COMPLETED,
     EVENTS,
@@ -77,6 +77,7 @@ class OutreachSink:
         incident: IncidentView | None = None,
         *,
         parent: Posted | None = None,
+        link: ReauthLink | None = None,
     ) -> Posted | None:
         payload = message.payload
         event = payload.get("event")

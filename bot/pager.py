@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bot.notifier import Posted, SinkError
 from storage.incidents import IncidentView
-from storage.models import Account, Case, OutboxMessage
+from storage.models import Account, Case, OutboxMessage, ReauthLink
 from workflows.paging import PagerDuty, PagingRejected, PagingUnavailable
 from workflows.subject import pager_key
 
@@ -30,6 +30,7 @@ class PagerSink:
         incident: IncidentView | None = None,
         *,
         parent: Posted | None = None,
+        link: ReauthLink | None = None,
     ) -> Posted | None:
         key = pager_key(case_id=message.case_id, incident_id=message.incident_id)
         action = message.payload.get("action")

@@ -12,8 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from storage.incidents import IncidentView
-from storage.models import Account, Case, CaseKind, IncidentStatus
+from storage.models import Account, Case, CaseKind, IncidentStatus, ReauthLink
+from workflows.enduser import link_line, outreach_failure
 from workflows.incidents import headline
+from workflows.words import plain
 
 # How a case kind reads in plain text (the log sink, the CLI): what the account does, after
 # its email. Slack words kinds in bot.slack.blocks.KIND_TITLES.
@@ -39,8 +41,9 @@ def when(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def alert_text(case: Case, account: Account) -> str:
-    """Describe a case in one paragraph: who, what, since when, and its status."""
+def alert_text(case: Case, account: Account, link: ReauthLink | None = None) -> str:
+    """Describe a case in one paragraph: who, what, since when, its status, and what the end
+    user did with its newest re-authentication ``link``."""
     who = inline(account.email or account.id)
     what = KIND_WORDS.get(case.kind, inline(case.kind))
     provider = inline(account.provider or "unknown")
@@ -49,6 +52,10 @@ def alert_text(case: Case, account: Account) -> str:
         f"account {inline(account.id)} ({account.api_version}, provider {provider})",
         f"state {inline(case.state or '-')} since {when(case.opened_at)}; status {case.status}",
     ]
+    if link is not None:
+        lines.append(inline(plain(link_line(case, link))))
+        if (failure := outreach_failure(case, link)) is not None:
+            lines.append(inline(failure))
     if case.resolution:
         lines.append(f"resolution: {inline(case.resolution)}")
     return "\n".join(lines)

@@ -6,11 +6,19 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import exists, update
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import OutboxKind, OutboxMessage, OutboxStatus, ReauthLink
+from storage.models import (
+    Case,
+    CaseStatus,
+    OutboxKind,
+    OutboxMessage,
+    OutboxStatus,
+    ReauthLink,
+)
 
 
 def token_hash(token: str) -> str:
@@ -72,6 +80,35 @@ async def get(session: AsyncSession, *, link_id: int, lock: bool = False) -> Rea
     if lock:
         stmt = stmt.with_for_update()
     return (await session.exec(stmt)).first()
+
+
+async def opened_and_waiting(
+    session: AsyncSession, *, opened_before: datetime, after: int | None = None, limit: int = 500
+) -> list[tuple[ReauthLink, Case]]:
+    """Lock and return links first opened at or before ``opened_before``, not flagged stalled
+    yet, that are the newest of their case, whose case is not resolved: oldest link first,
+    after link ``after``.
+
+    Rows another transaction holds are skipped (PostgreSQL), so two replicas take turns.
+    """
+    newer = aliased(ReauthLink)
+    has_newer = exists().where(
+        col(newer.case_id) == col(ReauthLink.case_id), col(newer.id) > col(ReauthLink.id)
+    )
+    stmt = (
+        select(ReauthLink, Case)
+        .join(Case, col(Case.id) == col(ReauthLink.case_id))
+        .where(
+            col(ReauthLink.first_opened_at) <= opened_before,
+            col(ReauthLink.stalled_at).is_(None),
+            col(Case.status) != CaseStatus.RESOLVED,
+            ~has_newer,
+        )
+    )
+    if after is not None:
+        stmt = stmt.where(col(ReauthLink.id) > after)
+    stmt = stmt.order_by(col(ReauthLink.id)).limit(limit).with_for_update(skip_locked=True)
+    return [(link, case) for link, case in (await session.exec(stmt)).all()]
 
 
 async def cancel_outreach(

@@ -19,7 +19,7 @@ from storage import outbox, reports
 from storage.models import CaseKind, OutboxKind
 from storage.reports import Tally
 from workflows.clock import how_long
-from workflows.stats import case_stats
+from workflows.stats import OutreachFigures, case_stats
 
 DAY = timedelta(days=1)
 # How the kinds of case read in the digest, counted ("3 need re-authentication"). The digest
@@ -51,6 +51,7 @@ class Digest:
     resolved: int  # cases resolved within the 24 h before ``now``, however
     recovered: int  # of those, fixed without an operator (see workflows.stats)
     billed: int  # open cases whose account Nylas still bills (workflows.billing)
+    outreach: OutreachFigures  # what became of the links over the last day (workflows.stats)
 
 
 async def build_digest(session: AsyncSession, *, now: datetime) -> Digest:
@@ -70,6 +71,7 @@ async def build_digest(session: AsyncSession, *, now: datetime) -> Digest:
         resolved=stats.resolved,
         recovered=stats.fixed_without_operator,
         billed=stats.open_billed,
+        outreach=stats.outreach,
     )
 
 
@@ -123,9 +125,29 @@ def digest_lines(digest: Digest) -> list[str]:
         f"Resolved in the last 24 h: {digest.resolved}, of which {digest.recovered} "
         "recovered without an operator."
     )
+    lines.append(outreach_line(digest.outreach))
     if digest.billed:
         lines.append(f"Still billed by Nylas: {_count(digest.billed, 'open case')}.")
     return lines
+
+
+def outreach_line(figures: OutreachFigures) -> str:
+    """What became of the re-authentication links over the last day, in one line."""
+    if figures.nothing:
+        return "Outreach in the last 24 h: no outreach yet."
+    parts = []
+    if (share := figures.fixed_share) is not None:
+        parts.append(
+            f"{figures.fixed} of {_count(figures.sent, 'end user')} reached re-authenticated "
+            f"({share:.0%})"
+        )
+    else:
+        parts.append("no end user reached")
+    if (median := figures.median_time_to_reauthenticate) is not None:
+        parts.append(f"median {how_long(median)} from the first link to re-authentication")
+    if figures.opened_not_completed:
+        parts.append(f"{figures.opened_not_completed} opened the link without re-authenticating")
+    return f"Outreach in the last 24 h: {'; '.join(parts)}."
 
 
 def _count(n: int, noun: str) -> str:

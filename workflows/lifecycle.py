@@ -24,6 +24,7 @@ from storage.models import Account, Case, CaseKind, CaseStatus
 from workflows import duplicates
 from workflows.billing import on_purpose_words, stopped_on_purpose
 from workflows.diagnosis import refresh
+from workflows.enduser import REAUTHENTICATED, RECOVERED
 from workflows.events import AccountEvent
 from workflows.notify import record_change
 from workflows.opening import Outcome, Router, open_case_for
@@ -303,8 +304,8 @@ def _recovery(event: AccountEvent, words: str) -> str:
     if event.state == "deleted":
         return "The account was deleted in Nylas."
     if event.details.get("reauthenticated"):
-        return "The end user re-authenticated."
-    return f"The account recovered: {words} ({event.state})."
+        return REAUTHENTICATED
+    return f"{RECOVERED} {words} ({event.state})."
 
 
 async def _resolve(

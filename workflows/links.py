@@ -43,6 +43,7 @@ from storage.models import (
     OutboxMessage,
     ReauthLink,
 )
+from workflows.enduser import OUTREACH_FAILED
 from workflows.policy import Outreach
 from workflows.words import Text, line
 
@@ -185,6 +186,7 @@ async def reach_out(
     link = made.link
     assert link is not None and link.id is not None and case.id is not None
     await store.cancel_outreach(session, case_id=case.id, now=now)
+    forget_outreach_failure(session, case)
     base = {
         "to": account.email,
         "account_id": account.id,
@@ -214,6 +216,14 @@ async def reach_out(
         ):
             queued += 1
     return queued
+
+
+def forget_outreach_failure(session: AsyncSession, case: Case) -> None:
+    """Clear an earlier outreach's failure from the case: a newer message is on its way, or
+    went out, so the card no longer says the end user could not be reached."""
+    if (case.last_error or "").startswith(OUTREACH_FAILED):
+        case.last_error = None
+        session.add(case)
 
 
 def _event_id() -> str:
@@ -300,6 +310,7 @@ async def record_sent(session: AsyncSession, message: OutboxMessage, now: dateti
     case = await cases.get_case(session, case_id=message.case_id) if message.case_id else None
     if case is None:
         return
+    forget_outreach_failure(session, case)
     await record_change(
         session,
         case,

@@ -19,25 +19,39 @@ actions write it. A case resolved within the window counts when all of these hol
 
 So a user who re-authenticated after an operator sent the link, or acknowledged the case, is
 not counted: the operator may have been the reason.
+
+Outreach (``OutreachFigures``), over the same window, for cases that may get a re-auth link
+(``LINKABLE_KINDS``); "re-authenticated" is ``workflows.enduser.reauthenticated``:
+
+- fixed after outreach: of the cases whose newest link was sent to the end user within the
+  window, those the end user then re-authenticated;
+- the median time from a case's first link to its re-authentication, over the cases
+  re-authenticated within the window;
+- opened but not completed: cases with a link first opened within the window that the end
+  user has not re-authenticated (still open, or resolved another way).
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import actors, reports
+from storage import link_reports, reports
+from storage.incidents import LINKABLE_KINDS
+from storage.link_reports import Reauthenticated
 from storage.reports import ChronicAccount, ChronicDomain, Tally
 from workflows.billing import NOT_BILLED
+from workflows.enduser import AUTOMATIC_RESOLVERS, RECOVERY_WORDINGS
 from workflows.states import V2_STATES, V3_STATES, Health
 
 TOP = 5
 CHRONIC_CASES = 3  # cases opened within the window that make an account or a domain chronic
 
-# Who resolves a case on their own when the account recovers (lifecycle.actor_of).
-AUTOMATIC_RESOLVERS = (actors.NYLAS, actors.POLL)
+# A case the end user re-authenticated, in SQL (workflows.enduser.reauthenticated).
+REAUTHENTICATED = Reauthenticated(AUTOMATIC_RESOLVERS, RECOVERY_WORDINGS)
 # Audit actions only an operator's change writes (workflows.actions).
 OPERATOR_ACTIONS = (
     "acknowledged",
@@ -51,6 +65,53 @@ OPERATOR_ACTIONS = (
 GONE_STATES = tuple(
     sorted({s for t in (V2_STATES, V3_STATES) for s, r in t.items() if r.health is Health.GONE})
 )
+
+
+@dataclass(frozen=True, slots=True)
+class OutreachFigures:
+    """What became of the re-authentication links over a window (see the module docstring)."""
+
+    sent: int  # re-auth cases whose newest link went out to the end user
+    fixed: int  # of those, re-authenticated by the end user afterwards
+    median_time_to_reauthenticate: timedelta | None  # from the first link; None when none
+    opened_not_completed: int
+
+    @property
+    def fixed_share(self) -> float | None:
+        """The share of cases reached that the end user fixed; None when none was reached."""
+        return self.fixed / self.sent if self.sent else None
+
+    @property
+    def nothing(self) -> bool:
+        """No outreach, no re-authentication after a link, and no link opened."""
+        return (
+            not self.sent
+            and not self.opened_not_completed
+            and (self.median_time_to_reauthenticate is None)
+        )
+
+
+NO_OUTREACH = OutreachFigures(0, 0, None, 0)
+
+
+async def outreach_figures(
+    session: AsyncSession, *, since: datetime, until: datetime
+) -> OutreachFigures:
+    """Compute the outreach figures of ``[since, until]``."""
+    rule = REAUTHENTICATED
+    outcome = await link_reports.outreach_outcome(
+        session, since=since, until=until, kinds=LINKABLE_KINDS, rule=rule
+    )
+    times = await link_reports.times_to_reauthenticate(session, since=since, until=until, rule=rule)
+    median = (
+        timedelta(seconds=round(statistics.median(t.total_seconds() for t in times)))
+        if times
+        else None
+    )
+    opened = await link_reports.count_opened_not_completed(
+        session, since=since, until=until, rule=rule
+    )
+    return OutreachFigures(outcome.sent, outcome.reauthenticated, median, opened)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +130,7 @@ class CaseStats:
     fixed_without_operator: int  # of those resolved, see the module docstring
     chronic_accounts: tuple[ChronicAccount, ...]
     chronic_domains: tuple[ChronicDomain, ...]
+    outreach: OutreachFigures
 
     @property
     def fixed_without_operator_share(self) -> float | None:
@@ -115,4 +177,5 @@ async def case_stats(
         chronic_domains=tuple(
             await reports.chronic_domains(session, since=since, until=now, min_cases=CHRONIC_CASES)
         ),
+        outreach=await outreach_figures(session, since=since, until=now),
     )

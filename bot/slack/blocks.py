@@ -16,10 +16,11 @@ from typing import Any
 from bot.slack import ids
 from storage import actors
 from storage.incidents import LINKABLE_KINDS
-from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus
+from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus, ReauthLink
 from workflows import states
 from workflows.billing import billing_words, restart_warning, retry_restarts_billing
 from workflows.diagnosis import MENTION, Finding
+from workflows.enduser import link_line, outreach_failure
 from workflows.escalation import RESEND_WINDOW
 from workflows.snoozes import SNOOZE_CHOICES
 from workflows.states import classify
@@ -154,11 +155,13 @@ def alert_blocks(
     revoke_enabled: bool = False,
     findings: Sequence[Finding] | None = None,
     outreach: str | None = None,
+    link: ReauthLink | None = None,
 ) -> list[dict[str, Any]]:
     """The alert for a case: who, what, since when, why it matters, what to do, and buttons.
 
     ``findings`` default to the diagnosis stored on the case. ``outreach`` is how end users
-    are reached ("nylas", "webhook"), for the button that reaches them.
+    are reached ("nylas", "webhook"), for the button that reaches them. ``link`` is the case's
+    newest re-authentication link: the card then tells what the end user did with it.
     """
     resolved = case.status == CaseStatus.RESOLVED
     rule = classify(account.api_version, case.state or "unknown")
@@ -186,6 +189,8 @@ def alert_blocks(
             ],
         },
     ]
+    if link is not None:
+        blocks.append(link_block(case, link))
     if resolved:
         blocks.append(
             {
@@ -233,6 +238,14 @@ def alert_blocks(
         )
     )
     return blocks
+
+
+def link_block(case: Case, link: ReauthLink) -> dict[str, Any]:
+    """The end user's side of the case: its link, and why outreach failed if it did."""
+    elements = [{"type": "mrkdwn", "text": clip(words(link_line(case, link)), MAX_SECTION)}]
+    if (failure := outreach_failure(case, link)) is not None:
+        elements.append({"type": "mrkdwn", "text": clip(f"*{escape(failure)}*", MAX_SECTION)})
+    return {"type": "context", "elements": elements}
 
 
 def case_actions(

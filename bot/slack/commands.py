@@ -28,7 +28,7 @@ from bot.slack.blocks import escape, section
 from bot.slack.command_line import KINDS, OPEN_STATUSES, Command, UsageError, help_text, parse
 from bot.slack.groups import GroupDirectory
 from bot.slack.operator import Operator, operator_of
-from storage import cases, reports
+from storage import cases, links, reports
 from storage.models import Account, Case, CaseStatus, Incident
 from workflows import actions
 from workflows.billing import retry_restarts_billing
@@ -117,6 +117,7 @@ async def on_show(
         history = await reports.case_history(session, case_id=case.id)
         # Fresh, and only shown: a reader does not store it on the case.
         facts = await gather(session, case=case, account=account, now=services.clock())
+        link = await links.latest(session, case_id=case.id)
     revoke = services.settings.policy.permissions.revoke is not None
     card = replies.case_card(
         case,
@@ -125,6 +126,7 @@ async def on_show(
         revoke_enabled=revoke,
         findings=diagnose(facts),
         outreach=services.settings.outreach_channel,
+        link=link,
     )
     await _say(respond, f"Case #{case.id}", card)
 

@@ -26,7 +26,7 @@ from bot.slack.blocks import (
     words,
 )
 from storage import actors
-from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus
+from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus, ReauthLink
 from storage.reports import Tally
 from workflows.billing import restart_warning
 from workflows.clock import how_long
@@ -34,7 +34,7 @@ from workflows.diagnosis import Finding
 from workflows.escalation import plan
 from workflows.policy import Escalation
 from workflows.states import classify
-from workflows.stats import CaseStats
+from workflows.stats import CaseStats, OutreachFigures
 from workflows.subject import ActionResult
 
 PAGE = 10
@@ -142,13 +142,20 @@ def case_card(
     revoke_enabled: bool,
     findings: Sequence[Finding] | None = None,
     outreach: str | None = None,
+    link: ReauthLink | None = None,
 ) -> list[dict[str, Any]]:
     """The alert as it is now, with its buttons, and the case's history below.
 
     A send-only account's card offers to take the mark back, whatever state its case is in.
+    ``link`` is the case's newest re-authentication link, as on the alert.
     """
     blocks = alert_blocks(
-        case, account, revoke_enabled=revoke_enabled, findings=findings, outreach=outreach
+        case,
+        account,
+        revoke_enabled=revoke_enabled,
+        findings=findings,
+        outreach=outreach,
+        link=link,
     )
     if account.send_only:
         blocks.append(
@@ -240,10 +247,30 @@ def stats(report: CaseStats, window: str) -> list[dict[str, Any]]:
             f"Resolved: {report.resolved}, mean time to resolve "
             f"{duration(report.mean_time_to_resolve)}\n"
             f"Fixed by the end user without an operator: {fixed}\n"
+            f"{outreach_text(report.outreach)}\n"
             f"Chronic accounts (3+ cases): {chronic}\n"
             f"Chronic domains: {domains}"
         ),
     ]
+
+
+def outreach_text(figures: OutreachFigures) -> str:
+    """The outreach figures of ``/reauth stats``: three lines, or one when there is nothing."""
+    if figures.nothing:
+        return "Outreach: no outreach yet"
+    share = figures.fixed_share
+    fixed = (
+        "no end user reached"
+        if share is None
+        else f"{share:.0%} ({figures.fixed} of {figures.sent} end users reached)"
+    )
+    median = figures.median_time_to_reauthenticate
+    return (
+        f"Fixed after outreach: {fixed}\n"
+        "Median time from the first link to re-authentication: "
+        f"{'no re-authentication yet' if median is None else how_long(median)}\n"
+        f"Links opened but not completed: {figures.opened_not_completed}"
+    )
 
 
 def _who(ids_: Sequence[str], members: Mapping[str, Sequence[str]]) -> str:

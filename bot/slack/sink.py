@@ -31,7 +31,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.notifier import Posted, SinkError
 from bot.slack import blocks, incidents, notices
 from storage.incidents import IncidentView
-from storage.models import Account, Case, OutboxKind, OutboxMessage
+from storage.models import Account, Case, OutboxKind, OutboxMessage, ReauthLink
 from workflows.words import from_json
 
 log = logging.getLogger("reauthbot.slack.sink")
@@ -95,6 +95,7 @@ class SlackSink:
         incident: IncidentView | None = None,
         *,
         parent: Posted | None = None,
+        link: ReauthLink | None = None,
     ) -> Posted | None:
         notice = message.kind in NOTICE_KINDS
         if not notice and incident is None and (case is None or account is None):
@@ -106,7 +107,11 @@ class SlackSink:
                 return await self._send(message, incident_card(incident, outreach=self._outreach))
             assert case is not None and account is not None
             card = case_card(
-                case, account, revoke_enabled=self._revoke_enabled, outreach=self._outreach
+                case,
+                account,
+                revoke_enabled=self._revoke_enabled,
+                outreach=self._outreach,
+                link=link,
             )
             return await self._send(message, card)
         except SlackApiError as exc:
@@ -279,15 +284,20 @@ class Card:
 
 
 def case_card(
-    case: Case, account: Account, *, revoke_enabled: bool, outreach: str | None = None
+    case: Case,
+    account: Account,
+    *,
+    revoke_enabled: bool,
+    outreach: str | None = None,
+    link: ReauthLink | None = None,
 ) -> Card:
-    """The card of a case: its alert."""
+    """The card of a case: its alert, with what became of its newest re-auth ``link``."""
     return Card(
         channel=case.slack_channel,
         ts=case.slack_ts,
         text=blocks.fallback_text(case, account),
         blocks=lambda: blocks.alert_blocks(
-            case, account, revoke_enabled=revoke_enabled, outreach=outreach
+            case, account, revoke_enabled=revoke_enabled, outreach=outreach, link=link
         ),
         metadata=case_metadata(case),
     )

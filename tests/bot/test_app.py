@@ -164,6 +164,7 @@ class ScriptedSink:
         incident: object = None,
         *,
         parent: Posted | None = None,
+        link: object = None,
     ) -> Posted | None:
         self.calls += 1
         if self.errors:

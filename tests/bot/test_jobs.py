@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import jobs
@@ -36,6 +37,10 @@ def test_the_table_follows_the_settings(tmp_path: Path) -> None:
     ]
     full = jobs.table(load_settings(_env_file=None, config_file=config, digest_at="09:00"))
     assert {"escalation", "digest"} <= {job.name for job in full}
+    tracked = jobs.table(load_settings(_env_file=None, public_url="https://reauth.example.test"))
+    stalled = next(job for job in tracked if job.name == "stalled_links")
+    assert isinstance(stalled.trigger, IntervalTrigger)
+    assert stalled.trigger.interval == timedelta(minutes=10)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from storage.models import (
 )
 from storage.reports import ChronicAccount, ChronicDomain, Tally
 from tests.properties.strategies import mostly
-from workflows.stats import CaseStats
+from workflows.stats import CaseStats, OutreachFigures
 from workflows.subject import ActionOutcome, ActionResult
 from workflows.words import Person, line, payload
 
@@ -152,6 +152,7 @@ def test_alerts_replies_and_cards_show_outside_text_inert(
         fixed_without_operator=0,
         chronic_accounts=(ChronicAccount(account_id="g-1", email=email, cases=3),),
         chronic_domains=(ChronicDomain(domain=email, cases=3, accounts=2),),
+        outreach=OutreachFigures(2, 1, timedelta(minutes=17), 1),
     )
     rendered: list[Any] = [
         blocks.alert_blocks(case, account, revoke_enabled=True),

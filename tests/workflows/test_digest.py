@@ -23,6 +23,7 @@ from workflows.digest import (
     digest_payload,
     queue_digest,
 )
+from workflows.stats import NO_OUTREACH
 
 Sessions = async_sessionmaker[AsyncSession]
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -79,10 +80,11 @@ async def add_case(
 async def test_an_empty_database_makes_a_quiet_digest(sessions: Sessions) -> None:
     async with sessions() as session:
         digest = await build_digest(session, now=NOW)
-    assert digest == Digest(NOW, 0, (), None, 0, 0, 0)
+    assert digest == Digest(NOW, 0, (), None, 0, 0, 0, NO_OUTREACH)
     assert digest_lines(digest) == [
         "Open: no cases. Every tracked mailbox is syncing.",
         "Resolved in the last 24 h: 0, of which 0 recovered without an operator.",
+        "Outreach in the last 24 h: no outreach yet.",
     ]
 
 
@@ -111,6 +113,7 @@ async def test_the_figures_count_what_is_open_and_what_the_last_day_resolved(
         "Open: 4 cases (3 need re-authentication, 1 sync stopped).",
         "Oldest open: case #1, a-old@example.com (account a-old), open for 3 d 4 h.",
         "Resolved in the last 24 h: 3, of which 1 recovered without an operator.",
+        "Outreach in the last 24 h: no outreach yet.",
         "Still billed by Nylas: 2 open cases.",
     ]
 
@@ -153,6 +156,7 @@ async def test_one_digest_is_queued_per_utc_day(sessions: Sessions) -> None:
             "Open: 1 case (1 need re-authentication).",
             "Oldest open: case #1, a-1@example.com (account a-1), open for 1 h.",
             "Resolved in the last 24 h: 0, of which 0 recovered without an operator.",
+            "Outreach in the last 24 h: no outreach yet.",
         ],
     }
     assert digest_key(plus_two) == "digest:2026-11-02"
@@ -170,7 +174,9 @@ async def test_concurrent_runs_queue_one_digest(sessions: Sessions) -> None:
 
 
 def test_payload_is_plain_json_data() -> None:
-    digest = Digest(NOW, 1, (Tally("reauth", 1),), OldestCase(7, "g-7", "<!channel>", H), 0, 0, 0)
+    digest = Digest(
+        NOW, 1, (Tally("reauth", 1),), OldestCase(7, "g-7", "<!channel>", H), 0, 0, 0, NO_OUTREACH
+    )
     payload = digest_payload(digest)
     # Kept as typed: the sinks escape it when they render it.
     assert "case #7, <!channel> (account g-7)" in payload["lines"][1]

@@ -18,7 +18,7 @@ from workflows import actions
 from workflows.events import AccountEvent
 from workflows.lifecycle import apply_event
 from workflows.links import LinkMaker
-from workflows.stats import GONE_STATES, CaseStats, case_stats
+from workflows.stats import GONE_STATES, NO_OUTREACH, CaseStats, case_stats
 
 # aiohttp warns once per process that the fake Nylas server keys its request state by a string;
 # with warnings as errors, the first request the fake serves would fail with a 500.
@@ -101,8 +101,10 @@ async def test_an_empty_database_has_no_figures(sessions: Sessions) -> None:
         fixed_without_operator=0,
         chronic_accounts=(),
         chronic_domains=(),
+        outreach=NO_OUTREACH,
     )
     assert (await stats(sessions)).fixed_without_operator_share is None
+    assert NO_OUTREACH.fixed_share is None and NO_OUTREACH.nothing
 
 
 async def test_refuses_an_empty_window(sessions: Sessions) -> None:

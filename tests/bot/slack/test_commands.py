@@ -364,8 +364,9 @@ async def test_unsigned_or_replayed_commands_change_nothing(
     ("text", "usage"),
     [
         ("ack", "/reauth ack CASE"),
-        ("link", "/reauth link CASE"),
-        ("link 1 2", "/reauth link CASE"),
+        ("link", "/reauth link CASE [--send]"),
+        ("link 1 2", "/reauth link CASE [--send]"),
+        ("link 1 --sned", "/reauth link CASE [--send]"),
         ("resolve", "/reauth resolve CASE [note]"),
         ("revoke", "/reauth revoke CASE"),
         ("show a b", "/reauth show CASE|EMAIL|ACCOUNT"),

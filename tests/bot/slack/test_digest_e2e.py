@@ -105,6 +105,7 @@ async def test_the_digest_reaches_the_alert_channel_once_a_day(
         "• Oldest open: case #1, ana+&lt;!channel&gt;&amp;&lt;@U0BOSS&gt;|&lt;https://evil"
         ".example|click&gt;@example.com (account g-1), open for 2 h 10 min.",
         "• Resolved in the last 24 h: 0, of which 0 recovered without an operator.",
+        "• Outreach in the last 24 h: no outreach yet.",
         "• Still billed by Nylas: 2 open cases.",  # expired v3 grants are billed until deleted
     ]
     metrics = await (await app.get("/metrics")).text()
@@ -145,7 +146,8 @@ async def test_in_local_mode_the_digest_goes_to_the_log(
     (record,) = [r for r in caplog.records if r.name == "reauthbot.alerts"]
     assert record.getMessage() == (
         "reauthbot daily digest, 2026-11-02: Open: no cases. Every tracked mailbox is syncing. "
-        "Resolved in the last 24 h: 0, of which 0 recovered without an operator."
+        "Resolved in the last 24 h: 0, of which 0 recovered without an operator. "
+        "Outreach in the last 24 h: no outreach yet."
     )
 
 
