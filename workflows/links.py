@@ -43,6 +43,7 @@ from storage.models import (
     OutboxMessage,
     ReauthLink,
 )
+from workflows import enduser
 from workflows.enduser import OUTREACH_FAILED
 from workflows.policy import Outreach
 from workflows.words import Text, line
@@ -68,8 +69,6 @@ NUDGE = "reauth.nudge"
 COMPLETED = "reauth.completed"
 
 HostedUrl = Callable[[Account], str]
-# Who resolves a case the end user fixed: a webhook, polling, or "Check again" (retry).
-RECOVERED_BY = (actors.NYLAS, actors.POLL, "retry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +237,8 @@ async def case_closed(session: AsyncSession, case: Case, *, now: datetime) -> No
     withdrawn = await store.cancel_outreach(session, case_id=case.id, now=now)
     if withdrawn:
         log.debug("nudges withdrawn", extra={"case": case.id, "count": withdrawn})
-    if case.status != CaseStatus.RESOLVED or case.resolved_by not in RECOVERED_BY:
-        return  # only a recovery Nylas reported is a re-authentication
+    if not enduser.reauthenticated(case):
+        return
     link = await store.latest(session, case_id=case.id)
     # Only the team's product is told: an email saying so would tell the user what they did.
     if link is None or link.sent_via != "webhook" or link.id is None:

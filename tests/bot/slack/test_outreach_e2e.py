@@ -8,6 +8,7 @@ when the test moves it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -349,6 +350,4 @@ async def test_nudges_come_at_their_times_and_recovery_cancels_the_rest(
 
 async def slack_quiet() -> None:
     """Give the drains (which look every second) time to send anything now due."""
-    import asyncio
-
     await asyncio.sleep(1.5)
