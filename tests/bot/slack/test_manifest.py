@@ -22,6 +22,7 @@ from bot.slack.app import BOLT
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = ROOT / "tests" / "vendor" / "slack-manifest.schema.1.0.0.json"
+SOCKET_MODE_MANIFEST = ROOT / "deploy" / "slack" / "manifest-socket-mode.yml"
 SECRET = "manifest-test-secret"
 
 
@@ -32,6 +33,37 @@ def manifest() -> dict[str, Any]:
 
 def test_manifest_is_valid_against_slacks_schema(manifest: dict[str, Any]) -> None:
     jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
+
+
+@pytest.fixture(scope="module")
+def socket_mode_manifest() -> dict[str, Any]:
+    return dict(yaml.safe_load(SOCKET_MODE_MANIFEST.read_text()))
+
+
+def test_the_socket_mode_manifest_is_valid_against_slacks_schema(
+    socket_mode_manifest: dict[str, Any],
+) -> None:
+    jsonschema.validate(socket_mode_manifest, json.loads(SCHEMA.read_text()))
+
+
+def test_the_socket_mode_manifest_is_the_http_one_without_urls(
+    manifest: dict[str, Any], socket_mode_manifest: dict[str, Any]
+) -> None:
+    # Everything but the URLs and the switch must stay in step with manifest.yml: a scope,
+    # command or event added to one and not the other would break only one kind of install.
+    settings = socket_mode_manifest["settings"]
+    assert settings["socket_mode_enabled"] is True
+    assert "request_url" not in settings["interactivity"]
+    assert "request_url" not in settings["event_subscriptions"]
+    assert all("url" not in c for c in socket_mode_manifest["features"]["slash_commands"])
+
+    expected = json.loads(json.dumps(manifest))
+    expected["settings"]["socket_mode_enabled"] = True
+    del expected["settings"]["interactivity"]["request_url"]
+    del expected["settings"]["event_subscriptions"]["request_url"]
+    for command in expected["features"]["slash_commands"]:
+        del command["url"]
+    assert socket_mode_manifest == expected
 
 
 def test_scopes_are_exactly_what_the_features_need(manifest: dict[str, Any]) -> None:
