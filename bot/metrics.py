@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
@@ -10,6 +11,18 @@ try:
     VERSION = version("reauthbot")
 except PackageNotFoundError:  # running from a source tree that was not installed
     VERSION = "0+unknown"
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_NOT_WORD = re.compile(r"[^a-z0-9]+")
+
+
+def label_word(value: str) -> str:
+    """A label value as lowercase words joined by underscores: BadSignature -> bad_signature.
+
+    Error codes from Slack and Nylas are already so; class names of exceptions are not, and
+    alert rules and dashboards match label values literally.
+    """
+    return _NOT_WORD.sub("_", _CAMEL.sub("_", value).lower()).strip("_") or "unknown"
 
 
 class Metrics:
