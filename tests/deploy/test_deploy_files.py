@@ -3,7 +3,7 @@
 The example settings and policy load through the real parsers; the Dockerfile's commands are
 the ones the README's Deployment section shows, and its health check passes against a running
 service; the compose file's database URL is one the settings accept; the systemd unit passes
-``systemd-analyze verify`` where that tool exists.
+``systemd-analyze verify`` where it is installed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import yaml
 
 from bot.settings import Settings, load_settings
 from tests.cli import clean_env, service
-from tests.deploy.tools import DEPLOY, ROOT, tool
+from tests.deploy.programs import DEPLOY, ROOT, program
 from workflows.policy import Policy, load_policy
 
 ENV_EXAMPLE = DEPLOY / ".env.example"
@@ -96,8 +96,8 @@ def test_the_compose_file_runs_the_image_on_postgresql(no_environment: None) -> 
     assert "POSTGRES_PASSWORD" in db["environment"]
 
 
-def instructions() -> list[tuple[str, str]]:
-    """The Dockerfile's instructions, continuation lines joined, comments left out."""
+def dockerfile_lines() -> list[tuple[str, str]]:
+    """The Dockerfile's lines as (keyword, arguments); continuations joined, comments out."""
     text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
     found = []
     for line in text.splitlines():
@@ -111,7 +111,7 @@ def instructions() -> list[tuple[str, str]]:
 def commands() -> list[str]:
     """Every command the image runs: the RUN steps, the CMD and the health check's."""
     found = []
-    for keyword, rest in instructions():
+    for keyword, rest in dockerfile_lines():
         if keyword == "RUN":
             found += [part.strip() for part in rest.split("&&")]
         elif keyword == "CMD":
@@ -138,7 +138,7 @@ def test_the_dockerfile_runs_the_commands_the_readme_documents() -> None:
 
 
 def test_the_image_serves_as_an_unprivileged_user_on_the_default_port() -> None:
-    found = instructions()
+    found = dockerfile_lines()
     keywords = [keyword for keyword, _ in found]
     assert found[0][0] == "FROM" and re.match(r"python:3\.\d+-slim", found[0][1])
     user = [rest for keyword, rest in found if keyword == "USER"]
@@ -157,7 +157,7 @@ def test_dockerignore_lets_through_what_the_image_copies() -> None:
         if line.startswith("!")
     }
     copied = []
-    for keyword, rest in instructions():
+    for keyword, rest in dockerfile_lines():
         if keyword == "COPY":
             copied += shlex.split(rest)[:-1]
     assert copied and set(copied) <= allowed
@@ -181,7 +181,7 @@ async def test_the_health_check_passes_while_the_service_serves(tmp_path: Path) 
 
 
 def test_the_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
-    analyze = tool("systemd-analyze", install="part of systemd", required_in_ci=False)
+    analyze = program("systemd-analyze", install="part of systemd", required_in_ci=False)
     text = UNIT.read_text()
     exec_start = re.search(r"^ExecStart=(\S+) serve$", text, re.M)
     assert exec_start, "ExecStart must run `reauthbot serve`"

@@ -20,7 +20,7 @@ import yaml
 
 from tests.cli import service
 from tests.conftest import NYLAS_API_KEY, WEBHOOK_SECRET
-from tests.deploy.tools import DEPLOY, tool
+from tests.deploy.programs import DEPLOY, program
 from tests.fakes.nylas import FakeNylas
 
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -35,7 +35,7 @@ WORD = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
 
 
 def promtool() -> str:
-    return tool(
+    return program(
         "promtool", install="apt-get install prometheus, which provides it", required_in_ci=True
     )
 

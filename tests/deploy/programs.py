@@ -1,4 +1,4 @@
-"""Command-line tools the deployment files are checked with, when this machine has them."""
+"""Programs the deployment files are checked with, when this machine has them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 
-def tool(name: str, *, install: str, required_in_ci: bool) -> str:
+def program(name: str, *, install: str, required_in_ci: bool) -> str:
     """The path of ``name``; skip without it, but fail in CI when CI must run it."""
     path = shutil.which(name)
     if path is not None:
