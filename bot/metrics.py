@@ -20,8 +20,9 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
 # Request durations from a cached answer (well under a millisecond) to a slow Slack call.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# The label values of reauthbot_oldest_pending_message_age_seconds: the Slack notifier's
-# messages (any Slack channel or user), PagerDuty events and end-user outreach.
+# The label values of reauthbot_oldest_pending_message_age_seconds: the alert notifier's
+# messages (any Slack channel or user; the log in local mode), PagerDuty events and end-user
+# outreach.
 MESSAGE_CHANNELS = ("slack", "pagerduty", "outreach")
 
 
