@@ -147,7 +147,7 @@ class Metrics:
         )
         self.reconcile_interval = Gauge(
             "reauthbot_reconcile_interval_seconds",
-            "Seconds between reconciliation passes (REAUTHBOT_POLL_INTERVAL); absent when "
+            "Seconds between reconciliation passes (REAUTHBOT_POLL_INTERVAL); 0 when "
             "reconciliation is off",
             registry=self.registry,
         )

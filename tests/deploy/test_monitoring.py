@@ -135,6 +135,8 @@ def test_a_live_service_exposes_what_the_rules_and_dashboard_need(scraped: str) 
                 assert {name, family} & families, f"{source}: {name} is not in /metrics"
 
     assert 'reauthbot_webhook_deliveries_total{result="bad_signature"} 1.0' in scraped
+    assert "reauthbot_reconcile_interval_seconds 900.0" in scraped  # the default 15m
+    assert "reauthbot_ready 1.0" in scraped
     assert 'reauthbot_http_request_duration_seconds_bucket{le="0.005",route="/readyz"}' in (scraped)
     for name, labels in samples(scraped):
         for label, value in labels.items():
