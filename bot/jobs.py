@@ -179,6 +179,7 @@ async def reconcile_pass(services: Services) -> None:
     )
     for outcome in ("seen", "new", "changed", "missing", "skipped"):
         services.metrics.reconciled_accounts.labels(outcome=outcome).inc(getattr(report, outcome))
+    services.metrics.last_reconcile_success.set(services.clock().timestamp())
 
 
 async def watch_webhooks(services: Services) -> None:

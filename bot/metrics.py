@@ -2,25 +2,55 @@
 
 from __future__ import annotations
 
+import re
+import time
 from importlib.metadata import PackageNotFoundError, version
+from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 try:
     VERSION = version("reauthbot")
 except PackageNotFoundError:  # running from a source tree that was not installed
     VERSION = "0+unknown"
 
+_M = TypeVar("_M", bound=MetricWrapperBase)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_NOT_WORD = re.compile(r"[^a-z0-9]+")
+# Request durations from a cached answer (well under a millisecond) to a slow Slack call.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The label values of reauthbot_oldest_pending_message_age_seconds: the alert notifier's
+# messages (any Slack channel or user; the log in local mode), PagerDuty events and end-user
+# outreach.
+MESSAGE_CHANNELS = ("slack", "pagerduty", "outreach")
+
+
+def label_word(value: str) -> str:
+    """A label value as lowercase words joined by underscores: BadSignature -> bad_signature.
+
+    Error codes from Slack and Nylas are already so; class names of exceptions are not, and
+    alert rules and dashboards match label values literally.
+    """
+    return _NOT_WORD.sub("_", _CAMEL.sub("_", value).lower()).strip("_") or "unknown"
+
 
 class Metrics:
     def __init__(self) -> None:
-        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         self.registry = CollectorRegistry()
         Info("reauthbot", "Build information", registry=self.registry).info({"version": VERSION})
         self.http_requests = Counter(
             "reauthbot_http_requests",
             "HTTP requests answered, by route and status",
             ["route", "status"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "reauthbot_http_request_duration_seconds",
+            "Seconds from a request's arrival to its answer, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.notifier_messages = Counter(
@@ -43,6 +73,12 @@ class Metrics:
         self.database_up = Gauge(
             "reauthbot_database_up",
             "1 when the database answered the last readiness or metrics query",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "reauthbot_ready",
+            "1 when the service is ready (/readyz): the database answers and carries the newest "
+            "schema",
             registry=self.registry,
         )
         self.inbox_rows = Gauge(
@@ -95,9 +131,36 @@ class Metrics:
             ["job", "outcome"],
             registry=self.registry,
         )
+        self.oldest_delivery_age = Gauge(
+            "reauthbot_oldest_pending_delivery_age_seconds",
+            "Seconds since the oldest webhook delivery still waiting to be processed arrived "
+            "(0 when none waits)",
+            registry=self.registry,
+        )
+        self.oldest_message_age = Gauge(
+            "reauthbot_oldest_pending_message_age_seconds",
+            "Seconds the oldest outbox message still to be sent has waited, by channel "
+            "(slack, pagerduty, outreach; 0 when none waits): since it was due, or since it "
+            "was queued once an attempt failed",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.reconcile_interval = Gauge(
+            "reauthbot_reconcile_interval_seconds",
+            "Seconds between reconciliation passes (REAUTHBOT_POLL_INTERVAL); 0 when "
+            "reconciliation is off",
+            registry=self.registry,
+        )
+        self.last_reconcile_success = Gauge(
+            "reauthbot_last_reconcile_success_timestamp_seconds",
+            "Unix time of the last reconciliation pass this process completed (its start "
+            "time until then)",
+            registry=self.registry,
+        )
+        self.last_reconcile_success.set(time.time())
 
-    def child(self, metric: Counter, *labels: str) -> Counter:
-        """``metric.labels(*labels)``, remembered, for counters on the webhook's path.
+    def child(self, metric: _M, *labels: str) -> _M:
+        """``metric.labels(*labels)``, remembered, for metrics on the webhook's path.
 
         Only for labels of a small, fixed set of values (routes, statuses, results): each
         combination is kept for the life of the process.
@@ -106,7 +169,13 @@ class Metrics:
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
-        return found
+        return found  # type: ignore[return-value]
+
+    def set_ages(self, *, delivery: float, messages: dict[str, float]) -> None:
+        """Set the oldest-waiting gauges; every channel is shown, 0 when nothing waits."""
+        self.oldest_delivery_age.set(delivery)
+        for channel in MESSAGE_CHANNELS:
+            self.oldest_message_age.labels(channel=channel).set(messages.get(channel, 0.0))
 
     def set_depths(
         self,

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import render
-from bot.metrics import Metrics
+from bot.metrics import Metrics, label_word
 from storage import actors, cases, incidents, links, notices, outbox
 from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxKind, OutboxMessage, ReauthLink
@@ -263,12 +263,13 @@ class Notifier:
                 message, case, account, incident, parent=parent, link=link
             )
         except SinkError as exc:
-            self._metrics.notifier_errors.labels(sink=sink, error=exc.code).inc()
+            self._metrics.notifier_errors.labels(sink=sink, error=label_word(exc.code)).inc()
             await self._failed(message, exc)
             return
         except Exception as exc:
             log.exception("sink raised an unexpected error", extra={"message_id": message.id})
-            self._metrics.notifier_errors.labels(sink=sink, error=type(exc).__name__).inc()
+            error = label_word(type(exc).__name__)
+            self._metrics.notifier_errors.labels(sink=sink, error=error).inc()
             await self._failed(message, SinkError(type(exc).__name__))
             return
         async with self._sessions() as session, session.begin():

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from bot.services import SERVICES
+from bot.services import SERVICES, Services
 from storage import maintenance
 from storage.migrate import current_revision, head_revision
 
@@ -30,16 +32,32 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers and carries the newest schema."""
-    services = request.app[SERVICES]
+    _, revision, problem = await _readiness(request.app[SERVICES])
+    if problem is not None:
+        return _not_ready(problem)
+    return web.json_response({"status": "ready", "schema": revision})
+
+
+async def _readiness(services: Services) -> tuple[bool, str | None, str | None]:
+    """Whether the database answers, its schema revision, and why the service is not ready
+    (None when it is).
+
+    Sets the database and readiness gauges, so that a scrape reports what /readyz answers.
+    """
+    metrics = services.metrics
     try:
         revision = await asyncio.wait_for(current_revision(services.engine), DB_CHECK_TIMEOUT)
     except Exception as exc:
-        services.metrics.database_up.set(0)
-        return _not_ready(f"database unreachable: {type(exc).__name__}")
-    services.metrics.database_up.set(1)
+        metrics.database_up.set(0)
+        metrics.ready.set(0)
+        return False, None, f"database unreachable: {type(exc).__name__}"
+    metrics.database_up.set(1)
     if revision != head_revision():
-        return _not_ready(f"database schema at {revision or 'nothing'}, needs {head_revision()}")
-    return web.json_response({"status": "ready", "schema": revision})
+        metrics.ready.set(0)
+        needs = f"database schema at {revision or 'nothing'}, needs {head_revision()}"
+        return True, revision, needs
+    metrics.ready.set(1)
+    return True, revision, None
 
 
 def _not_ready(reason: str) -> web.Response:
@@ -47,21 +65,39 @@ def _not_ready(reason: str) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format; queue depths and open cases are counted at scrape time."""
+    """Prometheus text format; readiness, queue depths, ages and open cases at scrape time."""
     services = request.app[SERVICES]
+    reachable, _, _ = await _readiness(services)
+    # An unreachable database is reported already; waiting on it again would slow the scrape.
+    if reachable:
+        await _count_queues(services)
+    headers = {"Content-Type": CONTENT_TYPE_LATEST}
+    return web.Response(body=services.metrics.render(), headers=headers)
+
+
+async def _count_queues(services: Services) -> None:
     try:
+        now = services.clock()
         async with asyncio.timeout(DB_CHECK_TIMEOUT), services.readers() as session:
             depths = await maintenance.queue_depths(session)
             open_cases = await maintenance.open_cases_by_kind(session)
             sizes = await maintenance.table_sizes(session)
-        services.metrics.set_depths(depths, open_cases, sizes)
-        services.metrics.database_up.set(1)
+            delivery = await maintenance.oldest_pending_delivery(session)
+            messages = await maintenance.oldest_pending_messages(session, now=now)
     except Exception as exc:
         log.warning("metrics cannot read the database: %s", type(exc).__name__)
         log.debug("metrics query failed", exc_info=True)
         services.metrics.database_up.set(0)
-    headers = {"Content-Type": CONTENT_TYPE_LATEST}
-    return web.Response(body=services.metrics.render(), headers=headers)
+        return
+    services.metrics.set_depths(depths, open_cases, sizes)
+    services.metrics.set_ages(
+        delivery=_age(now, delivery),
+        messages={sink: _age(now, since) for sink, since in messages.items()},
+    )
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    return 0.0 if since is None else max((now - since).total_seconds(), 0.0)
 
 
 # The status counted for a request whose client closed the connection before the answer
@@ -71,7 +107,8 @@ CLIENT_CLOSED = 499
 
 @web.middleware
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every answer by route and status, errors included."""
+    """Count every answer by route and status, errors included, and time it by route."""
+    started = time.perf_counter()
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
     status = 500
@@ -90,6 +127,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
     finally:
         metrics = request.app[SERVICES].metrics
         metrics.child(metrics.http_requests, name, str(status)).inc()
+        metrics.child(metrics.http_duration, name).observe(time.perf_counter() - started)
 
 
 def register(app: web.Application, *, operational: bool = True) -> None:

@@ -14,6 +14,7 @@ import logging
 from aiohttp import web
 
 from bot.bodies import BodyError, read_body
+from bot.metrics import label_word
 from bot.runtime import RUNTIME
 from bot.services import SERVICES
 from workflows.nylas import webhooks
@@ -60,7 +61,7 @@ async def receive(request: web.Request) -> web.Response:
             request, raw, services.webhook_secrets, services.webhook_versions
         )
     except webhooks.WebhookError as exc:
-        count(type(exc).__name__)
+        count(label_word(type(exc).__name__))
         log.warning("webhook rejected: %s", exc, extra={"status": exc.status})
         return _error(exc.status, str(exc))
     if not entries:

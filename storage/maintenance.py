@@ -15,7 +15,17 @@ from sqlalchemy import delete, func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import Case, CaseStatus, InboxDelivery, InboxStatus, OutboxMessage, OutboxStatus
+from storage.models import (
+    OUTREACH_CHANNEL,
+    PAGER_CHANNEL,
+    Case,
+    CaseStatus,
+    InboxDelivery,
+    InboxStatus,
+    OutboxMessage,
+    OutboxStatus,
+    UTCDateTime,
+)
 
 # Beyond this many rows of one status a gauge says "at least this many".
 COUNT_CAP = 10_000
@@ -51,6 +61,53 @@ async def open_cases_by_kind(session: AsyncSession) -> dict[str, int]:
     ).subquery()
     stmt = select(open_rows.c.kind, func.count()).group_by(open_rows.c.kind)
     return {kind: count for kind, count in (await session.exec(stmt)).all()}
+
+
+async def oldest_pending_delivery(session: AsyncSession) -> datetime | None:
+    """When the oldest webhook delivery still waiting to be processed arrived (None: none waits).
+
+    The first pending row by id, through the (status, id) index.
+    """
+    stmt = (
+        select(col(InboxDelivery.received_at))
+        .where(col(InboxDelivery.status) == InboxStatus.PENDING)
+        .order_by(col(InboxDelivery.id))
+        .limit(1)
+    )
+    return (await session.exec(stmt)).first()
+
+
+async def oldest_pending_messages(session: AsyncSession, *, now: datetime) -> dict[str, datetime]:
+    """Since when the oldest message of each sink (slack, pagerduty, outreach) has waited.
+
+    A message waits from the time it was due; once an attempt failed, from the time it was
+    queued, so that a message retried with backoff through an outage keeps ageing. Messages
+    held back for later (a nudge, an incident settling) do not wait yet. One query over the
+    pending rows, through the (status, available_at) index; sinks with nothing waiting are left
+    out.
+    """
+    sink = sa.case(
+        (col(OutboxMessage.channel) == PAGER_CHANNEL, "pagerduty"),
+        (col(OutboxMessage.channel) == OUTREACH_CHANNEL, "outreach"),
+        else_="slack",
+    ).label("sink")
+    since = sa.type_coerce(
+        sa.case(
+            (col(OutboxMessage.attempts) > 0, col(OutboxMessage.created_at)),
+            else_=col(OutboxMessage.available_at),
+        ),
+        UTCDateTime(),
+    )
+    waiting = (
+        select(sink, since.label("since"))
+        .where(
+            col(OutboxMessage.status) == OutboxStatus.PENDING,
+            (col(OutboxMessage.available_at) <= now) | (col(OutboxMessage.attempts) > 0),
+        )
+        .subquery()
+    )
+    stmt = select(waiting.c.sink, func.min(waiting.c.since)).group_by(waiting.c.sink)
+    return {str(name): at for name, at in (await session.exec(stmt)).all() if at is not None}
 
 
 async def table_sizes(session: AsyncSession) -> dict[str, int]:

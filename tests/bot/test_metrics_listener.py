@@ -202,6 +202,11 @@ async def test_a_scrape_reads_the_waiting_rows_not_whole_tables(
     assert 'reauthbot_open_cases{kind="reauth"} 3.0' in metrics
     for table in QUEUE_TABLES:
         assert f'reauthbot_table_rows_estimate{{table="{table}"}} 403.0' in metrics
+    # The waiting rows were stored at NOW, before the scrape: both ages are counted from it.
+    assert "reauthbot_oldest_pending_delivery_age_seconds 0.0" not in metrics
+    assert "reauthbot_oldest_pending_delivery_age_seconds " in metrics
+    assert 'reauthbot_oldest_pending_message_age_seconds{channel="slack"} 0.0' not in metrics
+    assert 'reauthbot_oldest_pending_message_age_seconds{channel="pagerduty"} 0.0' in metrics
 
     touched = set()
     for statement, parameters in seen:

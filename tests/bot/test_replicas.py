@@ -39,14 +39,23 @@ async def test_two_replicas_reconcile_once_per_interval(
         def listings() -> int:
             return len(nylas_fake.calls_to("GET", r"/v3/grants"))
 
+        def last_success(services: Any) -> float:
+            return float(services.metrics.last_reconcile_success._value.get())
+
+        started = clock.now.timestamp()
         await reconcile_pass(first)
         await reconcile_pass(second)  # the same interval: skipped
         assert listings() == 1
+        # Only the replica that ran the pass moves its time of the last success; alert rules
+        # take the newest across replicas.
+        assert last_success(first) == started
+        assert last_success(second) != started
 
         clock.advance(minutes=14)  # 0.9 of the interval has passed: the lease ran out
         await reconcile_pass(second)
         await reconcile_pass(first)
         assert listings() == 2
+        assert last_success(second) == clock.now.timestamp()
         metrics = await (await apps[0].get("/metrics")).text()
         assert 'reauthbot_job_runs_total{job="reconcile",outcome="skipped"} 1.0' in metrics
     finally:
