@@ -66,7 +66,7 @@ def parse_length(text: str) -> timedelta:
     """How long a window lasts, from "30m", "2h" or "1d"; at least a minute, at most 7 days."""
     try:
         length = parse_duration(text.strip().lower())
-    except ValueError:
+    except (ValueError, OverflowError):
         raise MuteError(f"`{text[:40]}` is not a duration like 30m, 2h or 1d.") from None
     if length < SHORTEST:
         raise MuteError("A mute lasts at least 1 minute.")
