@@ -89,8 +89,8 @@ def case_list(
     revoke_enabled: bool = False,
     outreach: str | None = None,
 ) -> list[dict[str, Any]]:
-    """A page of open cases; those of one incident come with their own buttons, since their
-    alerts were never posted one by one."""
+    """A page of open cases; those of one incident, and those opened in a maintenance window,
+    come with their own buttons, since their alerts were never posted one by one."""
     incident = filters.get("incident")
     described = list_filters(
         filters.get("statuses", ()),
@@ -106,7 +106,7 @@ def case_list(
     blocks = [section(f"*Open cases{described}*, newest first: {first}–{last}")]
     for case, account in rows:
         blocks.append(section(case_line(case, account)))
-        if incident is not None:
+        if incident is not None or case.muted_by is not None:
             blocks.append(
                 case_actions(case, account, revoke_enabled=revoke_enabled, outreach=outreach)
             )

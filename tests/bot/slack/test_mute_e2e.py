@@ -200,6 +200,13 @@ async def test_a_muted_domain_is_tracked_without_alerts_and_summarised_once(
     assert len(notices) == 1
     assert (await stored_mutes(sessions))[0].summarised_at == clock()
 
+    # The still-broken case is worked from the list, which carries its buttons.
+    listed = await op.type("list --domain example.com")
+    blocks = listed["blocks"]
+    assert "*#1* ana@example.com" in json.dumps(blocks)
+    (buttons,) = [b for b in blocks if b["type"] == "actions"]
+    assert buttons["block_id"] == "case-1"
+
     # The window is over: the domain alerts again, and the muted case still does not page.
     assert "No mutes in force" in shown(await op.type("mute list"))
     await notify(app, clock, "grant.expired", "g-4", "dan@example.com")
