@@ -20,7 +20,7 @@ import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import logs
+from bot import logs, mute_cli
 from bot.app import build_nylas, create_app, nylas_http, run
 from bot.render import when
 from bot.settings import ConfigError, Settings, load_settings
@@ -310,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--gzip", action="store_true", help="send it gzip-compressed")
     trigger.add_argument("--url", help="webhook URL (default: this host's PORT)")
     trigger.set_defaults(run=cmd_trigger)
+
+    mute_cli.add_parsers(sub)
     return parser
 
 

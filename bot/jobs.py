@@ -27,6 +27,7 @@ from workflows.digest import queue_digest
 from workflows.escalation import escalate_due, sweep_period
 from workflows.links import auto_outreach
 from workflows.maintenance import purge_old_rows
+from workflows.mutes import summarise_ended
 from workflows.reconcile import reconcile
 from workflows.stalled import flag_stalled_links
 from workflows.stuck import open_stuck_cases
@@ -69,6 +70,7 @@ def table(settings: Settings) -> list[Job]:
         Job("retention", purge_retained, every(hours=6)),
         Job("snoozes", end_due_snoozes, every(minutes=1)),
         Job("stuck", open_stuck, every(minutes=5)),
+        Job("mutes", summarise_mutes, every(minutes=1)),
     ]
     if settings.outreach_channel is not None and settings.policy.outreach.auto:
         jobs.append(Job("outreach", reach_new_cases, every(seconds=15), at_start=True))
@@ -148,6 +150,11 @@ async def reach_new_cases(services: Services) -> None:
 
 async def end_due_snoozes(services: Services) -> None:
     await end_snoozes(services.sessions, now=services.clock())
+
+
+async def summarise_mutes(services: Services) -> None:
+    channel = services.settings.alert_channel
+    await summarise_ended(services.sessions, now=services.clock(), channel=channel)
 
 
 async def flag_stalled(services: Services) -> None:

@@ -17,6 +17,8 @@
 - ``SlackView``: the modals the app opened, so that only their submissions are accepted.
 - ``ReauthLink``: a tracked re-authentication link handed out for a case (``/r/{token}``),
   and what became of it: sent to the end user, opened.
+- ``Mute``: a maintenance window: no alert for the cases of one email domain or one provider
+  until it ends, and one summary when it does.
 
 All timestamps are aware UTC datetimes. The uniqueness rules that make deduplication hold under
 concurrency live here as constraints, not in application code:
@@ -196,6 +198,11 @@ class IncidentScope(StrEnum):
     CREDENTIAL = "credential"  # v3 grants authenticated through one connector credential
 
 
+class MuteScope(StrEnum):
+    DOMAIN = "domain"  # accounts of one email domain (``domain_of`` their email)
+    PROVIDER = "provider"  # accounts of one provider (google, microsoft, imap…)
+
+
 class Account(SQLModel, table=True):
     __tablename__ = "accounts"
 
@@ -300,6 +307,9 @@ class Case(SQLModel, table=True):
     # False when the case never got a message of its own: its incident's message stands
     # for it (its post was withdrawn before it was sent).
     own_alert: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
+    # The maintenance window the case opened in: it got no alert and does not escalate; the
+    # window's summary names it when the window ends.
+    muted_by: int | None = Field(default=None, foreign_key="mutes.id", index=True)
 
 
 class Incident(SQLModel, table=True):
@@ -490,3 +500,28 @@ class ReauthLink(SQLModel, table=True):
     opens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # When the case said the link was opened but not completed within a day.
     stalled_at: datetime | None = _ts()
+
+
+class Mute(SQLModel, table=True):
+    """A maintenance window: cases of one domain or provider opened in it are not alerted."""
+
+    __tablename__ = "mutes"
+    __table_args__ = (sa.Index("ix_mutes_summarised_ends", "summarised_at", "ends_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(max_length=16)  # MuteScope
+    value: str = Field(max_length=320)  # the domain or provider, lower-cased
+    starts_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    ends_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)  # as planned
+    created_by: str = Field(max_length=128)  # an actor (storage.actors)
+    reason: str | None = Field(default=None, sa_type=sa.Text())
+    # Ended before ``ends_at`` by an operator (unmute), and by whom.
+    ended_at: datetime | None = _ts()
+    ended_by: str | None = Field(default=None, max_length=128)
+    # When its summary was queued: a window is summarised once, by whichever process sees it.
+    summarised_at: datetime | None = _ts()
+
+    @property
+    def until(self) -> datetime:
+        """When the window ended or ends."""
+        return self.ended_at if self.ended_at is not None else self.ends_at

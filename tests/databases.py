@@ -25,6 +25,7 @@ TABLES = [
     "case_events",
     "reauth_links",
     "cases",
+    "mutes",
     "incidents",
     "inbox",
     "accounts",

@@ -9,7 +9,8 @@ A case's progress lives on its row (``escalation_step``, ``escalation_due_at``),
 neither loses nor repeats a step, and the sweep locks due cases with ``FOR UPDATE SKIP
 LOCKED`` so two processes never run the same step. Only cases that are open (not
 acknowledged, snoozed, waiting on the user or resolved) escalate: acknowledging or resolving
-stops the policy, a snooze pauses it. When several steps fell due at once (after a snooze or
+stops the policy, a snooze pauses it. A case opened in a maintenance window never escalates
+(``workflows.mutes``). When several steps fell due at once (after a snooze or
 downtime), only the latest runs; the ones passed over are recorded, not sent.
 
 Nylas resends the notifications a v3 grant missed only if the user re-authenticates within
@@ -259,6 +260,7 @@ async def _due_cases(session: AsyncSession, now: datetime, limit: int) -> list[_
         .where(
             col(Case.status) == CaseStatus.OPEN,
             col(Case.incident_id).is_(None),  # the incident escalates for it
+            col(Case.muted_by).is_(None),  # opened in a maintenance window: never escalates
             col(Case.escalation_due_at).is_(None) & (col(Case.escalation_step) == 0)
             | (col(Case.escalation_due_at) <= now),
         )

@@ -13,6 +13,7 @@ from storage import cases, outbox
 from storage.models import Account, Case, OutboxKind
 from workflows import incidents
 from workflows.diagnosis import refresh
+from workflows.mutes import mute_for, muted_line
 from workflows.policy import Storms
 
 log = logging.getLogger("reauthbot.lifecycle")
@@ -51,10 +52,16 @@ async def open_case_for(
 
     With ``diagnose_later``, a case that gets findings is appended to it instead of being
     diagnosed here: the caller diagnoses the cases it opened together in one go.
+
+    A case of a domain or provider that is muted (``workflows.mutes``) joins no storm and
+    gets no alert: it records the window instead, which summarises it when it ends.
     """
     # The case records where its alert goes; the message ts is added once it is posted.
     channel = route(account.email)
-    incident = await incidents.open_for(session, account, storms=storms, now=now)
+    mute = await mute_for(session, account, now=now)
+    incident = None
+    if mute is None:
+        incident = await incidents.open_for(session, account, storms=storms, now=now)
     case = await cases.open_case(
         session,
         account_id=account.id,
@@ -78,7 +85,15 @@ async def open_case_for(
         details=audit,
         flush=incident is None,
     )
-    if incident is not None:
+    if mute is not None:
+        case.muted_by, case.own_alert = mute.id, False
+        session.add(case)
+        await cases.record_event(session, **muted_line(mute, case, now))
+        if diagnose_later is None:
+            await refresh(session, case=case, account=account, now=now)
+        else:
+            diagnose_later.append((case, account))
+    elif incident is not None:
         await incidents.opened_into(session, incident, case, now=now)
     else:
         await outbox.enqueue(

@@ -12,6 +12,9 @@ every stage taking all of it and doing its database work in a statement per tabl
    stand alone, and the incidents' refreshed messages;
 6. diagnose: the findings of the cases that stand alone (they are posted with them).
 
+A case that a maintenance window covers (``workflows.mutes``) stands alone without an alert:
+it joins no storm, counts towards none, and records the window.
+
 What is rare goes through ``apply_event`` on its own, in its place in the batch: updating or
 resolving an open case, flagging a duplicate account, and the case that makes a storm (the
 one that opens an incident). The stages write what came before it first, and take up what
@@ -31,6 +34,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, inbox, outbox
 from storage import incidents as store
+from storage import mutes as mute_store
 from storage.cases import AuditLine
 from storage.models import (
     Account,
@@ -38,6 +42,7 @@ from storage.models import (
     CaseKind,
     CaseStatus,
     Incident,
+    Mute,
     OutboxKind,
     built,
     domain_of,
@@ -57,6 +62,7 @@ from workflows.lifecycle import (
     stale_line,
     update_snapshot,
 )
+from workflows.mutes import matching, muted_line
 from workflows.policy import Storms
 from workflows.states import Health, classify
 
@@ -82,6 +88,7 @@ class _Opening:
     case: Case
     audit: dict[str, object]
     incident: Incident | None = None
+    mute: Mute | None = None  # the maintenance window it opens in: no alert, no storm
 
 
 @dataclass
@@ -163,6 +170,8 @@ async def _apply_run(
     events = [event for _, event in items]
     known = await _load(session, events)
     plan = _plan(events, known, now=now, route=route)
+    muting = await mute_store.active(session, now=now) if plan.openings else []
+    _mute(plan.openings, muting)
     seals: list[Incident] = []
     if storms is not None and plan.openings:
         keys = [key for o in plan.openings for key in incidents.storm_keys(o.account)]
@@ -171,6 +180,7 @@ async def _apply_run(
         seals, crossing = _place(plan.openings, taking, tallies, storms, now)
         if crossing is not None:  # that case makes a storm: the run ends before it
             plan = _plan(events[:crossing], known, now=now, route=route)
+            _mute(plan.openings, muting)
             seals, _ = _place(plan.openings, taking, tallies, storms, now)
             plan.stop = crossing
     used = len(events) if plan.stop is None else plan.stop + 1
@@ -367,6 +377,14 @@ def _may_have_duplicate(plan: _Plan, known: _Known, account: Account) -> bool:
 # --- place -----------------------------------------------------------------------------------
 
 
+def _mute(openings: Sequence[_Opening], muting: Sequence[Mute]) -> None:
+    """Mark the cases to open that a maintenance window in force covers."""
+    for opening in openings:
+        opening.mute = matching(muting, opening.account)
+        if opening.mute is not None:
+            opening.case.muted_by, opening.case.own_alert = opening.mute.id, False
+
+
 def _place(
     openings: Sequence[_Opening],
     taking: dict[tuple[str, str], Incident],
@@ -381,8 +399,10 @@ def _place(
     seals: list[Incident] = []
     loose: dict[tuple[str, str], Counter[str | None]] = {}
     for opening in openings:
-        keys = incidents.storm_keys(opening.account)
         opening.incident = None
+        if opening.mute is not None:
+            continue  # muted: neither joins a storm nor counts towards one
+        keys = incidents.storm_keys(opening.account)
         for storm in keys:
             incident = taking.get(storm)
             if incident is None:
@@ -429,6 +449,8 @@ async def _write(session: AsyncSession, plan: _Plan, *, now: datetime) -> None:
             continue
         case = line.case
         lines.append(_line(line.event, "opened", now, case.account_id, case.id, line.audit))
+        if line.mute is not None:
+            lines.append(muted_line(line.mute, case, now))
         if line.incident is not None:
             joined = incidents.joined_line(
                 line.incident, case, now, alert_withdrawn=False, own_alert=False
@@ -436,6 +458,7 @@ async def _write(session: AsyncSession, plan: _Plan, *, now: datetime) -> None:
             lines.append(joined)
     await cases.record_events(session, lines=lines)
     alone = [o for o in plan.openings if o.incident is None]
+    posted = [o for o in alone if o.mute is None]
     await outbox.enqueue_many(
         session,
         kind=OutboxKind.POST,
@@ -446,7 +469,7 @@ async def _write(session: AsyncSession, plan: _Plan, *, now: datetime) -> None:
                 "case_id": o.case.id,
                 "dedupe_key": f"case:{o.case.id}:post",
             }
-            for o in alone
+            for o in posted
         ],
     )
     into: dict[int, tuple[Incident, list[Case]]] = {}

@@ -3,6 +3,9 @@
     parse("snooze 42 4h")            -> Command("snooze", target="42", duration="4h")
     parse("list --kind reauth")      -> Command("list", kinds=("reauth",))
     parse("resolve 42 user fixed")   -> Command("resolve", target="42", note="user fixed")
+    parse("mute domain example.com for 2h migration")
+        -> Command("mute", scope="domain", value="example.com", length="2h", reason="migration")
+    parse("mute end 3")              -> Command("unmute", mute_id=3)
 
 Slack sends the text as typed, except that it may wrap what it recognises: an email as
 ``<mailto:ana@example.com|ana@example.com>``, a link as ``<https://…|label>``. Those are
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 
 from storage.models import CaseKind, CaseStatus
 from storage.reports import MAX_CASE_NUMBER
+from workflows.mutes import MuteError, normalise, parse_length
 from workflows.snoozes import SNOOZE_CHOICES, snooze_codes_in_words
 
 SNOOZES = tuple(SNOOZE_CHOICES)
@@ -39,6 +43,8 @@ USAGE = {
     "revoke": "/reauth revoke CASE",
     "stats": "/reauth stats [7d|30d]",
     "oncall": "/reauth oncall",
+    "mute": "/reauth mute domain|provider NAME for 2h [reason] | mute list",
+    "unmute": "/reauth unmute MUTE",
     "help": "/reauth help",
 }
 WHAT = {
@@ -51,7 +57,10 @@ WHAT = {
     "resolve": "close a case with a note",
     "revoke": "revoke the account's tokens (asks for confirmation)",
     "stats": "open cases, response times, chronic accounts",
-    "oncall": "the escalation policy and who would be paged now",
+    "oncall": "the escalation policy, who would be paged now, and the mutes in force",
+    "mute": "no alerts for a domain or provider for up to 7d (cases are still tracked; "
+    "one summary when it ends)",
+    "unmute": "end a mute now (also `/reauth mute end MUTE`)",
     "help": "this list",
 }
 CASE_HINT = "CASE is a case number (42 or #42), an account id or an email."
@@ -72,6 +81,12 @@ class Command:
     provider: str | None = None
     incident: int | None = None  # list: the cases of one incident
     send: bool = False  # link: send it to the end user ([outreach])
+    # mute: what (domain or provider, and which) for how long ("2h"), and why; none: the list
+    scope: str | None = None
+    value: str | None = None
+    length: str | None = None
+    reason: str = ""
+    mute_id: int | None = None  # unmute
     unknown: str | None = None  # help: the sub-command that was not one
 
 
@@ -102,6 +117,10 @@ def parse(text: str) -> Command:
     name = head.lower()
     if name not in USAGE:
         return Command("help", unknown=head[:40].replace("`", "'"))
+    if name == "mute":  # the reason is free text: keep it as typed
+        return _mute(tail.split())
+    if name == "unmute":
+        return _unmute(tail.split())
     if name == "resolve":  # the note is free text: keep it as typed
         target, _, note = tail.strip().partition(" ")
         if not target:
@@ -178,3 +197,39 @@ def _list(words: list[str]) -> Command:
         provider=values["--provider"][0] if values["--provider"] else None,
         incident=incident,
     )
+
+
+def _mute(words: list[str]) -> Command:
+    if not words:
+        raise UsageError("Mute what? Name a domain or a provider, and for how long.", "mute")
+    first = words[0].lower()
+    if first == "list":
+        if len(words) > 1:
+            raise UsageError("`mute list` takes no arguments.", "mute")
+        return Command("mute")
+    if first == "end":
+        return _unmute(words[1:])
+    if len(words) < 2:
+        what = first if first in ("domain", "provider") else "domain or provider"
+        raise UsageError(f"Which {what}?", "mute")
+    try:
+        scope, value = normalise(words[0], words[1])
+        rest = words[2:]
+        if rest and rest[0].lower() == "for":
+            rest = rest[1:]
+        if not rest:
+            raise MuteError("For how long? Add `for 2h`, for example.")
+        length = rest[0].lower()
+        parse_length(length)
+    except MuteError as exc:
+        raise UsageError(str(exc), "mute") from None
+    return Command("mute", scope=scope, value=value, length=length, reason=" ".join(rest[1:]))
+
+
+def _unmute(words: list[str]) -> Command:
+    if len(words) != 1:
+        raise UsageError("Name one mute by its number (see `/reauth mute list`).", "unmute")
+    raw = words[0].removeprefix("#")
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or not 0 < int(raw) <= MAX_CASE_NUMBER:
+        raise UsageError(f"`{raw[:40]}` is not a mute number.", "unmute")
+    return Command("unmute", mute_id=int(raw))

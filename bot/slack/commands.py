@@ -30,7 +30,7 @@ from bot.slack.groups import GroupDirectory
 from bot.slack.operator import Operator, operator_of
 from storage import cases, links, reports
 from storage.models import Account, Case, CaseStatus, Incident
-from workflows import actions
+from workflows import actions, mutes
 from workflows.billing import retry_restarts_billing
 from workflows.diagnosis import diagnose, gather
 from workflows.policy import parse_duration
@@ -257,7 +257,84 @@ async def on_oncall(
         next_due = (upcoming, upcoming.escalation_due_at)
     paging = services.settings.pagerduty_routing_key is not None
     blocks = replies.oncall(policy, members, paging=paging, next_due=next_due)
+    muting = await mutes.listing(services.sessions, now=services.clock())
+    if muting:
+        blocks += replies.mute_list(muting)
     await _say(respond, "Escalation policy", blocks)
+
+
+async def _refuse(services: Services, operator: Operator, action: str) -> None:
+    """Audit a refused mute or unmute; nothing else changes."""
+    async with services.sessions() as session, session.begin():
+        await cases.record_event(
+            session,
+            actor=operator.actor,
+            action="refused",
+            at=services.clock(),
+            details={"action": action},
+        )
+
+
+async def on_mute(
+    services: Services,
+    groups: GroupDirectory,
+    operator: Operator,
+    command: Command,
+    respond: AsyncRespond,
+) -> None:
+    now = services.clock()
+    if command.scope is None or command.value is None or command.length is None:
+        await _say(
+            respond,
+            "Mutes in force",
+            replies.mute_list(await mutes.listing(services.sessions, now=now)),
+        )
+        return
+    # Muting silences alerts as a snooze does, for a whole domain or provider.
+    if not await operator.may("snooze"):
+        await _refuse(services, operator, "mute")
+        await _say(respond, replies.MUTE_REFUSED)
+        return
+    try:
+        mute = await mutes.start(
+            services.sessions,
+            scope=command.scope,
+            value=command.value,
+            length=mutes.parse_length(command.length),
+            actor=operator.actor,
+            now=now,
+            reason=command.reason,
+        )
+    except mutes.MuteError as exc:
+        await _say(respond, escape(str(exc)))
+        return
+    await _say(respond, f"Muted {mutes.scope_words(mute)}", replies.mute_started(mute))
+
+
+async def on_unmute(
+    services: Services,
+    groups: GroupDirectory,
+    operator: Operator,
+    command: Command,
+    respond: AsyncRespond,
+) -> None:
+    assert command.mute_id is not None
+    if not await operator.may("snooze"):
+        await _refuse(services, operator, "unmute")
+        await _say(respond, replies.UNMUTE_REFUSED)
+        return
+    try:
+        mute = await mutes.end(
+            services.sessions,
+            mute_id=command.mute_id,
+            actor=operator.actor,
+            now=services.clock(),
+            channel=services.settings.alert_channel,
+        )
+    except mutes.MuteError as exc:
+        await _say(respond, escape(str(exc)))
+        return
+    await _say(respond, f"Ended mute #{mute.id}", replies.mute_ended(mute))
 
 
 async def on_help(
@@ -297,6 +374,8 @@ HANDLERS: dict[str, Handler] = {
     "revoke": on_revoke,
     "stats": on_stats,
     "oncall": on_oncall,
+    "mute": on_mute,
+    "unmute": on_unmute,
     "help": on_help,
 }
 

@@ -26,12 +26,13 @@ from bot.slack.blocks import (
     words,
 )
 from storage import actors
-from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus, ReauthLink
+from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus, Mute, ReauthLink
 from storage.reports import Tally
 from workflows.billing import restart_warning
 from workflows.clock import how_long
 from workflows.diagnosis import Finding
 from workflows.escalation import plan
+from workflows.mutes import scope_words
 from workflows.policy import Escalation
 from workflows.states import classify
 from workflows.stats import CaseStats, OutreachFigures
@@ -88,8 +89,8 @@ def case_list(
     revoke_enabled: bool = False,
     outreach: str | None = None,
 ) -> list[dict[str, Any]]:
-    """A page of open cases; those of one incident come with their own buttons, since their
-    alerts were never posted one by one."""
+    """A page of open cases; those of one incident, and those opened in a maintenance window,
+    come with their own buttons, since their alerts were never posted one by one."""
     incident = filters.get("incident")
     described = list_filters(
         filters.get("statuses", ()),
@@ -105,7 +106,7 @@ def case_list(
     blocks = [section(f"*Open cases{described}*, newest first: {first}–{last}")]
     for case, account in rows:
         blocks.append(section(case_line(case, account)))
-        if incident is not None:
+        if incident is not None or case.muted_by is not None:
             blocks.append(
                 case_actions(case, account, revoke_enabled=revoke_enabled, outreach=outreach)
             )
@@ -348,3 +349,47 @@ def links_blocks(result: ActionResult) -> list[dict[str, Any]]:
             )
         )
     return blocks
+
+
+# --- maintenance windows ---------------------------------------------------------------------
+
+MUTE_REFUSED = "You are not allowed to mute alerts: it takes the snooze permission."
+UNMUTE_REFUSED = "You are not allowed to end a mute: it takes the snooze permission."
+
+
+def mute_line(mute: Mute) -> str:
+    """One window in force: its number, scope, end, who set it and why."""
+    line = (
+        f"*#{mute.id}* {escape(scope_words(mute))} until {slack_date(mute.ends_at)}, "
+        f"by {mention(actors.name(mute.created_by))}"
+    )
+    return line + (f": {escape(mute.reason)}" if mute.reason else "")
+
+
+def mute_started(mute: Mute) -> list[dict[str, Any]]:
+    """The answer to a new mute."""
+    return [
+        section(
+            f"Muted {escape(scope_words(mute))} until {slack_date(mute.ends_at)} "
+            f"({how_long(mute.ends_at - mute.starts_at)}), mute #{mute.id}. New cases of it "
+            "are tracked without alerts; one summary is posted when it ends."
+        ),
+        context(f"End it sooner with `/reauth unmute {mute.id}`."),
+    ]
+
+
+def mute_ended(mute: Mute) -> list[dict[str, Any]]:
+    """The answer to ending a mute early."""
+    return [
+        section(
+            f"Ended mute #{mute.id} of {escape(scope_words(mute))}; its summary is being posted "
+            "to the alert channel."
+        )
+    ]
+
+
+def mute_list(mutes: Sequence[Mute]) -> list[dict[str, Any]]:
+    """The windows in force, or a line saying there are none."""
+    if not mutes:
+        return [section("No mutes in force: every new case is alerted.")]
+    return [section("*Mutes in force*\n" + "\n".join(mute_line(m) for m in mutes))]

@@ -19,6 +19,7 @@ from bot.slack.command_line import (
     parse,
 )
 from tests.properties.strategies import FAST
+from workflows.mutes import LONGEST, parse_length
 
 NEEDS_TARGET = ("show", "ack", "retry", "link", "snooze", "resolve", "revoke")
 # What Slack may send: anything, with the words and marks of real commands mixed in.
@@ -34,6 +35,13 @@ pieces = st.sampled_from(
         "--kind=",
         "--domain",
         "--provider",
+        "domain",
+        "provider",
+        "example.com",
+        "for",
+        "2h",
+        "8d",
+        "end",
         "#42",
         "42",
         '"',
@@ -78,6 +86,12 @@ def check(command: Command) -> None:
         assert command.note == ""
     assert command.unknown is None or (command.name == "help" and len(command.unknown) <= 40)
     assert command.incident is None or command.name == "list"
+    muting = command.name == "mute" and command.scope is not None
+    assert (command.value is not None) == (command.length is not None) == muting
+    assert command.scope in (None, "domain", "provider")
+    assert command.length is None or parse_length(command.length) <= LONGEST
+    assert command.reason == "" or muting
+    assert (command.mute_id is not None) == (command.name == "unmute")
 
 
 @FAST
@@ -117,6 +131,18 @@ def commands(draw: st.DrawFn) -> Command:
         return Command(name)
     if name == "stats":
         return Command(name, window=draw(st.sampled_from(WINDOWS)))
+    if name == "unmute":
+        return Command(name, mute_id=draw(st.integers(1, 10**6)))
+    if name == "mute":
+        if draw(st.booleans()):
+            return Command(name)  # the list
+        return Command(
+            name,
+            scope=draw(st.sampled_from(["domain", "provider"])),
+            value=draw(domains.map(str.lower)) + ".example",
+            length=draw(st.sampled_from(["30m", "2h", "1d", "7d"])),
+            reason=" ".join(draw(st.text(st.characters(exclude_characters="<>"))).split()),
+        )
     if name == "list":
         return Command(
             name,
@@ -152,6 +178,15 @@ def typed(command: Command, draw: st.DrawFn) -> str:
                 words.append(f"{option}={value}" if draw(st.booleans()) else f"{option} {value}")
     elif command.name == "stats":
         words.append(command.window.upper() if draw(st.booleans()) else command.window)
+    elif command.name == "unmute":
+        words.append(f"#{command.mute_id}" if draw(st.booleans()) else str(command.mute_id))
+    elif command.name == "mute" and command.scope is None:
+        words.append("list")
+    elif command.name == "mute":
+        assert command.value is not None and command.length is not None
+        words += [command.scope or "", command.value]
+        words += ["for", command.length] if draw(st.booleans()) else [command.length]
+        words.append(command.reason)
     elif command.target is not None:
         words.append(shlex.quote(command.target))
         if command.duration is not None:

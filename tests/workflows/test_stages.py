@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import inbox
+from storage import actors, inbox
 from storage.models import Account, Case, CaseEvent, Incident, OutboxMessage
 from tests.conftest import FrozenClock
-from workflows import ingest
+from workflows import ingest, mutes
 from workflows.lifecycle import apply_event
 from workflows.nylas import samples, webhooks
 from workflows.policy import Storms, parse_duration
@@ -96,6 +96,8 @@ async def what_is_left(sessions: Sessions, side: str) -> dict[str, Any]:
             "cases": [
                 c.model_dump(exclude={"id", "diagnosis"})
                 | {"incident_id": incident_ids.get(c.incident_id)}
+                # Each side has a mute of its own: whether a case was muted is what compares.
+                | {"muted_by": c.muted_by is not None}
                 for c in cases
             ],
             "lines": [
@@ -169,3 +171,25 @@ async def test_a_storm_crossing_its_threshold_in_the_middle_of_a_batch(
     assert len(left["incidents"]) == 1
     assert [c["incident_id"] for c in left["cases"]] == [0] * 7
     assert [c["own_alert"] for c in left["cases"]] == [False] * 7
+
+
+async def test_cases_of_a_muted_provider_get_no_alert_and_make_no_storm(
+    sessions: Sessions,
+) -> None:
+    clock = FrozenClock()
+    for side in (BATCHED, ALONE):
+        await mutes.start(
+            sessions,
+            scope="provider",
+            value=side,
+            length=parse_duration("2h"),
+            actor=actors.slack("U0ANA"),
+            now=clock(),
+        )
+    # Seven cases would cross the storm threshold (3) twice over, were they not muted.
+    left = await run_both(sessions, clock, [("grant.expired", n, (n, {})) for n in range(1, 8)])
+    assert left["incidents"] == []
+    assert [c["muted_by"] for c in left["cases"]] == [True] * 7
+    assert [c["own_alert"] for c in left["cases"]] == [False] * 7
+    assert [line[2] for line in left["lines"]] == ["opened", "muted"] * 7
+    assert left["messages"] == []
