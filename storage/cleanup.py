@@ -102,7 +102,7 @@ async def create_run(
         "notice": notice,
         "tally": {},
     }
-    row = (await session.execute(_INSERT_RUN, params)).first()
+    row = (await session.exec(_INSERT_RUN, params=params)).first()  # type: ignore[call-overload]
     return row is not None
 
 

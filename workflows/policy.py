@@ -324,7 +324,7 @@ class Billing(_Section):
             return None
         # TOML gives 0.1 as a binary float; its shortest text is what the operator wrote.
         text = repr(value) if isinstance(value, float) else str(value).strip()
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
+        if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
             text = ""
         try:
             price = Decimal(text)
