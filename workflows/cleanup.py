@@ -400,17 +400,7 @@ async def delete_for_billing(
     try:
         remote = await nylas.get_account(account.id)
     except NylasNotFound:
-        await _finish(
-            sessions,
-            case_id=case_id,
-            actor=actor,
-            now=now,
-            action="cleanup_skipped",
-            details={"method": method, "reason": "the account no longer exists in Nylas"},
-            said=line("Billing clean-up by ", who(actor), ": the account was already gone."),
-            event=_gone(account, now, "cleanup"),
-        )
-        return GONE
+        return await _already_gone(sessions, case_id, account, actor, now, method)
     except NylasError as exc:
         return await _failed(sessions, case_id, actor, now, method, exc, step="re-read")
     if _syncing_again(case, account, remote):
@@ -445,11 +435,28 @@ async def delete_for_billing(
     try:
         await nylas.delete_account(account.id)
     except NylasNotFound:
-        pass  # deleted elsewhere meanwhile, or a replay of a delete that happened: gone
+        # Deleted elsewhere since the re-read, or a retried DELETE that did happen.
+        return await _already_gone(sessions, case_id, account, actor, now, method)
     except NylasError as exc:
         return await _failed(sessions, case_id, actor, now, method, exc, step="delete")
     await _deleted(sessions, case_id=case_id, account=account, actor=actor, now=now, method=method)
     return DELETED
+
+
+async def _already_gone(
+    sessions: Sessions, case_id: int, account: Account, actor: str, now: datetime, method: str
+) -> str:
+    await _finish(
+        sessions,
+        case_id=case_id,
+        actor=actor,
+        now=now,
+        action="cleanup_skipped",
+        details={"method": method, "reason": "the account no longer exists in Nylas"},
+        said=line("Billing clean-up by ", who(actor), ": the account was already gone."),
+        event=_gone(account, now, "cleanup"),
+    )
+    return GONE
 
 
 async def _failed(
