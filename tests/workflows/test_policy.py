@@ -176,3 +176,12 @@ def test_bad_cleanup_and_billing_values_are_named(tmp_path: Path, text: str, err
     with pytest.raises(ValueError) as caught:
         policy(tmp_path, text)
     assert f"policy.toml: {error}" in str(caught.value)
+
+
+def test_the_readme_examples_of_cleanup_and_billing_load(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Billing clean-up") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", 10)]
+    read = policy(tmp_path, example)
+    assert read.cleanup.grace == timedelta(days=14)
+    assert read.billing.cost(2) == Decimal("3.00") and read.billing.currency == "USD"
