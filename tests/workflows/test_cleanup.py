@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.models import CleanupRun, OutboxKind, OutboxMessage
+from storage.models import Case, CaseEvent, CaseStatus, CleanupRun, OutboxKind, OutboxMessage
+from tests.conftest import Nylas
 from workflows import cleanup
 from workflows.cleanup import in_window, month_end, queue_cleanup
 from workflows.events import AccountEvent
@@ -199,3 +200,94 @@ async def test_stats_count_the_accounts_at_risk(sessions: Sessions) -> None:
     assert (report.open_billed, report.past_grace, shorter.past_grace) == (2, 1, 2)
     assert Billing(price_per_account=Decimal("0.125")).cost(report.past_grace) == Decimal("0.125")
     assert cleanup.cost_words(Billing(price_per_account=Decimal("0.125")), 3) == "0.375 USD"
+
+
+# --- deleting, against the fake Nylas -------------------------------------------------------
+
+
+async def confirmed(sessions: Sessions, now: datetime, typed: str) -> cleanup.Deletion:
+    assert await offer(sessions, now)
+    started = await cleanup.confirm(
+        sessions, month=now.strftime("%Y-%m"), actor="slack:U0BOSS", now=now, typed=typed
+    )
+    assert isinstance(started, cleanup.Deletion)
+    return started
+
+
+class Waits(list[float]):
+    """Records the pauses between deletions instead of sleeping through them."""
+
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+async def test_v2_accounts_are_deleted_through_the_management_api(
+    sessions: Sessions, nylas: Nylas
+) -> None:
+    nylas.fake.add_v2_account(id="a-1", email="ann@example.com", sync_state="invalid")
+    nylas.fake.add_v2_account(id="a-2", email="bob@example.com", sync_state="stopped")
+    nylas.fake.add_v2_account(  # downgraded since the message: Nylas no longer bills it
+        id="a-3", email="cy@example.com", sync_state="stopped", billing_state="cancelled"
+    )
+    for account, state in (("a-1", "invalid"), ("a-2", "stopped"), ("a-3", "stopped")):
+        await broken(sessions, account, JAN_27 - 20 * D, version="v2", state=state,
+                     billing_state="paid")  # fmt: skip
+    deletion = await confirmed(sessions, JAN_27, "3")
+    waits = Waits()
+    clock = lambda: JAN_27 + timedelta(hours=1)  # noqa: E731
+    tally = await cleanup.run_deletion(sessions, nylas.v2, deletion, clock=clock, sleep=waits)
+
+    assert tally == {cleanup.DELETED: 2, cleanup.NOT_BILLED_NOW: 1}
+    assert waits == [0.5, 0.5]  # paced: one between each two accounts
+    deletes = nylas.fake.calls_to("DELETE", r"/a/.*")
+    assert [c.path.rsplit("/", 1)[1] for c in deletes] == ["a-1", "a-2"]
+    assert set(nylas.fake.v2_accounts) == {"a-3"}
+
+
+async def test_a_failure_leaves_the_account_and_its_case_and_the_rest_goes_on(
+    sessions: Sessions, nylas: Nylas
+) -> None:
+    for grant in ("g-1", "g-2"):
+        nylas.fake.add_grant(id=grant, email=f"{grant}@example.com", grant_status="invalid")
+        await broken(sessions, grant, JAN_27 - 20 * D)
+    nylas.fake.fail("DELETE", r"/v3/grants/g-1", status=503)  # the client here does not retry
+    deletion = await confirmed(sessions, JAN_27, "2")
+    tally = await cleanup.run_deletion(sessions, nylas.v3, deletion, clock=lambda: JAN_27,
+                                       sleep=Waits())  # fmt: skip
+
+    assert tally == {cleanup.FAILED: 1, cleanup.DELETED: 1}
+    assert set(nylas.fake.grants) == {"g-1"}
+    async with sessions() as session:
+        rows = (await session.exec(select(Case).order_by(col(Case.id)))).all()
+        failed = (
+            await session.exec(select(CaseEvent).where(col(CaseEvent.action) == "cleanup_failed"))
+        ).all()
+        run = await session.get(CleanupRun, "2027-01")
+    assert [(c.account_id, c.status == CaseStatus.RESOLVED, c.busy_with) for c in rows] == [
+        ("g-1", False, None),  # still open, and free for another action
+        ("g-2", True, None),
+    ]
+    (line,) = failed
+    assert line.account_id == "g-1" and line.details["step"] == "delete"
+    assert run is not None and run.finished_at == JAN_27 and run.tally == dict(tally)
+
+
+async def test_a_confirmation_is_taken_once(sessions: Sessions) -> None:
+    await broken(sessions, "g-1", JAN_27 - 20 * D)
+    assert await offer(sessions, JAN_27)
+    wrong = await cleanup.confirm(
+        sessions, month="2027-01", actor="slack:U0BOSS", now=JAN_27, typed="one"
+    )
+    assert not isinstance(wrong, cleanup.Deletion) and wrong.outcome == "refused"
+    first = await cleanup.confirm(
+        sessions, month="2027-01", actor="slack:U0BOSS", now=JAN_27, typed="1"
+    )
+    again = await cleanup.confirm(
+        sessions, month="2027-01", actor="slack:U0SUE", now=JAN_27, typed="1"
+    )
+    assert isinstance(first, cleanup.Deletion) and len(first.case_ids) == 1
+    assert not isinstance(again, cleanup.Deletion) and "started by @U0BOSS" in again.message
+    never = await cleanup.confirm(
+        sessions, month="2026-12", actor="slack:U0BOSS", now=JAN_27, typed="1"
+    )
+    assert not isinstance(never, cleanup.Deletion) and never.outcome == "missing"
