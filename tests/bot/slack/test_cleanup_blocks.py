@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from bot.notifier import LogSink
 from bot.slack import ids
 from bot.slack.cleanup import cleanup_blocks, cleanup_modal, cleanup_text
 from bot.slack.notices import notice_blocks, notice_text
+from storage.models import OutboxKind, OutboxMessage
 from tests.bot.slack.test_blocks import HOSTILE, mentions
 from tests.bot.slack.test_digest_e2e import validate_message
 
@@ -82,3 +87,25 @@ def test_the_modal_asks_for_the_count() -> None:
     modal = cleanup_modal("2026-11", 42)
     assert modal["callback_id"] == ids.CLEANUP_MODAL and modal["private_metadata"] == "2026-11"
     assert "*42* broken accounts" in json.dumps(modal)
+
+
+async def test_local_mode_logs_the_offer_and_the_tally_in_words(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = LogSink()
+    offer = OutboxMessage(channel="C0ALERTS", kind=OutboxKind.NOTICE, payload=payload())
+    done = OutboxMessage(
+        channel="C0ALERTS",
+        kind=OutboxKind.NOTICE_UPDATE,
+        payload=payload(
+            started_by="slack:U0BOSS", tally={"deleted": 40, "failed": 2}, finished=True
+        ),
+    )
+    with caplog.at_level(logging.INFO, logger="reauthbot.alerts"):
+        await sink.deliver(offer, None, None)
+        await sink.deliver(done, None, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "billing clean-up: Billing clean-up: 42 broken accounts past the 14 d grace period will "
+        "be billed again next month (84.00 USD at risk).",
+        "billing clean-up: Billing clean-up of 2026-11: 40 deleted, 2 failed.",
+    ]
