@@ -316,7 +316,7 @@ async def run_deletion(
     await _progress(sessions, deletion, len(deletion.case_ids), tally, clock(), finished=True)
     log.info(
         "billing clean-up done",
-        extra={"month": deletion.month, **{o.replace(" ", "_"): n for o, n in tally.items()}},
+        extra={"month": deletion.month, "tally": tally_words(tally)},
     )
     return tally
 
