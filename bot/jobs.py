@@ -23,6 +23,7 @@ from bot.services import Services
 from bot.settings import Settings
 from storage import leases
 from workflows.actions import end_snoozes
+from workflows.cleanup import queue_cleanup
 from workflows.digest import queue_digest
 from workflows.escalation import escalate_due, sweep_period
 from workflows.links import auto_outreach
@@ -71,6 +72,9 @@ def table(settings: Settings) -> list[Job]:
         Job("snoozes", end_due_snoozes, every(minutes=1)),
         Job("stuck", open_stuck, every(minutes=5)),
         Job("mutes", summarise_mutes, every(minutes=1)),
+        # Hourly, though it posts at most once a month: a service down at the window's start
+        # still offers the clean-up as soon as it is back.
+        Job("cleanup", offer_cleanup, every(hours=1), at_start=True),
     ]
     if settings.outreach_channel is not None and settings.policy.outreach.auto:
         jobs.append(Job("outreach", reach_new_cases, every(seconds=15), at_start=True))
@@ -202,6 +206,17 @@ async def watch_webhooks(services: Services) -> None:
 async def digest(services: Services) -> None:
     channel = services.settings.alert_channel
     await queue_digest(services.sessions, now=services.clock(), channel=channel)
+
+
+async def offer_cleanup(services: Services) -> None:
+    policy = services.settings.policy
+    await queue_cleanup(
+        services.sessions,
+        now=services.clock(),
+        channel=services.settings.alert_channel,
+        cleanup=policy.cleanup,
+        billing=policy.billing,
+    )
 
 
 async def purge_retained(services: Services) -> None:

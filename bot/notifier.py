@@ -25,6 +25,8 @@ from bot.metrics import Metrics, label_word
 from storage import actors, cases, incidents, links, notices, outbox
 from storage.incidents import IncidentView
 from storage.models import Account, Case, OutboxKind, OutboxMessage, ReauthLink
+from workflows.cleanup import ABOUT as CLEANUP
+from workflows.cleanup import notice_text as cleanup_notice_text
 from workflows.clock import Clock
 from workflows.webhook_watch import ABOUT as WEBHOOK_DESTINATION
 
@@ -114,6 +116,8 @@ class LogSink:
             self._log.warning("alert for %s: %s", message.channel, line, extra=fields)
         elif message.payload.get("about") == WEBHOOK_DESTINATION:
             self._log.warning("webhook alert: %s", render.webhook_notice_text(message.payload))
+        elif message.payload.get("about") == CLEANUP and message.kind != OutboxKind.NOTICE_THREAD:
+            self._log.warning("billing clean-up: %s", cleanup_notice_text(message.payload))
         elif message.kind == OutboxKind.NOTICE_THREAD:
             self._log.info("notice thread: %s", message.payload.get("text", ""), extra=fields)
         elif message.kind in (OutboxKind.NOTICE, OutboxKind.NOTICE_UPDATE):

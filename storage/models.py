@@ -525,3 +525,27 @@ class Mute(SQLModel, table=True):
     def until(self) -> datetime:
         """When the window ended or ends."""
         return self.ended_at if self.ended_at is not None else self.ends_at
+
+
+class CleanupRun(SQLModel, table=True):
+    """The month-end clean-up of one month: which cases it offered, and its deletion.
+
+    Keyed by the month ("2026-02"), so it is offered once per month whichever replica or
+    restart runs the job; the cases listed are the ones its **Delete** button may delete.
+    """
+
+    __tablename__ = "cleanup_runs"
+
+    month: str = Field(primary_key=True, max_length=7)
+    created_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    channel: str = Field(max_length=64)
+    # The cases listed in the message, in the order shown: [case id, ...].
+    case_ids: list[int] = Field(default_factory=list, sa_type=sa.JSON())
+    # The facts its message was posted with; its updates add the deletion's progress.
+    notice: dict[str, Any] = _json()
+    # Who confirmed the deletion, and when it started and ended (NULL: not yet).
+    started_by: str | None = Field(default=None, max_length=128)
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+    # How each listed case came out: {"deleted": 3, "recovered": 1, ...}.
+    tally: dict[str, Any] = _json()

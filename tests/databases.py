@@ -21,6 +21,7 @@ from storage.migrate import upgrade
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
 TABLES = [
+    "cleanup_runs",
     "outbox",
     "case_events",
     "reauth_links",

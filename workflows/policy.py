@@ -3,7 +3,9 @@
 Sections: ``[escalation]`` (who is told when nobody acknowledges), ``[permissions]`` (who may
 press which button), ``[storms]`` (when many cases become one incident), ``[routing]`` and
 ``[stuck]`` (how long a v2 account may stay in a transient sync state), ``[links]`` (how long a
-tracked re-auth link works) and ``[outreach]`` (how the end user is asked to re-authenticate).
+tracked re-auth link works), ``[outreach]`` (how the end user is asked to re-authenticate),
+``[cleanup]`` (how long a broken account may wait before it is offered for deletion) and
+``[billing]`` (what Nylas charges per account, to put a cost on that).
 Every error names the key and says what is expected.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 import tomllib
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -283,6 +286,61 @@ class Outreach(_Section):
         return None if self.template is None else self.template.read_text(encoding="utf-8")
 
 
+class Cleanup(_Section):
+    """The month-end clean-up of broken accounts Nylas would bill again next month.
+
+    An account broken for longer than ``grace`` (its end user had that long to re-authenticate)
+    is listed, five days before the month ends (UTC), for an operator to delete.
+    """
+
+    grace: Duration = timedelta(days=14)
+
+    @field_validator("grace")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+
+class Billing(_Section):
+    """What Nylas charges per billed account and month; unset, no cost is shown."""
+
+    price_per_account: Decimal | None = None
+
+    currency: str = "USD"
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        if not re.match(r"^[A-Z]{3}$", value):
+            raise ValueError(f"{value!r} is not a three-letter currency code like USD or EUR")
+        return value
+
+    @field_validator("price_per_account", mode="before")
+    @classmethod
+    def _price(cls, value: Any) -> Decimal | None:
+        if value is None:
+            return None
+        # TOML gives 0.1 as a binary float; its shortest text is what the operator wrote.
+        text = repr(value) if isinstance(value, float) else str(value).strip()
+        if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+            text = ""
+        try:
+            price = Decimal(text)
+        except ArithmeticError:
+            price = None
+        if price is None or not price.is_finite():
+            raise ValueError(f'{value!r} is not a price like 1.5 or "1.50"')
+        if price < 0:
+            raise ValueError(f"{value!r}: a price cannot be negative")
+        return price
+
+    def cost(self, accounts: int) -> Decimal | None:
+        """What ``accounts`` billed accounts cost a month; None when no price is set."""
+        return None if self.price_per_account is None else self.price_per_account * accounts
+
+
 class Policy(_Section):
     escalation: Escalation = Escalation()
     permissions: Permissions = Permissions()
@@ -291,6 +349,8 @@ class Policy(_Section):
     stuck: Stuck = Stuck()
     links: Links = Links()
     outreach: Outreach = Outreach()
+    cleanup: Cleanup = Cleanup()
+    billing: Billing = Billing()
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -44,7 +44,9 @@ from storage.incidents import LINKABLE_KINDS
 from storage.link_reports import Reauthenticated
 from storage.reports import ChronicAccount, ChronicDomain, Tally
 from workflows.billing import NOT_BILLED
+from workflows.cleanup import count_at_risk
 from workflows.enduser import AUTOMATIC_RESOLVERS, RECOVERY_WORDINGS
+from workflows.policy import Cleanup
 from workflows.states import V2_STATES, V3_STATES, Health
 
 TOP = 5
@@ -123,6 +125,7 @@ class CaseStats:
     open_by_provider: tuple[Tally, ...]  # the top providers, lower-cased; None: unknown
     open_by_domain: tuple[Tally, ...]  # the top email domains; None: no email known
     open_billed: int  # open cases whose account is billed
+    past_grace: int  # of those, re-auth and stopped cases broken past [cleanup] grace
     acknowledged: int  # cases acknowledged within the window
     mean_time_to_acknowledge: timedelta | None  # over those, from opening; None when none
     resolved: int  # cases resolved within the window, however
@@ -139,12 +142,18 @@ class CaseStats:
 
 
 async def case_stats(
-    session: AsyncSession, *, now: datetime, window: timedelta, top: int = TOP
+    session: AsyncSession,
+    *,
+    now: datetime,
+    window: timedelta,
+    top: int = TOP,
+    cleanup: Cleanup | None = None,
 ) -> CaseStats:
     """Compute the figures of ``/reauth stats`` for the window ending at ``now``."""
     if window <= timedelta(0) or top < 1:
         raise ValueError(f"window must be positive and top at least 1, not {window}, {top}")
     since = now - window
+    cleanup = cleanup or Cleanup()
     by_kind = await reports.count_open_cases(session, by="kind")
     by_provider = await reports.count_open_cases(session, by="provider")
     by_domain = await reports.count_open_cases(session, by="domain")
@@ -166,6 +175,7 @@ async def case_stats(
         open_by_provider=tuple(by_provider[:top]),
         open_by_domain=tuple(by_domain[:top]),
         open_billed=await reports.count_open_billed(session, not_billed=NOT_BILLED),
+        past_grace=await count_at_risk(session, now=now, cleanup=cleanup),
         acknowledged=acked.count,
         mean_time_to_acknowledge=acked.mean,
         resolved=resolved.count,

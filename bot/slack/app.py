@@ -24,7 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.bodies import BodyError, read_body
 from bot.services import Services
 from bot.settings import Settings
-from bot.slack import actions, commands, home, ids
+from bot.slack import actions, cleanup, commands, home, ids
 from bot.slack.groups import GroupDirectory
 from bot.slack.guard import Identity, replay_guard
 from bot.slack.operator import operator_middleware
@@ -69,6 +69,7 @@ def build_bolt(services: Services, client: AsyncWebClient) -> AsyncApp:
     # Who acts, and what they may do, for every listener below.
     bolt.use(operator_middleware(settings.policy.permissions, groups.members))
     actions.register(bolt, services)
+    cleanup.register(bolt, services)
     home.register(bolt, services)
     commands.register(bolt, services, groups)
 

@@ -224,9 +224,13 @@ async def on_stats(
 ) -> None:
     async with services.readers() as session:
         report = await case_stats(
-            session, now=services.clock(), window=parse_duration(command.window)
+            session,
+            now=services.clock(),
+            window=parse_duration(command.window),
+            cleanup=services.settings.policy.cleanup,
         )
-    await _say(respond, "Case statistics", replies.stats(report, command.window))
+    policy = services.settings.policy
+    await _say(respond, "Case statistics", replies.stats(report, command.window, policy))
 
 
 async def on_oncall(

@@ -27,6 +27,10 @@ INCIDENT_SEND_LINKS = "incident_send_links"  # sends every end user their link, 
 INCIDENT_RETRY = "incident_retry_all"
 INCIDENT_SHOW = "incident_show_cases"  # answers privately with the cases and their buttons
 
+# The month-end billing clean-up's message; the button's value carries the month ("2026-02").
+# Never on a case's own card: deleting is not the fix of one case.
+CLEANUP_DELETE = "cleanup_delete"  # opens the clean-up modal
+
 ACTIONS = (
     ACK,
     LINK,
@@ -45,6 +49,7 @@ ACTIONS = (
     INCIDENT_SEND_LINKS,
     INCIDENT_RETRY,
     INCIDENT_SHOW,
+    CLEANUP_DELETE,
 )
 
 COMMAND = "/reauth"
@@ -61,7 +66,8 @@ NOTE_INPUT = "note_input"
 REVOKE_MODAL = "revoke_modal"  # the email must be typed back to delete a v3 grant
 CONFIRM_BLOCK = "confirm"
 CONFIRM_INPUT = "confirm_input"
-VIEWS = (RESOLVE_MODAL, REVOKE_MODAL)
+CLEANUP_MODAL = "cleanup_modal"  # the number of accounts must be typed; metadata: the month
+VIEWS = (RESOLVE_MODAL, REVOKE_MODAL, CLEANUP_MODAL)
 
 # Bot scopes the registered features need, and why.
 BOT_SCOPES = (

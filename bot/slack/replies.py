@@ -29,11 +29,12 @@ from storage import actors
 from storage.models import Account, ApiVersion, Case, CaseEvent, CaseStatus, Mute, ReauthLink
 from storage.reports import Tally
 from workflows.billing import restart_warning
+from workflows.cleanup import cost_words
 from workflows.clock import how_long
 from workflows.diagnosis import Finding
 from workflows.escalation import plan
 from workflows.mutes import scope_words
-from workflows.policy import Escalation
+from workflows.policy import Escalation, Policy
 from workflows.states import classify
 from workflows.stats import CaseStats, OutreachFigures
 from workflows.subject import ActionResult
@@ -218,7 +219,17 @@ def _tallies(tallies: Sequence[Tally], unknown: str) -> str:
     return ", ".join(f"{escape(t.key or unknown)} {t.count}" for t in tallies)
 
 
-def stats(report: CaseStats, window: str) -> list[dict[str, Any]]:
+def at_risk_text(report: CaseStats, policy: Policy) -> str:
+    """Billed accounts broken past the grace period, and what they cost next month."""
+    grace = how_long(policy.cleanup.grace)
+    text = f"Broken past the {grace} grace period: {report.past_grace}"
+    cost = cost_words(policy.billing, report.past_grace)
+    if cost is not None:
+        text += f", cost at risk {escape(cost)} a month"
+    return text
+
+
+def stats(report: CaseStats, window: str, policy: Policy | None = None) -> list[dict[str, Any]]:
     share = report.fixed_without_operator_share
     fixed = "-" if share is None else f"{share:.0%} ({report.fixed_without_operator})"
     chronic = (
@@ -237,6 +248,7 @@ def stats(report: CaseStats, window: str) -> list[dict[str, Any]]:
     return [
         section(
             f"*Open now: {report.open_total}*, of which still billed: {report.open_billed}\n"
+            f"{at_risk_text(report, policy or Policy())}\n"
             f"By kind: {_tallies(report.open_by_kind, 'unknown')}\n"
             f"By provider: {_tallies(report.open_by_provider, 'unknown')}\n"
             f"By domain: {_tallies(report.open_by_domain, 'no email')}"

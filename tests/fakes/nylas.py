@@ -40,7 +40,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -66,6 +66,7 @@ class Call:
     query: dict[str, str]
     headers: CIMultiDict[str]
     json: Any
+    at: float = field(default_factory=time.monotonic)  # when it arrived, to check pacing
 
 
 @dataclass(slots=True)

@@ -145,6 +145,7 @@ def test_alerts_replies_and_cards_show_outside_text_inert(
         open_by_provider=(Tally(key=provider, count=1), Tally(key=None, count=2)),
         open_by_domain=(Tally(key=email, count=1),),
         open_billed=1,
+        past_grace=1,
         acknowledged=1,
         mean_time_to_acknowledge=timedelta(minutes=3),
         resolved=1,

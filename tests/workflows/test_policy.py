@@ -4,11 +4,12 @@ the [storms] bars."""
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from workflows.policy import Storms, Stuck, load_policy
+from workflows.policy import Policy, Storms, Stuck, load_policy
 
 
 def stuck(tmp_path: Path, text: str) -> Stuck:
@@ -114,3 +115,73 @@ def test_bad_storm_values_are_named(tmp_path: Path, text: str, error: str) -> No
     with pytest.raises(ValueError) as caught:
         storms(tmp_path, text)
     assert f"policy.toml: {error}" in str(caught.value)
+
+
+# --- [cleanup] and [billing] --------------------------------------------------------------
+
+
+def policy(tmp_path: Path, text: str) -> Policy:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return load_policy(path)
+
+
+def test_cleanup_waits_two_weeks_and_no_price_is_assumed(tmp_path: Path) -> None:
+    read = policy(tmp_path, "")
+    assert read.cleanup.grace == timedelta(days=14)
+    assert read.billing.price_per_account is None and read.billing.cost(12) is None
+
+
+@pytest.mark.parametrize(
+    ("price", "expected"),
+    [
+        ("1.5", Decimal("4.5")),
+        ('"1.50"', Decimal("4.50")),
+        ("2", Decimal(6)),
+        ("0.1", Decimal("0.3")),
+    ],
+)
+def test_the_cost_is_exact(tmp_path: Path, price: str, expected: Decimal) -> None:
+    read = policy(tmp_path, f'[cleanup]\ngrace = "10d"\n[billing]\nprice_per_account = {price}\n')
+    assert read.cleanup.grace == timedelta(days=10)
+    assert read.billing.cost(3) == expected and read.billing.currency == "USD"
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('[cleanup]\ngrace = "0d"', "cleanup.grace: must be longer than 0s"),
+        ('[cleanup]\ngrace = "two weeks"', "cleanup.grace: 'two weeks' is not a duration"),
+        ("[cleanup]\nafter = 3", "cleanup.after: is not a known setting"),
+        ("[billing]\nprice_per_account = -1", "billing.price_per_account: -1: a price cannot be"),
+        (
+            '[billing]\nprice_per_account = "cheap"',
+            """billing.price_per_account: 'cheap' is not a price like 1.5 or "1.50\"""",
+        ),
+        (
+            "[billing]\nprice_per_account = true",
+            """billing.price_per_account: True is not a price like 1.5 or "1.50\"""",
+        ),
+        (
+            '[billing]\nprice_per_account = "nan"',
+            """billing.price_per_account: 'nan' is not a price""",
+        ),
+        (
+            '[billing]\ncurrency = "dollars"',
+            "billing.currency: 'dollars' is not a three-letter currency code like USD or EUR",
+        ),
+    ],
+)
+def test_bad_cleanup_and_billing_values_are_named(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        policy(tmp_path, text)
+    assert f"policy.toml: {error}" in str(caught.value)
+
+
+def test_the_readme_examples_of_cleanup_and_billing_load(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Billing clean-up") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", 10)]
+    read = policy(tmp_path, example)
+    assert read.cleanup.grace == timedelta(days=14)
+    assert read.billing.cost(2) == Decimal("3.00") and read.billing.currency == "USD"

@@ -94,6 +94,7 @@ async def test_an_empty_database_has_no_figures(sessions: Sessions) -> None:
         open_by_provider=(),
         open_by_domain=(),
         open_billed=0,
+        past_grace=0,
         acknowledged=0,
         mean_time_to_acknowledge=None,
         resolved=0,
