@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from bot import logs
+from bot import cli_case, logs
 from bot.app import build_nylas, create_app, nylas_http, run
 from bot.cli_check import cmd_check
 from bot.cli_support import (
@@ -33,9 +33,7 @@ from bot.cli_support import (
     database_error,
     migrated_sessions,
 )
-from bot.render import when
 from bot.settings import ConfigError, Settings, load_settings
-from storage import cases as case_queries
 from storage.engine import create_engine
 from storage.migrate import current_revision, head_revision, upgrade
 from storage.models import ApiVersion
@@ -109,41 +107,6 @@ async def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"database upgraded from {before or 'empty'} to {head_revision()}")
     return 0
-
-
-async def cmd_cases(settings: Settings, args: argparse.Namespace) -> int:
-    async with migrated_sessions(settings) as sessions, sessions() as session:
-        rows = await case_queries.list_open_cases(session)
-    records = [
-        {
-            "case": case.id,
-            "account": account.id,
-            "email": account.email,
-            "state": case.state,
-            "kind": case.kind,
-            "opened": when(case.opened_at),
-            "status": case.status,
-        }
-        for case, account in rows
-    ]
-    if args.json:
-        print(json.dumps(records, indent=2, ensure_ascii=False))
-    elif not records:
-        print("no open cases")
-    else:
-        columns = ["case", "account", "email", "state", "opened", "status"]
-        print(format_table(columns, records))
-    return 0
-
-
-def format_table(columns: Sequence[str], records: Sequence[dict[str, Any]]) -> str:
-    """Align columns to their widest value; nothing is ever truncated."""
-    cells = [[("-" if r[c] is None else str(r[c])) for c in columns] for r in records]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    rows = [[c.upper() for c in columns], *cells]
-    return "\n".join(
-        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
 
 
 async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
@@ -277,9 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_db_upgrade
     )
 
-    cases = sub.add_parser("cases", help="list open cases")
-    cases.add_argument("--json", action="store_true", help="print JSON for scripts")
-    cases.set_defaults(run=cmd_cases)
+    cli_case.add_parsers(sub)
 
     check = sub.add_parser("check", help="validate the configuration and reach the database")
     check.set_defaults(run=cmd_check)

@@ -7,7 +7,7 @@ and filter the audit log by it:
 - ``system``: reauthbot itself (escalation, snoozes ending, duplicates, storms…);
 - ``nylas``: a webhook delivery, ``poll``: reconciliation; other event sources name themselves
   (``retry``, ``revoke``…);
-- ``cli``: the command line;
+- ``cli:<login>``: an operator at the command line (``cli("ana")``);
 - ``end_user``: the owner of the mailbox (opening a tracked re-auth link).
 
 Whatever comes before the first ':' is the actor's source (``source``); only a Slack actor
@@ -29,6 +29,11 @@ _SLACK_PREFIX = f"{SLACK}:"
 def slack(user_id: str) -> str:
     """The actor of a Slack user."""
     return f"{_SLACK_PREFIX}{user_id}"
+
+
+def cli(user: str) -> str:
+    """The actor of an operator at the command line, by login name."""
+    return f"{CLI}:{user}"
 
 
 def is_slack(actor: str) -> bool:

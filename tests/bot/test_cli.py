@@ -128,10 +128,14 @@ async def test_cases_table_never_truncates(
     table = run(tmp_path, "cases", DATABASE_URL=migrated_url)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["CASE", "ACCOUNT", "EMAIL", "STATE", "OPENED", "STATUS"]
+    assert lines[0].split() == [
+        "CASE", "ACCOUNT", "EMAIL", "KIND", "STATE", "INCIDENT", "OPENED", "STATUS"
+    ]  # fmt: skip
     assert long_email in lines[1] and long_id in lines[1]
     assert lines[1].split()[0] == "1"
-    assert lines[2].split() == ["2", "a2", "-", "stopped", "2026-11-02T09:30:00Z", "open"]
+    assert lines[2].split() == [
+        "2", "a2", "-", "stopped", "stopped", "-", "2026-11-02T09:30:00Z", "open"
+    ]  # fmt: skip
 
     as_json = run(tmp_path, "cases", "--json", DATABASE_URL=migrated_url)
     records = json.loads(as_json.stdout)
@@ -142,6 +146,7 @@ async def test_cases_table_never_truncates(
         "email": long_email,
         "state": "invalid",
         "kind": "reauth",
+        "incident": None,
         "opened": "2026-11-02T09:30:00Z",
         "status": "open",
     }

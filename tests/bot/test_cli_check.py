@@ -66,7 +66,9 @@ def test_check_masks_the_database_password(tmp_path: Path) -> None:
     assert "hunter22" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("command", [["cases"], ["poll"]])
+@pytest.mark.parametrize(
+    "command", [["cases"], ["case", "show", "1"], ["case", "ack", "1"], ["poll"]]
+)
 def test_commands_never_create_the_default_database(tmp_path: Path, command: list[str]) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
