@@ -20,7 +20,7 @@ from bot.settings import Settings
 from storage.engine import create_engine
 from storage.migrate import current_revision, head_revision
 from workflows.clock import how_long
-from workflows.nylas import NylasError, WebhookDestination
+from workflows.nylas import NylasAuthError, NylasError, WebhookDestination
 from workflows.webhook_watch import watches
 
 Report = list[tuple[str, str]]
@@ -116,8 +116,10 @@ async def _nylas(settings: Settings) -> tuple[Report, bool]:
         nylas = build_nylas(settings, http)
         try:
             await nylas.verify_credentials()
-        except NylasError as exc:
+        except NylasAuthError as exc:
             return [("nylas credentials", f"refused: {exc}")], False
+        except NylasError as exc:
+            return [("nylas credentials", f"not verified: {exc}")], False
         report = [("nylas credentials", "accepted")]
         try:
             destinations = await nylas.list_webhook_destinations()

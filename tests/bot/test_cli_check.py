@@ -4,6 +4,7 @@ database, run as real processes against fake Slack and Nylas servers."""
 from __future__ import annotations
 
 import socket
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -186,7 +187,7 @@ async def test_check_verifies_v2_application_credentials(
 def test_version_everywhere(tmp_path: Path, args: list[str]) -> None:
     result = run(tmp_path, *args)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "reauthbot 0.1.0"
+    assert result.stdout.strip() == f"reauthbot {version('reauthbot')}"
     assert files_under(tmp_path) == []
 
 
@@ -201,3 +202,24 @@ def test_a_busy_port_is_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert not (tmp_path / "reauthbot.db").exists()
+
+
+def test_check_says_when_slack_and_nylas_cannot_be_reached(
+    tmp_path: Path, migrated_url: str
+) -> None:
+    result = run(
+        tmp_path,
+        "check",
+        DATABASE_URL=migrated_url,
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_APP_TOKEN="xapp-1-check",
+        SLACK_ALERT_CHANNEL="C0ALERTS",
+        SLACK_API_URL=f"http://127.0.0.1:{free_port()}/api/",
+        NYLAS_API_URL=f"http://127.0.0.1:{free_port()}",
+        NYLAS_API_KEY=NYLAS_API_KEY,
+    )
+    assert result.returncode == 1, result.stdout
+    lines = report(result.stdout)
+    assert lines["slack"].startswith("cannot reach http://127.0.0.1:")
+    assert lines["nylas credentials"].startswith("not verified: Could not reach Nylas")
+    assert "Traceback" not in result.stderr
