@@ -1,92 +1,96 @@
 """The ``reauthbot`` command line.
 
-Every failure an operator can cause (bad configuration, unreachable database) ends with one
-line on stderr and a non-zero exit code, never a traceback: 2 for configuration, 1 otherwise.
+Every failure an operator can cause (bad configuration, unreachable database, a busy port)
+ends with one line on stderr and a non-zero exit code, never a traceback: 2 for configuration
+and usage (what argparse also uses), 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
+import re
+import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import httpx
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import logs, mute_cli
+from bot import cli_case, logs, mute_cli
 from bot.app import build_nylas, create_app, nylas_http, run
-from bot.render import when
+from bot.cli_check import cmd_check
+from bot.cli_support import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    CommandError,
+    UsageError,
+    database_error,
+    migrated_sessions,
+)
 from bot.settings import ConfigError, Settings, load_settings
-from storage import cases as case_queries
-from storage.engine import create_engine, normalize_url, session_factory
+from storage.engine import create_engine
 from storage.migrate import current_revision, head_revision, upgrade
 from storage.models import ApiVersion
-from workflows.clock import how_long, system_clock
-from workflows.nylas import NylasError, WebhookDestination, samples, webhooks
+from workflows.clock import system_clock
+from workflows.nylas import NylasError, samples, webhooks
 from workflows.reconcile import ReconcileReport, reconcile
 from workflows.routing import make_router
-from workflows.webhook_watch import watches
 
 log = logging.getLogger("reauthbot.cli")
-
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-
-
-class CommandError(Exception):
-    """A command could not do its work; the message is one line for the operator."""
-
-
-def _database_error(settings: Settings, exc: BaseException) -> CommandError:
-    where = normalize_url(settings.database_url).render_as_string(hide_password=True)
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return CommandError(f"cannot use the database at {where}: {reason}")
-
-
-@asynccontextmanager
-async def migrated_sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Open the database for a command; any database failure becomes one CommandError line."""
-    engine = create_engine(settings.database_url)
-    try:
-        if await current_revision(engine) != head_revision():
-            raise CommandError("the database is not migrated; run `reauthbot db upgrade` first")
-        yield session_factory(engine)
-    except (CommandError, NylasError):
-        raise
-    except Exception as exc:
-        raise _database_error(settings, exc) from None
-    finally:
-        await engine.dispose()
-
 
 # --- commands ---------------------------------------------------------------------------------
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     settings.require_slack()
+    # Before anything is built or logged: a busy port is then the only thing said.
+    _check_port_free(settings.host, settings.port)
     if not settings.nylas_configured:
         log.warning(
             "Nylas credentials are not set: account polling and account actions are off",
             extra={"api_version": settings.nylas_api_version},
         )
     app = create_app(settings)
-    run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=lambda text: log.info(
-            "listening", extra={"url": f"http://{settings.host}:{settings.port}"}
-        ),
-    )
+    try:
+        run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=lambda text: log.info(
+                "listening", extra={"url": f"http://{settings.host}:{settings.port}"}
+            ),
+        )
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # Taken since the first look, or the metrics listener's address: name the one refused.
+        found = re.search(r"\('([^']*)', (\d+)", str(exc))
+        host, port = (found[1], found[2]) if found else (settings.host, settings.port)
+        raise _port_in_use(host, port) from None
     log.info("stopped")
     return 0
+
+
+def _port_in_use(host: str, port: object) -> CommandError:
+    message = f"cannot listen on {host}:{port}: address already in use"
+    return CommandError(message, exit_code=EXIT_CONFIG)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse to start when something already listens on the address serve would take."""
+    try:
+        probe = socket.create_server((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise _port_in_use(host, port) from None
+        return  # anything else is for the server itself to report
+    probe.close()
 
 
 async def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
@@ -95,7 +99,7 @@ async def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
         before = await current_revision(engine)
         await upgrade(engine)
     except Exception as exc:
-        raise _database_error(settings, exc) from None
+        raise database_error(settings, exc) from None
     finally:
         await engine.dispose()
     if before == head_revision():
@@ -103,96 +107,6 @@ async def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"database upgraded from {before or 'empty'} to {head_revision()}")
     return 0
-
-
-async def cmd_cases(settings: Settings, args: argparse.Namespace) -> int:
-    async with migrated_sessions(settings) as sessions, sessions() as session:
-        rows = await case_queries.list_open_cases(session)
-    records = [
-        {
-            "case": case.id,
-            "account": account.id,
-            "email": account.email,
-            "state": case.state,
-            "kind": case.kind,
-            "opened": when(case.opened_at),
-            "status": case.status,
-        }
-        for case, account in rows
-    ]
-    if args.json:
-        print(json.dumps(records, indent=2, ensure_ascii=False))
-    elif not records:
-        print("no open cases")
-    else:
-        columns = ["case", "account", "email", "state", "opened", "status"]
-        print(format_table(columns, records))
-    return 0
-
-
-def format_table(columns: Sequence[str], records: Sequence[dict[str, Any]]) -> str:
-    """Align columns to their widest value; nothing is ever truncated."""
-    cells = [[("-" if r[c] is None else str(r[c])) for c in columns] for r in records]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    rows = [[c.upper() for c in columns], *cells]
-    return "\n".join(
-        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
-
-
-async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    settings.require_slack()
-    report = [
-        ("mode", "local (alerts go to the log)" if settings.local_mode else "Slack"),
-        ("nylas", f"{settings.nylas_api_version} at {settings.nylas_base_url}"),
-    ]
-    if settings.nylas_configured:
-        report.append(("nylas credentials", "set"))
-    else:
-        report.append(("nylas credentials", "missing: polling and account actions are off"))
-    if settings.config_file is not None:
-        report.append(("policy", f"{settings.config_file} is valid"))
-    nylas_error = None
-    if settings.nylas_configured:
-        try:
-            async with nylas_http() as http:
-                destinations = await build_nylas(settings, http).list_webhook_destinations()
-        except NylasError as exc:
-            nylas_error = str(exc)
-            report.append(("webhook destination watch", f"cannot list destinations: {exc}"))
-        else:
-            report.extend(_watch_report(settings, destinations))
-    else:
-        report.append(("webhook destination watch", "off (no Nylas credentials)"))
-    engine = create_engine(settings.database_url)
-    try:
-        revision = await current_revision(engine)
-    except Exception as exc:
-        raise _database_error(settings, exc) from None
-    finally:
-        await engine.dispose()
-    if revision == head_revision():
-        report.append(("database", f"reachable, schema {revision}"))
-    else:
-        report.append(("database", f"reachable, schema {revision or 'empty'}: run db upgrade"))
-    width = max(len(name) for name, _ in report)
-    for name, value in report:
-        print(f"{name.ljust(width)}  {value}")
-    return 0 if nylas_error is None else EXIT_FAILURE
-
-
-def _watch_report(
-    settings: Settings, destinations: Sequence[WebhookDestination]
-) -> list[tuple[str, str]]:
-    """One line for the watch, then one per destination: its status and whether it is watched."""
-    every = how_long(settings.poll_interval)
-    lines = [("webhook destination watch", f"on, every {every}: {len(destinations)} found")]
-    for destination in destinations:
-        watched = "watched" if watches(destination) else "not watched: no account triggers"
-        lines.append(
-            (f"  {destination.id}", f"{destination.status}, {destination.url} ({watched})")
-        )
-    return lines
 
 
 async def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
@@ -223,7 +137,11 @@ async def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
     try:
         version = samples.api_version_of(args.event)
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise UsageError(str(exc)) from None
+    if version == ApiVersion.V2 and (args.email or args.provider):
+        raise UsageError("--email and --provider are for v3 grant.* triggers only")
+    if args.reauth and args.event != "grant.updated":
+        raise UsageError("--reauth is for grant.updated only")
     now = system_clock()
     secret = settings.webhook_secrets().get(version)
     if secret is None:
@@ -236,6 +154,7 @@ async def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
         )
     account = args.account or f"sample-{uuid.uuid4().hex[:12]}"
     if version == ApiVersion.V3:
+        # Only what was asked for: an email or provider left out keeps what the service knows.
         payload = samples.v3_notification(
             args.event,
             grant_id=account,
@@ -246,30 +165,67 @@ async def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
         )
     else:
         payload = samples.v2_delivery(args.event, account_id=account, at=now)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = args.url or f"http://{host}:{settings.port}/nylas/webhook"
+    print(_trigger_summary(args, version, account, url), flush=True)
     raw = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
     if args.gzip:
         raw = webhooks.compress(raw)
         headers["Content-Encoding"] = "gzip"
     headers["X-Nylas-Signature"] = webhooks.sign(secret, raw)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    url = args.url or f"http://{host}:{settings.port}/nylas/webhook"
     try:
         async with httpx.AsyncClient(timeout=10) as http:
             response = await http.post(url, content=raw, headers=headers)
     except httpx.HTTPError as exc:
         reason = str(exc) or type(exc).__name__
         raise CommandError(f"cannot reach {url}: {reason}; is the service running?") from None
-    print(f"sent {args.event} for {version} account {account} to {url}")
     print(f"{response.status_code} {response.text.strip()}")
     return 0 if response.is_success else EXIT_FAILURE
+
+
+def _trigger_summary(args: argparse.Namespace, version: str, account: str, url: str) -> str:
+    """What the sample delivery carries, said before it is sent."""
+    new = "" if args.account else " (a new random id)"
+    if version == ApiVersion.V2:
+        kept = "not sent: v2 deliveries carry only the account id"
+        email = provider = kept
+    else:
+        kept = "not sent: the service keeps what it knows"
+        email = args.email or kept
+        provider = args.provider or kept
+    lines = [
+        f"sending {args.event} ({version}{', gzip' if args.gzip else ''}) to {url}",
+        f"  account   {account}{new}",
+        f"  email     {email}",
+        f"  provider  {provider}",
+    ]
+    if args.event == "grant.updated":
+        lines.append(f"  re-authentication  {'yes' if args.reauth else 'no'}")
+    return "\n".join(lines)
 
 
 # --- entry point ------------------------------------------------------------------------------
 
 
+def package_version() -> str:
+    """This installation's version, from the package metadata."""
+    try:
+        return version("reauthbot")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command and sub-command takes --version, wherever it is typed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"reauthbot {package_version()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reauthbot",
         description="Slack chat-ops for Nylas accounts that need re-authentication.",
     )
@@ -284,9 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_db_upgrade
     )
 
-    cases = sub.add_parser("cases", help="list open cases")
-    cases.add_argument("--json", action="store_true", help="print JSON for scripts")
-    cases.set_defaults(run=cmd_cases)
+    cli_case.add_parsers(sub)
 
     check = sub.add_parser("check", help="validate the configuration and reach the database")
     check.set_defaults(run=cmd_check)
@@ -301,9 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
         "`reauthbot trigger grant.expired --email ana@example.com`.",
     )
     trigger.add_argument("event", metavar="EVENT", help=", ".join(samples.TRIGGERS))
-    trigger.add_argument("--email", default="ana@example.com", help="email of a v3 grant")
+    trigger.add_argument(
+        "--email", help="email of a v3 grant (default: none sent; the service keeps its own)"
+    )
     trigger.add_argument("--account", help="account or grant id (default: a new random one)")
-    trigger.add_argument("--provider", default="google", help="provider of a v3 grant")
+    trigger.add_argument(
+        "--provider", help="provider of a v3 grant (default: none sent; the service keeps its own)"
+    )
     trigger.add_argument(
         "--reauth", action="store_true", help="grant.updated: mark it a re-authentication"
     )
@@ -333,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except CommandError as exc:
         print(f"reauthbot: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -8,11 +8,12 @@ do; a mute that cannot be ended (unknown, already over) or a scope already muted
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from typing import Any
 
+from bot.cli_case import format_table, login
+from bot.cli_support import CommandError, migrated_sessions
 from bot.render import when
 from bot.settings import Settings
 from storage import actors
@@ -21,15 +22,6 @@ from workflows import mutes
 from workflows.clock import how_long, system_clock
 
 EXIT_USAGE = 2
-
-
-def operator() -> str:
-    """The actor of whoever runs the command."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no user name in the environment nor the password database
-        user = "unknown"
-    return actors.cli(user)
 
 
 def _usage(problem: str) -> int:
@@ -49,9 +41,6 @@ def _record(mute: Mute) -> dict[str, Any]:
 
 
 async def cmd_mute(settings: Settings, args: argparse.Namespace) -> int:
-    # Imported here: bot.cli imports this module to register its commands.
-    from bot.cli import CommandError, format_table, migrated_sessions
-
     if args.scope == "list":
         if args.value is not None or args.length is not None or args.reason is not None:
             return _usage("`mute list` takes no value, --for or --reason")
@@ -81,7 +70,7 @@ async def cmd_mute(settings: Settings, args: argparse.Namespace) -> int:
                 scope=args.scope,
                 value=args.value,
                 length=length,
-                actor=operator(),
+                actor=actors.cli(login()),
                 now=system_clock(),
                 reason=args.reason,
             )
@@ -95,8 +84,6 @@ async def cmd_mute(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_unmute(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.cli import CommandError, migrated_sessions  # as in cmd_mute
-
     raw = args.mute.removeprefix("#")
     if not raw.isdigit() or not 0 < int(raw) < 2**31:
         return _usage(f"{args.mute[:40]!r} is not a mute number (see `reauthbot mute list`)")
@@ -105,7 +92,7 @@ async def cmd_unmute(settings: Settings, args: argparse.Namespace) -> int:
             mute = await mutes.end(
                 sessions,
                 mute_id=int(raw),
-                actor=operator(),
+                actor=actors.cli(login()),
                 now=system_clock(),
                 channel=settings.alert_channel,
             )

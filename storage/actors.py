@@ -7,7 +7,7 @@ and filter the audit log by it:
 - ``system``: reauthbot itself (escalation, snoozes ending, duplicates, storms…);
 - ``nylas``: a webhook delivery, ``poll``: reconciliation; other event sources name themselves
   (``retry``, ``revoke``…);
-- ``cli``: the command line; ``cli:<user>`` names the operating-system user who ran it;
+- ``cli:<login>``: an operator at the command line (``cli("ana")``);
 - ``end_user``: the owner of the mailbox (opening a tracked re-auth link).
 
 Whatever comes before the first ':' is the actor's source (``source``); only a Slack actor
@@ -32,7 +32,7 @@ def slack(user_id: str) -> str:
 
 
 def cli(user: str) -> str:
-    """The actor of an operating-system user running the command line."""
+    """The actor of an operator at the command line, by login name."""
     return f"{CLI}:{user}"
 
 

@@ -38,10 +38,18 @@ def test_trigger_needs_the_signing_secret(tmp_path: Path) -> None:
     assert_one_line_error(run(tmp_path, "trigger", "account.invalid"), 2, "NYLAS_CLIENT_SECRET")
 
 
+def test_trigger_options_that_do_not_apply_are_usage_errors(tmp_path: Path) -> None:
+    env = {"NYLAS_WEBHOOK_SECRET": "s", "NYLAS_CLIENT_SECRET": "c"}
+    v2 = run(tmp_path, "trigger", "account.invalid", "--email", "a@example.com", **env)
+    assert_one_line_error(v2, 2, "--email and --provider are for v3 grant.* triggers only")
+    reauth = run(tmp_path, "trigger", "grant.expired", "--reauth", **env)
+    assert_one_line_error(reauth, 2, "--reauth is for grant.updated only")
+
+
 def test_trigger_unknown_event_lists_the_known_ones(tmp_path: Path) -> None:
     result = run(tmp_path, "trigger", "grant.exploded", NYLAS_WEBHOOK_SECRET="s")
     assert_one_line_error(
-        result, 1, "unknown trigger 'grant.exploded'", "grant.expired", "account.sync_error"
+        result, 2, "unknown trigger 'grant.exploded'", "grant.expired", "account.sync_error"
     )
 
 
@@ -82,14 +90,26 @@ def test_newcomer_sees_a_case_open_and_close_without_nylas(tmp_path: Path) -> No
             if len(open_cases()) == 1:
                 break
         assert [(c["account"], c["kind"]) for c in open_cases()] == [("g-1", "reauth")]
+        # No --email: nothing is made up, and the account keeps the email it has.
         reauth = run(
             tmp_path, "trigger", "grant.updated", "--reauth", "--account", "g-1", PORT=port, **env
         )
         assert reauth.returncode == 0
+        summary = [" ".join(line.split()) for line in reauth.stdout.splitlines()]
+        assert summary[:5] == [
+            f"sending grant.updated (v3) to http://127.0.0.1:{port}/nylas/webhook",
+            "account g-1",
+            "email not sent: the service keeps what it knows",
+            "provider not sent: the service keeps what it knows",
+            "re-authentication yes",
+        ]
+        assert "ana@example.com" not in reauth.stdout
         for _ in range(100):
             if not open_cases():
                 break
         assert open_cases() == []
+        shown = run(tmp_path, "case", "show", "1")
+        assert "Case #1: ana@example.com needs re-authentication" in shown.stdout, shown.stderr
     log = served.output()
     assert "alert: Case #1: ana@example.com needs re-authentication" in log
     assert "Resolved: The end user re-authenticated." in log
@@ -133,14 +153,14 @@ def test_poll_needs_credentials_and_a_migrated_database(tmp_path: Path, blank_ur
 
 
 async def test_check_lists_the_webhook_destinations(
-    tmp_path: Path, blank_url: str, nylas_fake: FakeNylas
+    tmp_path: Path, migrated_url: str, nylas_fake: FakeNylas
 ) -> None:
     nylas_fake.add_webhook(id="wh-1", status="failing")
     nylas_fake.add_webhook(
         id="wh-2", webhook_url="https://m.example.com/h", trigger_types=["message.created"]
     )
     result = await run_async(
-        tmp_path, "check", REAUTHBOT_POLL_INTERVAL="10m", **nylas_env(nylas_fake, blank_url)
+        tmp_path, "check", REAUTHBOT_POLL_INTERVAL="10m", **nylas_env(nylas_fake, migrated_url)
     )
     assert result.returncode == 0, result.stderr
     lines = [line.split(None, 1) for line in result.stdout.splitlines()]
@@ -148,21 +168,23 @@ async def test_check_lists_the_webhook_destinations(
         "failing, https://reauthbot.example.com/nylas/webhook (watched)",
         "active, https://m.example.com/h (not watched: no account triggers)",
     ]
-    assert "webhook destination watch  on, every 10 min: 2 found" in result.stdout
+    assert "webhook destination watch on, every 10 min: 2 found" in " ".join(result.stdout.split())
 
 
 async def test_check_says_when_the_destinations_cannot_be_listed(
-    tmp_path: Path, blank_url: str, nylas_fake: FakeNylas
+    tmp_path: Path, migrated_url: str, nylas_fake: FakeNylas
 ) -> None:
     nylas_fake.fail("GET", "/v3/webhooks", status=401)
-    result = await run_async(tmp_path, "check", **nylas_env(nylas_fake, blank_url))
+    result = await run_async(tmp_path, "check", **nylas_env(nylas_fake, migrated_url))
     assert result.returncode == 1
     (line,) = [line for line in result.stdout.splitlines() if "webhook destination" in line]
     assert "cannot list destinations:" in line and "GET /v3/webhooks" in line
     assert NYLAS_API_KEY not in result.stdout + result.stderr
 
 
-def test_check_without_nylas_credentials_says_the_watch_is_off(tmp_path: Path) -> None:
-    result = run(tmp_path, "check")
+def test_check_without_nylas_credentials_says_the_watch_is_off(
+    tmp_path: Path, migrated_url: str
+) -> None:
+    result = run(tmp_path, "check", DATABASE_URL=migrated_url)
     assert result.returncode == 0, result.stderr
-    assert "webhook destination watch  off (no Nylas credentials)" in result.stdout
+    assert "webhook destination watch off (no Nylas credentials)" in " ".join(result.stdout.split())

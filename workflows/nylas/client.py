@@ -222,6 +222,14 @@ class NylasClient:
                 return
             offset += len(items)
 
+    async def verify_credentials(self) -> None:
+        """Make one authorised call (list one account or grant); raise a NylasError if refused."""
+        path = (
+            f"/a/{self._client_id}/accounts" if self._api_version == ApiVersion.V2 else "/v3/grants"
+        )
+        body = await self._request("GET", path, params={"limit": 1, "offset": 0})
+        self._page_items(body, what=f"GET {path}")
+
     async def list_webhook_destinations(self) -> list[WebhookDestination]:
         """List the application's webhook destinations, skipping (and logging) malformed ones."""
         if self._api_version == ApiVersion.V2:

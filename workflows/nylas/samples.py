@@ -47,20 +47,25 @@ def v3_notification(
     trigger: str,
     *,
     grant_id: str,
-    email: str,
+    email: str | None,
     at: datetime,
-    provider: str = "google",
+    provider: str | None = "google",
     notification_id: str | None = None,
     reauthenticated: bool = False,
     credential_id: str | None = None,
 ) -> dict[str, Any]:
-    """A v3 grant notification in Nylas' CloudEvents-like envelope."""
+    """A v3 grant notification in Nylas' CloudEvents-like envelope.
+
+    An ``email`` or ``provider`` of None is left out, so the receiver keeps what it knows.
+    """
     obj: dict[str, Any] = {
         "grant_id": grant_id,
         "integration_id": "00000000-0000-0000-0000-000000000001",
-        "provider": provider,
-        "email": email,
     }
+    if provider is not None:
+        obj["provider"] = provider
+    if email is not None:
+        obj["email"] = email
     if credential_id is not None:
         obj["credential_id"] = credential_id
     if trigger == "grant.updated":
@@ -71,7 +76,9 @@ def v3_notification(
     if trigger == "grant.expired":
         obj["grant_updated_at"] = int(at.timestamp()) - 3600
     if trigger == "grant.created":
-        obj |= {"login_id": "login-1", "name": email.split("@")[0], "scope": ["email"]}
+        obj |= {"login_id": "login-1", "scope": ["email"]}
+        if email is not None:
+            obj["name"] = email.split("@")[0]
     return {
         "specversion": "1.0",
         "type": trigger,
