@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from bot.services import SERVICES
 from storage import maintenance
 from storage.migrate import current_revision, head_revision
+from workflows.episodes import DATABASE
 
 log = logging.getLogger("reauthbot.http")
 
@@ -35,10 +36,13 @@ async def readyz(request: web.Request) -> web.Response:
         revision = await asyncio.wait_for(current_revision(services.engine), DB_CHECK_TIMEOUT)
     except Exception as exc:
         services.metrics.database_up.set(0)
+        services.episodes.failed(exc, loop="readiness", what=DATABASE)
         return _not_ready(f"database unreachable: {type(exc).__name__}")
     services.metrics.database_up.set(1)
     if revision != head_revision():
+        # Answering is not enough: until it is migrated, every other part still fails.
         return _not_ready(f"database schema at {revision or 'nothing'}, needs {head_revision()}")
+    services.episodes.succeeded(DATABASE)
     return web.json_response({"status": "ready", "schema": revision})
 
 
@@ -56,9 +60,9 @@ async def metrics(request: web.Request) -> web.Response:
             sizes = await maintenance.table_sizes(session)
         services.metrics.set_depths(depths, open_cases, sizes)
         services.metrics.database_up.set(1)
+        services.episodes.succeeded(DATABASE)
     except Exception as exc:
-        log.warning("metrics cannot read the database: %s", type(exc).__name__)
-        log.debug("metrics query failed", exc_info=True)
+        services.episodes.failed(exc, loop="metrics", what=DATABASE)
         services.metrics.database_up.set(0)
     headers = {"Content-Type": CONTENT_TYPE_LATEST}
     return web.Response(body=services.metrics.render(), headers=headers)
