@@ -268,12 +268,13 @@ def _database(
 
 
 async def _try_migrate(engine: AsyncEngine, runtime: Runtime, episodes: Episodes) -> bool:
+    began = episodes.now()
     try:
         await upgrade(engine)
     except Exception as exc:
-        episodes.failed(exc, loop="migrations", retry_in=MIGRATION_RETRY_SECONDS)
+        episodes.failed(exc, loop="migrations", retry_in=MIGRATION_RETRY_SECONDS, began=began)
         return False
-    episodes.succeeded(DATABASE, "migrations")
+    episodes.succeeded(DATABASE, "migrations", began=began)
     runtime.migrated = True
     log.info("database schema is up to date")
     return True

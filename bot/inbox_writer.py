@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -93,6 +94,7 @@ class InboxWriter:
         # Appended to on the event loop, taken from by the writer (a worker thread on SQLite).
         self._waiting: deque[_Request] = deque()
         self._committing: list[_Request] = []
+        self._began: datetime | None = None  # when the batch being committed was taken
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._last_store = -1e9
@@ -214,26 +216,32 @@ class InboxWriter:
             self._commits.popleft()
         self._commits.append((now, len(batch)))
         self._committing = batch
+        self._began = self._episodes.now()
         return [(e.dedupe_key, e.source, e.body) for r in batch for e in r.entries]
 
     def _stored(self, result: set[str] | Exception) -> None:
         """The batch taken last is committed, or failed (called as ``_take`` is)."""
         batch, self._committing = self._committing, []
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._settle, batch, result)
+        self._loop.call_soon_threadsafe(self._settle, batch, result, self._began)
 
-    def _settle(self, batch: list[_Request], result: set[str] | Exception) -> None:
+    def _settle(
+        self,
+        batch: list[_Request],
+        result: set[str] | Exception,
+        began: datetime | None = None,
+    ) -> None:
         """Answer the requests of a batch, on the event loop."""
         if isinstance(result, Exception):
             if batch:
                 # Nylas retries each refused delivery: no retry of ours to announce.
                 log.debug("cannot store %d webhook deliveries", len(batch))
-                self._episodes.failed(result, loop="inbox writer")
+                self._episodes.failed(result, loop="inbox writer", began=began)
             for request in batch:
                 if not request.done.done():
                     request.done.set_exception(result)
             return
-        self._episodes.succeeded(DATABASE, "inbox writer")
+        self._episodes.succeeded(DATABASE, "inbox writer", began=began)
         for request in batch:
             # A key repeated across requests counts as new for the first of them only.
             new = 0

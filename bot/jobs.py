@@ -143,6 +143,7 @@ def isolated(
     reached = (DATABASE, NYLAS, loop) if nylas else (DATABASE, loop)
 
     async def run() -> None:
+        began = services.episodes.now()
         try:
             await fn(services)
         except asyncio.CancelledError:
@@ -151,10 +152,10 @@ def isolated(
             log.info("scheduled job stopped by shutdown", extra={"job": name})
         except Exception as exc:
             services.metrics.job_runs.labels(job=name, outcome="error").inc()
-            services.episodes.failed(exc, loop=loop, retry_at=next_run())
+            services.episodes.failed(exc, loop=loop, retry_at=next_run(), began=began)
         else:
             services.metrics.job_runs.labels(job=name, outcome="ok").inc()
-            services.episodes.succeeded(*reached)
+            services.episodes.succeeded(*reached, began=began)
 
     return run
 

@@ -31,16 +31,17 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set; the step in progress is finished before returning."""
         while not stop.is_set():
+            began = self._episodes.now()
             try:
                 done = await self._step()
             except Exception as exc:
                 # The database is down, or a bug: keep the loop alive and try again later,
                 # logging the outage once rather than every pass.
-                self._episodes.failed(exc, loop=self.name, retry_in=self._idle)
+                self._episodes.failed(exc, loop=self.name, retry_in=self._idle, began=began)
                 done = 0
             else:
                 # Every step reads the database: a pass that ran is proof it answers.
-                self._episodes.succeeded(DATABASE, self.name)
+                self._episodes.succeeded(DATABASE, self.name, began=began)
             if done:
                 continue
             self._wake.clear()

@@ -261,6 +261,7 @@ class Notifier:
         if self._mark_in_flight:
             async with self._sessions() as session, session.begin():
                 await outbox.mark_in_flight(session, message_id=message.id, owner=self._owner)
+        began = self._episodes.now()
         try:
             if message.incident_id is not None and incident is None:
                 raise SinkError("incident_missing", permanent=True)
@@ -269,15 +270,15 @@ class Notifier:
             )
         except SinkError as exc:
             self._metrics.notifier_errors.labels(sink=sink, error=exc.code).inc()
-            await self._failed(message, exc)
+            await self._failed(message, exc, began)
             return
         except Exception as exc:
             # A bug in the sink, not an outage: its own episode, with the traceback once.
             unexpected = f"{sink} sink"
-            self._episodes.failed(exc, loop=unexpected, what=unexpected)
+            self._episodes.failed(exc, loop=unexpected, what=unexpected, began=began)
             log.debug("sink raised an unexpected error", extra={"message_id": message.id})
             self._metrics.notifier_errors.labels(sink=sink, error=type(exc).__name__).inc()
-            await self._failed(message, SinkError(type(exc).__name__))
+            await self._failed(message, SinkError(type(exc).__name__), began)
             return
         async with self._sessions() as session, session.begin():
             now = self._clock()
@@ -302,7 +303,7 @@ class Notifier:
                 if found is not None:
                     found.slack_channel, found.slack_ts = posted.channel, posted.ts
                     session.add(found)
-        self._episodes.succeeded(sink, f"{sink} sink")
+        self._episodes.succeeded(sink, f"{sink} sink", began=began)
         self._metrics.notifier_messages.labels(sink=sink, kind=message.kind, outcome="sent").inc()
 
     async def _withdraw(self, message: OutboxMessage) -> None:
@@ -316,7 +317,9 @@ class Notifier:
             sink=self._sink.name, kind=message.kind, outcome="withdrawn"
         ).inc()
 
-    async def _failed(self, message: OutboxMessage, error: SinkError) -> None:
+    async def _failed(
+        self, message: OutboxMessage, error: SinkError, began: datetime | None = None
+    ) -> None:
         assert message.id is not None
         now = self._clock()
         give_up = error.permanent or (
@@ -366,7 +369,9 @@ class Notifier:
             log.debug("message %s: %s", outcome, error.code, extra=fields)
             if error.code not in WAITING_CODES:
                 name = self._sink.name
-                self._episodes.failed(error.code, loop=name, what=name, retry_at=retry_at)
+                self._episodes.failed(
+                    error.code, loop=name, what=name, retry_at=retry_at, began=began
+                )
         self._metrics.notifier_messages.labels(
             sink=self._sink.name, kind=message.kind, outcome=outcome
         ).inc()

@@ -32,17 +32,18 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers and carries the newest schema."""
     services = request.app[SERVICES]
+    began = services.episodes.now()
     try:
         revision = await asyncio.wait_for(current_revision(services.engine), DB_CHECK_TIMEOUT)
     except Exception as exc:
         services.metrics.database_up.set(0)
-        services.episodes.failed(exc, loop="readiness", what=DATABASE)
+        services.episodes.failed(exc, loop="readiness", what=DATABASE, began=began)
         return _not_ready(f"database unreachable: {type(exc).__name__}")
     services.metrics.database_up.set(1)
     if revision != head_revision():
         # Answering is not enough: until it is migrated, every other part still fails.
         return _not_ready(f"database schema at {revision or 'nothing'}, needs {head_revision()}")
-    services.episodes.succeeded(DATABASE)
+    services.episodes.succeeded(DATABASE, began=began)
     return web.json_response({"status": "ready", "schema": revision})
 
 
@@ -53,6 +54,7 @@ def _not_ready(reason: str) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; queue depths and open cases are counted at scrape time."""
     services = request.app[SERVICES]
+    began = services.episodes.now()
     try:
         async with asyncio.timeout(DB_CHECK_TIMEOUT), services.readers() as session:
             depths = await maintenance.queue_depths(session)
@@ -60,9 +62,9 @@ async def metrics(request: web.Request) -> web.Response:
             sizes = await maintenance.table_sizes(session)
         services.metrics.set_depths(depths, open_cases, sizes)
         services.metrics.database_up.set(1)
-        services.episodes.succeeded(DATABASE)
+        services.episodes.succeeded(DATABASE, began=began)
     except Exception as exc:
-        services.episodes.failed(exc, loop="metrics", what=DATABASE)
+        services.episodes.failed(exc, loop="metrics", what=DATABASE, began=began)
         services.metrics.database_up.set(0)
     headers = {"Content-Type": CONTENT_TYPE_LATEST}
     return web.Response(body=services.metrics.render(), headers=headers)

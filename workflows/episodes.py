@@ -102,6 +102,11 @@ class Episodes:
         self._remind_every = remind_every
         self._log = logger
         self._open: dict[str, _Episode] = {}
+        self._ended: dict[str, datetime] = {}  # when the last episode of each ended
+
+    def now(self) -> datetime:
+        """The time by the tracker's clock: what an attempt passes as ``began``."""
+        return self._clock()
 
     def failing(self, what: str) -> bool:
         """True while an episode of ``what`` is open."""
@@ -120,11 +125,14 @@ class Episodes:
         what: str | None = None,
         retry_at: datetime | None = None,
         retry_in: float | None = None,
+        began: datetime | None = None,
     ) -> str:
         """Count one failed attempt of ``loop``; return the episode it belongs to.
 
         ``what`` failed, or else what ``error`` says failed, or else the loop itself. The
-        next attempt is at ``retry_at``, or ``retry_in`` seconds from now, when known.
+        next attempt is at ``retry_at``, or ``retry_in`` seconds from now, when known. An
+        attempt that ``began`` before the last episode of ``what`` ended (one that hung
+        through the outage) is counted at DEBUG only: it starts no new episode.
         """
         if isinstance(error, BaseException):
             self._log.debug("%s failed", loop, exc_info=error)
@@ -137,6 +145,9 @@ class Episodes:
         if retry_at is None and retry_in is not None:
             retry_at = now + timedelta(seconds=retry_in)
         episode = self._open.get(what)
+        ended = self._ended.get(what)
+        if episode is None and began is not None and ended is not None and began < ended:
+            return what
         if episode is None:
             episode = self._open[what] = _Episode(started=now, reminded=now, loop=loop)
             episode.failures, episode.loops = 1, {loop}
@@ -151,15 +162,22 @@ class Episodes:
             self._write(what, episode, error, retry_at, first=False)
         return what
 
-    def succeeded(self, *what: str) -> None:
-        """Close the episodes of ``what``, if open: each gets its one recovery line."""
+    def succeeded(self, *what: str, began: datetime | None = None) -> None:
+        """Close the episodes of ``what``, if open: each gets its one recovery line.
+
+        An attempt that ``began`` before an episode started proves nothing about it (it may
+        have got its answer just before the outage was seen) and closes none.
+        """
         if not self._open:
             return
         for name in what:
-            episode = self._open.pop(name, None)
-            if episode is None:
+            episode = self._open.get(name)
+            if episode is None or (began is not None and began < episode.started):
                 continue
-            down_for = (self._clock() - episode.started).total_seconds()
+            del self._open[name]
+            now = self._clock()
+            self._ended[name] = now
+            down_for = (now - episode.started).total_seconds()
             self._log.info(
                 "%s after %d failure%s over %s",
                 _words(name)[1],

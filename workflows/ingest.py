@@ -258,9 +258,10 @@ async def drain_inbox(
         pending = list(await inbox.pending_deliveries(session, now=clock(), limit=limit))
     if not pending:
         return 0
+    began = episodes.now() if episodes is not None else None
     prepared = await _prepare_all(pending, nylas)
     if episodes is not None and _read_from_nylas(prepared, nylas):
-        episodes.succeeded(NYLAS)
+        episodes.succeeded(NYLAS, began=began)
     items = list(zip(pending, prepared, strict=True))
     applied = done = 0
     while done < len(items):

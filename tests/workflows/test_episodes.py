@@ -145,3 +145,28 @@ def test_what_is_away_is_read_from_the_exception() -> None:
         == 0
     )
     assert len(reason(ValueError("y" * 1000))) <= 301
+
+
+def test_an_attempt_that_began_before_the_outage_was_seen_proves_no_recovery(
+    episodes: Episodes, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    in_flight = episodes.now()  # a commit under way as the connections are cut
+    clock.advance(seconds=0.1)
+    episodes.failed(refused(), loop="ingest")
+    clock.advance(seconds=0.1)
+    episodes.succeeded(DATABASE, "inbox writer", began=in_flight)  # its answer came first
+    assert episodes.failing(DATABASE)
+
+    clock.advance(seconds=2)
+    back = episodes.now()
+    episodes.succeeded(DATABASE, began=back)
+    # An attempt that hung through the outage and fails after it ended starts no episode.
+    clock.advance(seconds=1)
+    episodes.failed(TimeoutError(), loop="readiness", began=in_flight)
+
+    assert [r.getMessage().split(":")[0] for r in lines(caplog)] == [
+        "database unreachable",
+        "database reachable again after 1 failure over 2s",
+    ]
+    assert not episodes.failing(DATABASE)
