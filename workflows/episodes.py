@@ -134,13 +134,11 @@ class Episodes:
         attempt that ``began`` before the last episode of ``what`` ended (one that hung
         through the outage) is counted at DEBUG only: it starts no new episode.
         """
-        if isinstance(error, BaseException):
-            self._log.debug("%s failed", loop, exc_info=error)
-            known = classify(error)
-        else:
-            self._log.debug("%s failed: %s", loop, error)
-            known = None
+        known = classify(error) if isinstance(error, BaseException) else None
         what = what or known or loop
+        trace = error if isinstance(error, BaseException) else None
+        fields = {"episode": what, "loop": loop}
+        self._log.debug("%s failed: %s", loop, reason(error), extra=fields, exc_info=trace)
         now = self._clock()
         if retry_at is None and retry_in is not None:
             retry_at = now + timedelta(seconds=retry_in)
@@ -152,8 +150,8 @@ class Episodes:
             episode = self._open[what] = _Episode(started=now, reminded=now, loop=loop)
             episode.failures, episode.loops = 1, {loop}
             # A failure no outage explains may be a bug: its traceback, once, is worth reading.
-            trace = error if isinstance(error, BaseException) and what == loop else None
-            self._write(what, episode, error, retry_at, first=True, exc_info=trace)
+            bug = trace if what == loop else None
+            self._write(what, episode, error, retry_at, first=True, exc_info=bug)
             return what
         episode.failures += 1
         episode.loops.add(loop)
