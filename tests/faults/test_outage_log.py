@@ -143,49 +143,49 @@ async def test_a_database_down_from_the_start_is_one_line_then_one_line_when_bac
     tmp_path: Path, pg_url: str
 ) -> None:
     server = make_url(pg_url)
-    if True:
-        async with TcpProxy(server.host or "127.0.0.1", server.port or 5432) as proxy:
-            through = server.set(host=proxy.host, port=proxy.port)
-            proxy.cut()
-            env = {
-                "DATABASE_URL": through.render_as_string(hide_password=False),
-                "NYLAS_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            }
-            async with (
-                serving(tmp_path, **env) as served,
-                httpx.AsyncClient(base_url=served.base, timeout=10) as http,
-            ):
-                # Webhooks (refused with 503), readiness probes and scrapes meanwhile.
-                for n in range(int(OUTAGE_SECONDS)):
-                    raw = json.dumps(
-                        samples.v3_notification(
-                            "grant.expired",
-                            grant_id=f"g-{n}",
-                            email=f"user{n}@example.com",
-                            notification_id=f"n-{n}",
-                            at=datetime.now(UTC),
-                        )
-                    ).encode()
-                    signature = {"X-Nylas-Signature": sign(WEBHOOK_SECRET, raw)}
-                    answer = await http.post("/nylas/webhook", content=raw, headers=signature)
-                    assert answer.status_code == 503
-                    assert (await http.get("/readyz")).status_code == 503
-                    assert (await http.get("/metrics")).status_code == 200
-                    await asyncio.sleep(1)
+    async with TcpProxy(server.host or "127.0.0.1", server.port or 5432) as proxy:
+        through = server.set(host=proxy.host, port=proxy.port)
+        proxy.cut()
+        env = {
+            "DATABASE_URL": through.render_as_string(hide_password=False),
+            "NYLAS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
+        async with (
+            serving(tmp_path, **env) as served,
+            httpx.AsyncClient(base_url=served.base, timeout=10) as http,
+        ):
+            # Webhooks (refused with 503), readiness probes and scrapes meanwhile.
+            for n in range(int(OUTAGE_SECONDS)):
+                raw = json.dumps(
+                    samples.v3_notification(
+                        "grant.expired",
+                        grant_id=f"g-{n}",
+                        email=f"user{n}@example.com",
+                        notification_id=f"n-{n}",
+                        at=datetime.now(UTC),
+                    )
+                ).encode()
+                signature = {"X-Nylas-Signature": sign(WEBHOOK_SECRET, raw)}
+                answer = await http.post("/nylas/webhook", content=raw, headers=signature)
+                assert answer.status_code == 503
+                assert (await http.get("/readyz")).status_code == 503
+                assert (await http.get("/metrics")).status_code == 200
+                await asyncio.sleep(1)
 
-                line = assert_one_episode_line(served, "database", "database unreachable: ")
-                assert line["level"] == "error"
-                assert "ConnectionRefusedError" in line["error"] or "Error" in line["error"]
+            line = assert_one_episode_line(served, "database", "database unreachable: ")
+            assert line["level"] == "error"
+            # The proxy resets each connection: the driver's own words, on one line.
+            assert line["error"].startswith("ConnectionResetError: "), line
 
-                proxy.restore()
-                await ready(served)
-                back = await served.logged(r"^database reachable again after \d+ failures over")
-                assert back["level"] == "info" and back["episode"] == "database"
-                # The migration retry, the workers, the webhook, readiness and the scrape:
-                # every attempt was counted, none was written.
-                assert failures_of(back) >= 2 * OUTAGE_SECONDS, back
-                assert back["down_for"] >= OUTAGE_SECONDS - 1, back
-                assert len(served.episode_lines("database")) == 2
+            proxy.restore()
+            await ready(served)
+            back = await served.logged(r"^database reachable again after \d+ failures over")
+            assert back["level"] == "info" and back["episode"] == "database"
+            # The migration retry, the workers, the webhook, readiness and the scrape:
+            # every attempt was counted, none was written.
+            assert failures_of(back) >= 2 * OUTAGE_SECONDS, back
+            assert back["down_for"] >= OUTAGE_SECONDS - 1, back
+            assert len(served.episode_lines("database")) == 2
 
 
 # --- Slack ---------------------------------------------------------------------------------
