@@ -50,6 +50,7 @@ from storage.migrate import upgrade
 from storage.models import OUTREACH_CHANNEL, PAGER_CHANNEL
 from workflows import links
 from workflows.clock import Clock, system_clock
+from workflows.episodes import DATABASE, Episodes
 from workflows.ingest import BATCH, drain_inbox
 from workflows.nylas import NylasClient
 from workflows.outreach import NylasMailer, OutreachWebhook
@@ -245,8 +246,8 @@ def _database(
             checkpoints = asyncio.create_task(runtime.checkpointer.run(stop_checkpoints))
         retry: asyncio.Task[None] | None = None
         if migrate:
-            if not await _try_migrate(engine, runtime):
-                retry = asyncio.create_task(_migrate_until_done(engine, runtime))
+            if not await _try_migrate(engine, runtime, services.episodes):
+                retry = asyncio.create_task(_migrate_until_done(engine, runtime, services.episodes))
         else:
             runtime.migrated = True
         yield
@@ -266,25 +267,23 @@ def _database(
     return ctx
 
 
-async def _try_migrate(engine: AsyncEngine, runtime: Runtime) -> bool:
+async def _try_migrate(engine: AsyncEngine, runtime: Runtime, episodes: Episodes) -> bool:
+    began = episodes.now()
     try:
         await upgrade(engine)
     except Exception as exc:
-        log.error(
-            "cannot migrate the database yet: %s; retrying",
-            exc.__class__.__name__,
-            extra={"error": str(exc).splitlines()[0] if str(exc) else ""},
-        )
+        episodes.failed(exc, loop="migrations", retry_in=MIGRATION_RETRY_SECONDS, began=began)
         return False
+    episodes.succeeded(DATABASE, "migrations", began=began)
     runtime.migrated = True
     log.info("database schema is up to date")
     return True
 
 
-async def _migrate_until_done(engine: AsyncEngine, runtime: Runtime) -> None:
+async def _migrate_until_done(engine: AsyncEngine, runtime: Runtime, episodes: Episodes) -> None:
     while True:
         await asyncio.sleep(MIGRATION_RETRY_SECONDS)
-        if await _try_migrate(engine, runtime):
+        if await _try_migrate(engine, runtime, episodes):
             return
 
 
@@ -294,6 +293,7 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
         if settings.local_mode:
             log.warning(LOCAL_MODE_BANNER)
         sessions = services.sessions
+        episodes = services.episodes
         stop = asyncio.Event()
         notifier = Notifier(
             sessions,
@@ -303,10 +303,13 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
             readers=services.readers,
             not_channels=(PAGER_CHANNEL, OUTREACH_CHANNEL),
             stopping=stop.is_set,
+            episodes=episodes,
         )
-        inbox_writer = InboxWriter(services.engine, clock=services.clock)
+        inbox_writer = InboxWriter(services.engine, clock=services.clock, episodes=episodes)
         runtime.inbox_writer = inbox_writer
-        runtime.notify = Worker("notifier", paced(notifier.drain_once, inbox_writer.load))
+        runtime.notify = Worker(
+            "notifier", paced(notifier.drain_once, inbox_writer.load), episodes=episodes
+        )
 
         ingest_step = partial(
             drain_inbox,
@@ -319,8 +322,11 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
             saturated=lambda: inbox_writer.load() is Load.SATURATED,
             contended=inbox_writer.contended,
             storms=settings.policy.storms,
+            episodes=episodes,
         )
-        runtime.ingest = Worker("ingest", paced(ingest_step, inbox_writer.load, full=BATCH))
+        runtime.ingest = Worker(
+            "ingest", paced(ingest_step, inbox_writer.load, full=BATCH), episodes=episodes
+        )
         pager_http = None
         if settings.pagerduty_routing_key is not None:
             pager_http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
@@ -337,8 +343,9 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
                 readers=services.readers,
                 channel=PAGER_CHANNEL,
                 stopping=stop.is_set,
+                episodes=episodes,
             )
-            runtime.page = Worker("pager", paging.drain_once)
+            runtime.page = Worker("pager", paging.drain_once, episodes=episodes)
         outreach_http = None
         if settings.outreach_channel is not None:
             outreach_http = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
@@ -355,8 +362,9 @@ def _workers(services: Services, runtime: Runtime, scheduled_jobs: bool) -> Clea
                 after_sent=links.record_sent,
                 after_failed=links.record_failed,
                 mark_in_flight=True,
+                episodes=episodes,
             )
-            runtime.reach = Worker("outreach", reaching.drain_once)
+            runtime.reach = Worker("outreach", reaching.drain_once, episodes=episodes)
         # Whatever commits queued messages wakes the drain of their channel.
         stop_waking = outbox.on_queued(wake_senders(runtime.notify, runtime.page, runtime.reach))
         drains = (runtime.ingest, runtime.notify, runtime.page, runtime.reach)

@@ -23,12 +23,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import inbox
 from storage.engine import is_sqlite
 from workflows.clock import Clock
+from workflows.episodes import DATABASE, Episodes
 from workflows.nylas.webhooks import InboxEntry
 
 log = logging.getLogger("reauthbot.inbox_writer")
@@ -82,14 +84,17 @@ class InboxWriter:
         clock: Clock,
         timeout: float = STORE_TIMEOUT,
         saturated_rate: float = SATURATED_RATE,
+        episodes: Episodes | None = None,
     ) -> None:
         self._engine = engine
+        self._episodes = episodes or Episodes()
         self._clock = clock
         self._timeout = timeout
         self._saturated_rate = saturated_rate
         # Appended to on the event loop, taken from by the writer (a worker thread on SQLite).
         self._waiting: deque[_Request] = deque()
         self._committing: list[_Request] = []
+        self._began: datetime | None = None  # when the batch being committed was taken
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._last_store = -1e9
@@ -157,6 +162,7 @@ class InboxWriter:
         while True:
             await asyncio.sleep(min(EXPIRY_CHECK_EVERY, self._timeout / 4))
             now = time.monotonic()
+            expired = 0
             # list() copies the queue in one step, while the writer's thread may take from it.
             for request in [*list(self._waiting), *self._committing]:
                 if request.deadline <= now and not request.done.done():
@@ -164,6 +170,13 @@ class InboxWriter:
                     request.done.set_exception(
                         TimeoutError(f"not stored within {self._timeout:g} s")
                     )
+                    expired += 1
+            if expired:
+                # The database stopped answering (a commit that failed is reported by _settle).
+                late = TimeoutError(
+                    f"{expired} webhook deliveries not stored within {self._timeout:g} s"
+                )
+                self._episodes.failed(late, loop="inbox writer", what=DATABASE)
 
     async def _write(self, stop: asyncio.Event) -> None:
         while not (stop.is_set() and not self._waiting):
@@ -203,25 +216,32 @@ class InboxWriter:
             self._commits.popleft()
         self._commits.append((now, len(batch)))
         self._committing = batch
+        self._began = self._episodes.now()
         return [(e.dedupe_key, e.source, e.body) for r in batch for e in r.entries]
 
     def _stored(self, result: set[str] | Exception) -> None:
         """The batch taken last is committed, or failed (called as ``_take`` is)."""
         batch, self._committing = self._committing, []
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._settle, batch, result)
+        self._loop.call_soon_threadsafe(self._settle, batch, result, self._began)
 
-    def _settle(self, batch: list[_Request], result: set[str] | Exception) -> None:
+    def _settle(
+        self,
+        batch: list[_Request],
+        result: set[str] | Exception,
+        began: datetime | None = None,
+    ) -> None:
         """Answer the requests of a batch, on the event loop."""
         if isinstance(result, Exception):
             if batch:
-                log.error(
-                    "cannot store %d webhook deliveries: %s", len(batch), type(result).__name__
-                )
+                # Nylas retries each refused delivery: no retry of ours to announce.
+                log.debug("cannot store %d webhook deliveries", len(batch))
+                self._episodes.failed(result, loop="inbox writer", began=began)
             for request in batch:
                 if not request.done.done():
                     request.done.set_exception(result)
             return
+        self._episodes.succeeded(DATABASE, "inbox writer", began=began)
         for request in batch:
             # A key repeated across requests counts as new for the first of them only.
             new = 0

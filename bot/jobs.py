@@ -1,9 +1,10 @@
 """The scheduled jobs, declared as data, and the one function that puts them on the scheduler.
 
 Each job is a plain workflow call over what the service holds; ``isolated`` wraps every run so
-that one failure is logged and counted instead of ending the schedule. Which jobs exist and how
-often they run follow from the settings alone (``table``); ``schedule`` adds them, leaving out
-those that need Nylas when no Nylas client is configured.
+that a failure is counted and reported to the service's episodes (``workflows.episodes``: one
+line per outage, not per run) instead of ending the schedule. Which jobs exist and how often
+they run follow from the settings alone (``table``); ``schedule`` adds them, leaving out those
+that need Nylas when no Nylas client is configured.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -25,10 +28,12 @@ from storage import leases
 from workflows.actions import end_snoozes
 from workflows.cleanup import queue_cleanup
 from workflows.digest import queue_digest
+from workflows.episodes import DATABASE, NYLAS
 from workflows.escalation import escalate_due, sweep_period
 from workflows.links import auto_outreach
 from workflows.maintenance import purge_old_rows
 from workflows.mutes import summarise_ended
+from workflows.nylas import NylasError
 from workflows.reconcile import reconcile
 from workflows.stalled import flag_stalled_links
 from workflows.stuck import open_stuck_cases
@@ -112,7 +117,13 @@ def schedule(scheduler: AsyncIOScheduler, services: Services, jobs: list[Job]) -
         if job.misfire_grace is not None:
             options["misfire_grace_time"] = job.misfire_grace
         scheduler.add_job(
-            isolated(services, job.name, job.run),
+            isolated(
+                services,
+                job.name,
+                job.run,
+                next_run=partial(_next_run, scheduler, job.name),
+                nylas=job.needs_nylas,
+            ),
             job.trigger,
             id=job.name,
             max_instances=1,
@@ -121,23 +132,44 @@ def schedule(scheduler: AsyncIOScheduler, services: Services, jobs: list[Job]) -
         )
 
 
-def isolated(services: Services, name: str, fn: JobFn) -> Callable[[], Awaitable[None]]:
-    """Wrap a job so one failure is logged and counted instead of killing the schedule."""
+def isolated(
+    services: Services,
+    name: str,
+    fn: JobFn,
+    *,
+    next_run: Callable[[], datetime | None] = lambda: None,
+    nylas: bool = False,
+) -> Callable[[], Awaitable[None]]:
+    """Wrap a job so a failure is counted and reported instead of killing the schedule.
+
+    ``next_run`` tells when the job runs next (the retry, if this run failed); a run of a job
+    that reads ``nylas`` and succeeds ends an outage of Nylas as well as of the database.
+    """
+    loop = f"{name} job"
+    reached = (DATABASE, NYLAS, loop) if nylas else (DATABASE, loop)
 
     async def run() -> None:
+        began = services.episodes.now()
         try:
             await fn(services)
         except asyncio.CancelledError:
             # Shutdown cancels a job in progress; its work is in the database, to be redone.
             services.metrics.job_runs.labels(job=name, outcome="cancelled").inc()
             log.info("scheduled job stopped by shutdown", extra={"job": name})
-        except Exception:
+        except Exception as exc:
             services.metrics.job_runs.labels(job=name, outcome="error").inc()
-            log.exception("scheduled job failed", extra={"job": name})
+            services.episodes.failed(exc, loop=loop, retry_at=next_run(), began=began)
         else:
             services.metrics.job_runs.labels(job=name, outcome="ok").inc()
+            services.episodes.succeeded(*reached, began=began)
 
     return run
+
+
+def _next_run(scheduler: AsyncIOScheduler, name: str) -> datetime | None:
+    """When the scheduler runs the job next (already set while the current run goes on)."""
+    job = scheduler.get_job(name)
+    return None if job is None else job.next_run_time
 
 
 async def open_stuck(services: Services) -> None:
@@ -195,12 +227,15 @@ async def reconcile_pass(services: Services) -> None:
 
 async def watch_webhooks(services: Services) -> None:
     assert services.nylas is not None
-    await check_webhook_destinations(
+    report = await check_webhook_destinations(
         services.sessions,
         services.nylas,
         now=services.clock(),
         channel=services.settings.alert_channel,
     )
+    if report.error is not None:
+        # Nothing changed; the run failed all the same, and belongs to an outage of Nylas.
+        raise NylasError(report.error)
 
 
 async def digest(services: Services) -> None:

@@ -136,5 +136,8 @@ def configure(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The Slack SDK says "A retry handler found" at INFO for every attempt it retries; an
+    # outage of Slack is logged once, by the notifier.
+    logging.getLogger("slack_sdk").setLevel(logging.WARNING)
     # Alembic narrates every readiness check; reauthbot logs the migration outcome itself.
     logging.getLogger("alembic").setLevel(logging.WARNING)

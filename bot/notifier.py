@@ -28,6 +28,7 @@ from storage.models import Account, Case, OutboxKind, OutboxMessage, ReauthLink
 from workflows.cleanup import ABOUT as CLEANUP
 from workflows.cleanup import notice_text as cleanup_notice_text
 from workflows.clock import Clock
+from workflows.episodes import Episodes
 from workflows.webhook_watch import ABOUT as WEBHOOK_DESTINATION
 
 log = logging.getLogger("reauthbot.notifier")
@@ -38,6 +39,8 @@ MAX_BACKOFF = timedelta(minutes=5)
 # attempts last 18 minutes against 5xx, 12 s against 429s with Retry-After 1, and 24 s for a
 # line waiting on its parent, and an outage must delay messages, not drop them.
 RETRY_FOR = timedelta(hours=24)
+# Retryable errors that are no outage of the sink: a thread line waiting for its parent.
+WAITING_CODES = frozenset({"parent_not_posted"})
 # Messages that go where an earlier notice was posted (its payload "key" names it).
 NOTICE_FOLLOWUPS = (OutboxKind.NOTICE_UPDATE, OutboxKind.NOTICE_THREAD)
 NOTICE_KINDS = (OutboxKind.NOTICE, *NOTICE_FOLLOWUPS)
@@ -170,8 +173,10 @@ class Notifier:
         after_sent: AfterSent | None = None,
         after_failed: AfterFailed | None = None,
         mark_in_flight: bool = False,
+        episodes: Episodes | None = None,
     ) -> None:
         self._sessions = sessions
+        self._episodes = episodes or Episodes()
         self._stopping = stopping
         self._channel = channel
         self._not_channels = tuple(not_channels)
@@ -260,6 +265,7 @@ class Notifier:
         if self._mark_in_flight:
             async with self._sessions() as session, session.begin():
                 await outbox.mark_in_flight(session, message_id=message.id, owner=self._owner)
+        began = self._episodes.now()
         try:
             if message.incident_id is not None and incident is None:
                 raise SinkError("incident_missing", permanent=True)
@@ -268,13 +274,16 @@ class Notifier:
             )
         except SinkError as exc:
             self._metrics.notifier_errors.labels(sink=sink, error=label_word(exc.code)).inc()
-            await self._failed(message, exc)
+            await self._failed(message, exc, began)
             return
         except Exception as exc:
-            log.exception("sink raised an unexpected error", extra={"message_id": message.id})
+            # A bug in the sink, not an outage: its own episode, with the traceback once.
+            unexpected = f"{sink} sink"
+            self._episodes.failed(exc, loop=unexpected, what=unexpected, began=began)
+            log.debug("sink raised an unexpected error", extra={"message_id": message.id})
             error = label_word(type(exc).__name__)
             self._metrics.notifier_errors.labels(sink=sink, error=error).inc()
-            await self._failed(message, SinkError(type(exc).__name__))
+            await self._failed(message, SinkError(type(exc).__name__), began)
             return
         async with self._sessions() as session, session.begin():
             now = self._clock()
@@ -299,6 +308,7 @@ class Notifier:
                 if found is not None:
                     found.slack_channel, found.slack_ts = posted.channel, posted.ts
                     session.add(found)
+        self._episodes.succeeded(sink, f"{sink} sink", began=began)
         self._metrics.notifier_messages.labels(sink=sink, kind=message.kind, outcome="sent").inc()
 
     async def _withdraw(self, message: OutboxMessage) -> None:
@@ -312,12 +322,15 @@ class Notifier:
             sink=self._sink.name, kind=message.kind, outcome="withdrawn"
         ).inc()
 
-    async def _failed(self, message: OutboxMessage, error: SinkError) -> None:
+    async def _failed(
+        self, message: OutboxMessage, error: SinkError, began: datetime | None = None
+    ) -> None:
         assert message.id is not None
         now = self._clock()
         give_up = error.permanent or (
             message.attempts >= MAX_ATTEMPTS and now - message.created_at >= RETRY_FOR
         )
+        retry_at = now + backoff(message.attempts, error.retry_after)
         async with self._sessions() as session, session.begin():
             if not give_up:
                 await outbox.retry_later(
@@ -325,7 +338,7 @@ class Notifier:
                     message_id=message.id,
                     owner=self._owner,
                     error=error.code,
-                    available_at=now + backoff(message.attempts, error.retry_after),
+                    available_at=retry_at,
                 )
                 outcome = "retried"
             else:
@@ -352,13 +365,18 @@ class Notifier:
                     )
                 if self._after_failed is not None:
                     await self._after_failed(session, message, error.code, now)
-        log_fn = log.error if give_up else log.warning
-        log_fn(
-            "message %s: %s",
-            outcome,
-            error.code,
-            extra={"message_id": message.id, "case": message.case_id, "attempts": message.attempts},
-        )
+        fields = {"message_id": message.id, "case": message.case_id, "attempts": message.attempts}
+        if give_up:
+            log.error("message %s: %s", outcome, error.code, extra=fields)
+        else:
+            # Each message retried is one line at DEBUG; an outage is one episode of the sink
+            # (a thread line waiting for its parent to be posted is no outage).
+            log.debug("message %s: %s", outcome, error.code, extra=fields)
+            if error.code not in WAITING_CODES:
+                name = self._sink.name
+                self._episodes.failed(
+                    error.code, loop=name, what=name, retry_at=retry_at, began=began
+                )
         self._metrics.notifier_messages.labels(
             sink=self._sink.name, kind=message.kind, outcome=outcome
         ).inc()

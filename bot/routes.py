@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from bot.services import SERVICES, Services
 from storage import maintenance
 from storage.migrate import current_revision, head_revision
+from workflows.episodes import DATABASE
 
 log = logging.getLogger("reauthbot.http")
 
@@ -32,31 +33,35 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers and carries the newest schema."""
-    _, revision, problem = await _readiness(request.app[SERVICES])
+    _, revision, problem = await _readiness(request.app[SERVICES], loop="readiness")
     if problem is not None:
         return _not_ready(problem)
     return web.json_response({"status": "ready", "schema": revision})
 
 
-async def _readiness(services: Services) -> tuple[bool, str | None, str | None]:
+async def _readiness(services: Services, *, loop: str) -> tuple[bool, str | None, str | None]:
     """Whether the database answers, its schema revision, and why the service is not ready
     (None when it is).
 
     Sets the database and readiness gauges, so that a scrape reports what /readyz answers.
     """
     metrics = services.metrics
+    began = services.episodes.now()
     try:
         revision = await asyncio.wait_for(current_revision(services.engine), DB_CHECK_TIMEOUT)
     except Exception as exc:
         metrics.database_up.set(0)
         metrics.ready.set(0)
+        services.episodes.failed(exc, loop=loop, what=DATABASE, began=began)
         return False, None, f"database unreachable: {type(exc).__name__}"
     metrics.database_up.set(1)
     if revision != head_revision():
+        # Answering is not enough: until it is migrated, every other part still fails.
         metrics.ready.set(0)
         needs = f"database schema at {revision or 'nothing'}, needs {head_revision()}"
         return True, revision, needs
     metrics.ready.set(1)
+    services.episodes.succeeded(DATABASE, began=began)
     return True, revision, None
 
 
@@ -67,7 +72,7 @@ def _not_ready(reason: str) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; readiness, queue depths, ages and open cases at scrape time."""
     services = request.app[SERVICES]
-    reachable, _, _ = await _readiness(services)
+    reachable, _, _ = await _readiness(services, loop="metrics")
     # An unreachable database is reported already; waiting on it again would slow the scrape.
     if reachable:
         await _count_queues(services)
@@ -76,6 +81,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def _count_queues(services: Services) -> None:
+    began = services.episodes.now()
     try:
         now = services.clock()
         async with asyncio.timeout(DB_CHECK_TIMEOUT), services.readers() as session:
@@ -85,10 +91,10 @@ async def _count_queues(services: Services) -> None:
             delivery = await maintenance.oldest_pending_delivery(session)
             messages = await maintenance.oldest_pending_messages(session, now=now)
     except Exception as exc:
-        log.warning("metrics cannot read the database: %s", type(exc).__name__)
-        log.debug("metrics query failed", exc_info=True)
+        services.episodes.failed(exc, loop="metrics", what=DATABASE, began=began)
         services.metrics.database_up.set(0)
         return
+    services.episodes.succeeded(DATABASE, began=began)
     services.metrics.set_depths(depths, open_cases, sizes)
     services.metrics.set_ages(
         delivery=_age(now, delivery),

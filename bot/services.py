@@ -31,6 +31,7 @@ from bot.settings import Settings
 from storage.engine import readonly_session_factory, session_factory
 from storage.models import Account
 from workflows.clock import Clock
+from workflows.episodes import Episodes
 from workflows.lifecycle import Router
 from workflows.links import HostedUrl, LinkMaker
 from workflows.nylas import NylasClient
@@ -57,6 +58,8 @@ class Services:
     webhook_versions: frozenset[str]
     # How re-auth links are made (tracked, sent to end users) and how long they work.
     links: LinkMaker
+    # Where every retrying part reports its failures, so an outage is logged once.
+    episodes: Episodes
 
 
 def build_services(
@@ -91,6 +94,7 @@ def build_services(
             expire_after=settings.policy.links.expire_after,
             outreach=settings.policy.outreach,
         ),
+        episodes=Episodes(clock=clock),
     )
 
 

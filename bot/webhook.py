@@ -73,7 +73,8 @@ async def receive(request: web.Request) -> web.Response:
         stored = await runtime.inbox_writer.store(entries)  # TimeoutError if not in time
     except Exception as exc:
         count("unavailable")
-        log.error("cannot store a webhook delivery: %s", type(exc).__name__)
+        # The inbox writer reports the outage, once; here, each refused delivery at DEBUG.
+        log.debug("cannot store a webhook delivery: %s", type(exc).__name__)
         return _error(503, "cannot store the delivery now; retry", retry=True)
     count("stored" if stored else "duplicate")
     if stored and runtime.ingest is not None:

@@ -22,6 +22,7 @@ from storage import inbox
 from storage.models import ApiVersion, InboxDelivery
 from workflows import stages
 from workflows.clock import Clock
+from workflows.episodes import NYLAS, Episodes
 from workflows.events import AccountEvent
 from workflows.lifecycle import Router
 from workflows.nylas import (
@@ -160,20 +161,26 @@ async def _defer(
     delivery: InboxDelivery,
     failure: Exception,
     clock: Clock,
+    episodes: Episodes | None,
 ) -> str:
     assert delivery.id is not None
     now = clock()
     error = f"{type(failure).__name__}: {failure}"
     waiting = isinstance(failure, NYLAS_AWAY) and now - delivery.received_at < WAIT_FOR_NYLAS
+    retry_at = now + retry_delay(delivery.attempts)
     async with sessions() as session, session.begin():
         status = await inbox.defer_delivery(
             session,
             delivery_id=delivery.id,
             error=error,
-            retry_at=now + retry_delay(delivery.attempts),
+            retry_at=retry_at,
             give_up=not waiting,
         )
     level = logging.ERROR if status == "failed" else logging.WARNING
+    if waiting and status != "failed" and episodes is not None:
+        # Nylas is away: one episode for the outage, each delivery waiting at DEBUG.
+        episodes.failed(failure, loop="ingest", what=NYLAS, retry_at=retry_at)
+        level = logging.DEBUG
     log.log(
         level,
         "delivery %s: %s",
@@ -226,6 +233,7 @@ async def drain_inbox(
     saturated: Callable[[], bool] = lambda: False,
     contended: Callable[[], bool] = lambda: False,
     storms: Storms | None = None,
+    episodes: Episodes | None = None,
 ) -> int:
     """Process the deliveries due now, oldest first, up to ``limit``; return how many were
     looked at.
@@ -241,7 +249,8 @@ async def drain_inbox(
     which the inbox lets lag. While ``saturated`` says deliveries arrive faster than they are
     acknowledged, a pass takes on one transaction's worth: its rest then follows at once.
     While ``contended`` says deliveries keep arriving for the same write lock, slices are
-    ``PER_TRANSACTION_CONTENDED`` at most.
+    ``PER_TRANSACTION_CONTENDED`` at most. Deliveries that wait for Nylas to come back are
+    reported to ``episodes``, which logs the outage once.
     """
     if saturated():
         limit = min(limit, per_transaction)
@@ -249,7 +258,10 @@ async def drain_inbox(
         pending = list(await inbox.pending_deliveries(session, now=clock(), limit=limit))
     if not pending:
         return 0
+    began = episodes.now() if episodes is not None else None
     prepared = await _prepare_all(pending, nylas)
+    if episodes is not None and _read_from_nylas(prepared, nylas):
+        episodes.succeeded(NYLAS, began=began)
     items = list(zip(pending, prepared, strict=True))
     applied = done = 0
     while done < len(items):
@@ -259,14 +271,24 @@ async def drain_inbox(
             await asyncio.sleep(0)  # a writer waiting for the connection takes it now
         size = min(per_transaction, PER_TRANSACTION_CONTENDED) if contended() else per_transaction
         batch = _Batch(items[done : done + size], route, storms, step_aside)
-        ran, went = await _apply_slice(sessions, batch, clock)
+        ran, went = await _apply_slice(sessions, batch, clock, episodes)
         applied, done = applied + ran, done + went
     log.debug("inbox batch", extra={"looked_at": len(pending), "applied": applied})
     return len(pending)
 
 
+def _read_from_nylas(prepared: list[AccountEvent | Exception], nylas: NylasClient | None) -> bool:
+    """True when a v2 event was read back from Nylas: it answers."""
+    if nylas is None or nylas.api_version != ApiVersion.V2:
+        return False
+    return any(isinstance(e, AccountEvent) and e.api_version == ApiVersion.V2 for e in prepared)
+
+
 async def _apply_slice(
-    sessions: async_sessionmaker[AsyncSession], batch: _Batch, clock: Clock
+    sessions: async_sessionmaker[AsyncSession],
+    batch: _Batch,
+    clock: Clock,
+    episodes: Episodes | None,
 ) -> tuple[int, int]:
     """Apply a slice in a transaction; return how many were applied and gone through."""
     now = clock()
@@ -281,5 +303,5 @@ async def _apply_slice(
         async with sessions() as session, session.begin():
             applied, failed, went = await batch.apply(session, now, isolate=True)
     for delivery, error in failed:
-        await _defer(sessions, delivery, error, clock)
+        await _defer(sessions, delivery, error, clock, episodes)
     return applied, went

@@ -68,13 +68,13 @@ async def check_webhook_destinations(
 ) -> WatchReport:
     """List the destinations, then open, update or resolve their alerts in one transaction.
 
-    When Nylas cannot be asked, a warning is logged and nothing changes: an alert is neither
-    opened nor resolved on no evidence.
+    When Nylas cannot be asked, nothing changes (an alert is neither opened nor resolved on no
+    evidence) and ``error`` says why; the caller reports it, once per outage.
     """
     try:
         listed = await nylas.list_webhook_destinations()
     except NylasError as exc:
-        log.warning("cannot list the Nylas webhook destinations: %s", exc)
+        log.debug("cannot list the Nylas webhook destinations: %s", exc)
         return WatchReport(error=str(exc))
     watched = {d.id: d for d in listed if watches(d)}
     opened = changed = resolved = 0

@@ -15,11 +15,27 @@ from bot import logs
 SECRET = "xoxb-123-SECRET"
 
 
+# The libraries whose level ``configure`` sets: other tests in the same process read them.
+QUIETED = ("aiohttp.access", "apscheduler", "httpx", "slack_sdk", "alembic")
+
+
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
     buffer = io.StringIO()
+    levels = {name: logging.getLogger(name).level for name in QUIETED}
     yield buffer
     logs.configure(fmt="plain", level="WARNING", stream=io.StringIO())
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_the_slack_sdk_says_nothing_per_retried_request_at_info(stream: io.StringIO) -> None:
+    # It logs "A retry handler found" at INFO for every attempt it repeats: a Slack outage
+    # would be a line per attempt.
+    logs.configure(fmt="plain", level="INFO", stream=stream)
+    logging.getLogger("slack_sdk.web.async_base_client").info("A retry handler found")
+    logging.getLogger("slack_sdk.web.async_base_client").warning("a warning still shows")
+    assert stream.getvalue().count("\n") == 1 and "a warning still shows" in stream.getvalue()
 
 
 @pytest.mark.parametrize("fmt", ["plain", "json"])

@@ -444,5 +444,8 @@ async def test_reauthbot_serve_logs_no_secret(
         )
     output = log.read_text()
     assert "reauthbot.cli listening" in output and "DEBUG" in output, output[-2000:]
-    assert re.search(r"scheduled job failed .*job=reconcile", output), output[-3000:]
+    # The refused reconciliation opens an episode of Nylas failing: one line, with the reason.
+    assert re.search(r'Nylas requests failing: NylasAuthError: .*loop="reconcile job"', output), (
+        output[-3000:]
+    )
     assert leaks(output) == [], output[-3000:]

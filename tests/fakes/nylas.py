@@ -331,6 +331,10 @@ class FakeNylas(LoopbackFake):
             _Rule(method, re.compile(path_regex), times, status=status, headers=headers, body=body)
         )
 
+    def recover(self) -> None:
+        """Lift every failure injected with ``fail``: requests are answered again."""
+        self._failures.clear()
+
     def delay(self, path_regex: str, seconds: float, *, times: int | None = None) -> None:
         """Hold matching requests for `seconds` before handling them (None: every time)."""
         self._delays.append(_Rule("*", re.compile(path_regex), times, seconds=seconds))

@@ -264,6 +264,10 @@ class FakeSlack(LoopbackFake):
             retry_after = 1
         self._failures.append(_Failure(method, times, status, error, retry_after))
 
+    def recover(self) -> None:
+        """Lift every failure injected with ``fail``: calls succeed again."""
+        self._failures.clear()
+
     def answer_late(self, method: str, seconds: float, *, times: int | None = 1) -> None:
         """Carry out the next `times` calls to `method`, then wait `seconds` before answering."""
         rule = _Failure(method, times, 200, "", None)

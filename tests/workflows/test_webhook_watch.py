@@ -199,7 +199,7 @@ async def test_a_deleted_destination_resolves_its_alert(nylas: Nylas, sessions: 
     assert alert.resolution == "gone"
 
 
-async def test_nylas_answering_5xx_logs_a_warning_and_changes_nothing(
+async def test_nylas_answering_5xx_is_reported_and_changes_nothing(
     nylas: Nylas, sessions: Sessions, caplog: pytest.LogCaptureFixture
 ) -> None:
     nylas.fake.add_webhook(id="wh-1", status="failing")
@@ -209,11 +209,12 @@ async def test_nylas_answering_5xx_logs_a_warning_and_changes_nothing(
     nylas.fake.fail("GET", "/v3/webhooks", status=503)
     caplog.clear()
 
-    with caplog.at_level(logging.WARNING, logger="reauthbot.webhook_watch"):
+    with caplog.at_level(logging.DEBUG, logger="reauthbot.webhook_watch"):
         report = await check_webhook_destinations(sessions, nylas.v3, now=NOW, channel=CHANNEL)
 
+    # The scheduled job turns the error into a line of the Nylas outage (workflows.episodes).
     assert report.error is not None and "503" in report.error
     (record,) = [r for r in caplog.records if r.name == "reauthbot.webhook_watch"]
-    assert record.levelno == logging.WARNING
+    assert record.levelno == logging.DEBUG
     assert record.getMessage().startswith("cannot list the Nylas webhook destinations")
     assert (await alerts(sessions), await queued(sessions)) == before
