@@ -61,6 +61,7 @@ OUTREACH_BUTTONS = {"nylas": "Email the user", "webhook": "Notify the user"}
 OUTREACH_ALL_BUTTONS = {"nylas": "Email all users", "webhook": "Notify all users"}
 
 LOST = "No mail syncs and no notifications arrive until this is fixed."
+RESOLVED_WORDS = "no longer needs attention: the case is resolved"
 DUPLICATE_BILLING = "Nylas bills both account ids for one mailbox until the old one is removed."
 
 
@@ -176,21 +177,34 @@ def case_card(
     """
     resolved = case.status == CaseStatus.RESOLVED
     rule = states.classify(account.api_version, case.state or "unknown")
-    facts = (
+    account_facts = (
         Fact("Account", (Code(account.id),)),
         Fact("Provider", (f"{account.provider or 'unknown'} ({account.api_version})",)),
-        Fact("State", (Code(case.state or "-"),)),
-        Fact("Since", (Moment(case.opened_at),)),
-        Fact("Status", status_words(case)),
-        Fact("Case", (f"#{case.id}",)),
     )
+    if resolved:
+        # What was wrong is past: the state the case was about, and when it began and ended.
+        facts = (
+            *account_facts,
+            Fact("Was", (Code(case.state or "-"),)),
+            Fact("Opened", (Moment(case.opened_at),)),
+            Fact("Resolved", (Moment(case.resolved_at or case.updated_at),)),
+            Fact("Case", (f"#{case.id}",)),
+        )
+    else:
+        facts = (
+            *account_facts,
+            Fact("State", (Code(case.state or "-"),)),
+            Fact("Since", (Moment(case.opened_at),)),
+            Fact("Status", status_words(case)),
+            Fact("Case", (f"#{case.id}",)),
+        )
     header = f"{'Resolved' if resolved else title(case)}: {account.email or account.id}"
     card = CaseCard(
         case_id=case.id,
         resolved=resolved,
         header=header,
         who=account.email or "email not known yet",
-        what=rule.words,
+        what=RESOLVED_WORDS if resolved else rule.words,
         facts=facts,
         link=None if link is None else link_line(case, link),
         link_failure=None if link is None else outreach_failure(case, link),
