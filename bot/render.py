@@ -121,7 +121,8 @@ def alert_text(case: Case, account: Account, link: ReauthLink | None = None) -> 
 
 
 def _finding(text: str) -> str:
-    return inline(diagnosis.plain(text))
+    """A finding's text: the people diagnosis mentions by id, as the card's other people."""
+    return inline(diagnosis.MENTION.sub(r"@\1", text))
 
 
 def thread_line(payload: Mapping[str, Any]) -> str:
