@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from bot import render
 from bot.slack import blocks, incidents
 from storage.incidents import IncidentView, Member
 from storage.models import Account, Case, CaseStatus, Incident, IncidentStatus
-from workflows.diagnosis import Finding
+from workflows.diagnosis import Facts, Finding, diagnose
 
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 FINDING = Finding(
@@ -184,3 +185,44 @@ def test_an_incident_says_the_same_in_slack_and_in_text(status: str) -> None:
             "[Notify all users (4)]",
             "[Retry all (1)]",
         ]
+
+
+def test_the_readme_shows_a_card_as_preview_prints_it() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### Seeing a card without Slack", 1)[1]
+    shown = section.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+    account = Account(
+        id="g-1",
+        api_version="v3",
+        email="ana@example.com",
+        provider="google",
+        billing_state="paid",
+        first_seen_at=NOW,
+        updated_at=NOW,
+    )
+    facts = Facts(
+        account_id="g-1",
+        api_version="v3",
+        email="ana@example.com",
+        provider="google",
+        kind="reauth",
+        state="invalid",
+        broken_since=NOW,
+        now=NOW,
+    )
+    case = Case(
+        id=12,
+        account_id="g-1",
+        kind="reauth",
+        status=CaseStatus.OPEN,
+        state="invalid",
+        opened_at=NOW,
+        updated_at=NOW,
+        diagnosis=[f.to_json() for f in diagnose(facts)],
+    )
+    lines = render.card_lines(cards.case_card(case, account, revoke_enabled=True))
+    assert len(shown) == len(lines)
+    for said, printed in zip(shown, lines, strict=True):
+        # The README shortens the long advice of the likely cause with "(…)".
+        head, _, tail = said.partition(" (…) ")
+        assert printed.startswith(head) and printed.endswith(tail), said
