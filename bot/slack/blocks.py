@@ -1,5 +1,8 @@
 """Block Kit rendering: pure functions from a case and its account to a Slack message.
 
+A case's alert is its card (``bot.card``) rendered to blocks; ``bot.render`` renders the same
+card as text, so the two say the same.
+
 All text that comes from outside (emails, ids, provider names, notes, Nylas' error messages)
 goes through ``escape``, the one escaping function of the service, so that ``<!channel>``,
 ``<@U…>`` or ``<http://…|…>`` inside it can never ping anyone or pose as a link. Mentions are
@@ -15,10 +18,6 @@ from typing import Any
 
 from bot import card as cards
 from bot.card import (
-    KIND_TITLES,
-    OUTREACH_ALL_BUTTONS,
-    OUTREACH_BUTTONS,
-    STATUS_WORDS,
     Action,
     CaseCard,
     Code,
@@ -34,8 +33,6 @@ from workflows.diagnosis import MENTION, Finding
 from workflows.words import Person, Text
 
 MAX_SECTION = 3000
-# How kinds, statuses and outreach read are the card's (bot.card), the same on every surface.
-__all__ = ["KIND_TITLES", "OUTREACH_ALL_BUTTONS", "OUTREACH_BUTTONS", "STATUS_WORDS", "title"]
 
 
 def escape(text: str) -> str:
