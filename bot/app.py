@@ -115,10 +115,10 @@ def create_app(
     Serve it with ``run`` (or with ``SERVER_OPTIONS``: ``web.run_app(app, **SERVER_OPTIONS)``).
     """
     client = None
+    revoke_enabled = settings.policy.permissions.revoke is not None
     if slack_client is not None or not settings.local_mode:
         settings.require_slack()
         client = slack_client or slack_app.build_client(settings)
-        revoke_enabled = settings.policy.permissions.revoke is not None
         sink = sink or SlackSink(
             client, revoke_enabled=revoke_enabled, outreach=settings.outreach_channel
         )
@@ -137,7 +137,7 @@ def create_app(
         clock=clock or system_clock,
         nylas=nylas,
         slack=client,
-        sink=sink or LogSink(),
+        sink=sink or LogSink(revoke_enabled=revoke_enabled, outreach=settings.outreach_channel),
     )
     runtime = Runtime()
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[routes.count_requests])

@@ -22,8 +22,9 @@ from typing import Any
 
 import httpx
 
-from bot import cli_case, logs, mute_cli
+from bot import cli_case, logs, mute_cli, render
 from bot.app import build_nylas, create_app, nylas_http, run
+from bot.card import case_card, incident_card
 from bot.cli_check import cmd_check
 from bot.cli_support import (
     EXIT_CONFIG,
@@ -31,9 +32,15 @@ from bot.cli_support import (
     CommandError,
     UsageError,
     database_error,
+    masked_url,
     migrated_sessions,
 )
 from bot.settings import ConfigError, Settings, load_settings
+from bot.slack.blocks import alert_blocks
+from bot.slack.incidents import incident_blocks
+from storage import cases as case_queries
+from storage import incidents as incident_queries
+from storage import links as link_queries
 from storage.engine import create_engine
 from storage.migrate import current_revision, head_revision, upgrade
 from storage.models import ApiVersion
@@ -205,6 +212,56 @@ def _trigger_summary(args: argparse.Namespace, version: str, account: str, url: 
     return "\n".join(lines)
 
 
+async def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a case's or an incident's card as the alert channel would show it now."""
+    revoke_enabled = settings.policy.permissions.revoke is not None
+    outreach = settings.outreach_channel
+    async with migrated_sessions(settings) as sessions, sessions() as session:
+        if args.incident is not None:
+            view = await incident_queries.view(session, incident_id=args.incident)
+            if view is None:
+                raise CommandError(f"no incident #{args.incident} in {_where(settings)}")
+            lines = render.incident_lines(incident_card(view, outreach=outreach))
+            slack_blocks = incident_blocks(view, outreach=outreach) if args.blocks else None
+        else:
+            case = await case_queries.get_case(session, case_id=args.case)
+            account = (
+                await case_queries.get_account(session, account_id=case.account_id)
+                if case is not None
+                else None
+            )
+            if case is None or account is None:
+                raise CommandError(f"no case #{args.case} in {_where(settings)}")
+            link = await link_queries.latest(session, case_id=args.case)
+            options: dict[str, Any] = {
+                "revoke_enabled": revoke_enabled,
+                "outreach": outreach,
+                "link": link,
+            }
+            lines = render.card_lines(case_card(case, account, **options))
+            slack_blocks = alert_blocks(case, account, **options) if args.blocks else None
+    if slack_blocks is not None:
+        print(json.dumps({"blocks": slack_blocks}, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def case_number(raw: str) -> int:
+    """A case or incident number as an operator types it: ``12`` or ``#12``."""
+    try:
+        number = int(raw.removeprefix("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number, e.g. 12") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number from 1 up")
+    return number
+
+
+def _where(settings: Settings) -> str:
+    return f"the database at {masked_url(settings)}"
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 
@@ -270,11 +327,27 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.set_defaults(run=cmd_trigger)
 
     mute_cli.add_parsers(sub)
+
+    preview = sub.add_parser(
+        "preview",
+        help="print a case's alert (or an incident's) as the alert channel would show it",
+        description="Print the card of a case, or of an incident with --incident, as text: "
+        "the same header, facts, advice and actions as its Slack message. Reads the database; "
+        "changes nothing.",
+    )
+    preview.add_argument("case", metavar="CASE", nargs="?", type=case_number, help="case number")
+    preview.add_argument(
+        "--incident", metavar="N", type=case_number, help="an incident's number instead"
+    )
+    preview.add_argument("--blocks", action="store_true", help="print the Slack blocks as JSON")
+    preview.set_defaults(run=cmd_preview, parser=preview)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "preview" and (args.case is None) == (args.incident is None):
+        args.parser.error("give a CASE number or --incident N (one of them)")
     try:
         settings = load_settings()
     except ConfigError as exc:

@@ -8,6 +8,10 @@ made safe before it is written: secrets are masked first, then each piece of tex
 input can plant a line of its own or grow the log without bound. In the plain format, the
 lines of a traceback are indented: every line that does not start with a time belongs to the
 record above it.
+
+A record may carry a block of lines to show below it, such as an alert's card in local mode:
+``extra={logs.BLOCK: lines}``. Each line is made safe like a message and indented like a
+traceback's (in JSON, they are the record's ``lines``), so the record stays one record.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 _MASK = "***"
 MAX_MESSAGE = 2000  # characters of a message kept
 MAX_FIELD = 500  # characters of a field's text kept
+BLOCK = "_block"  # the record attribute that holds its block of lines
 # Line breaks of any kind, and every other control character, are written as escapes.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # A plain field value is quoted when it holds anything but these.
@@ -61,6 +66,10 @@ class _Formatter(logging.Formatter):
         """One piece of a line: masked first (a clipped secret would show its start)."""
         return one_line(self.scrub(str(value)), limit)
 
+    def block(self, record: logging.LogRecord) -> list[str]:
+        """The record's block of lines, each made one safe line."""
+        return [self.text(row, MAX_MESSAGE) for row in getattr(record, BLOCK, None) or ()]
+
     def traceback(self, record: logging.LogRecord) -> str | None:
         if not record.exc_info:
             return None
@@ -89,6 +98,7 @@ class PlainFormatter(_Formatter):
         )
         if fields:
             line += " " + fields
+        line += "".join(f"\n  {row}" for row in self.block(record))
         if (trace := self.traceback(record)) is not None:
             line += "".join(f"\n  {one_line(row, MAX_MESSAGE)}" for row in trace.splitlines())
         return line
@@ -102,6 +112,8 @@ class JsonFormatter(_Formatter):
             "logger": record.name,
             "message": self.text(record.getMessage(), MAX_MESSAGE),
         }
+        if block := self.block(record):
+            data["lines"] = block
         for key, value in _fields(record).items():
             # A field named like the line's own keys ("level", "message"…) must not hide them.
             name = self.text(key, 64)

@@ -20,7 +20,8 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import render
+from bot import logs, render
+from bot.card import case_card, incident_card
 from bot.metrics import Metrics, label_word
 from storage import actors, cases, incidents, links, notices, outbox
 from storage.incidents import IncidentView
@@ -90,12 +91,24 @@ class Sink(Protocol):
 
 
 class LogSink:
-    """Local mode: every alert is written to the log instead of Slack."""
+    """Local mode: every alert is written to the log instead of Slack.
+
+    A case's or an incident's card is one record: its header as the message, and the card
+    as it would show in Slack below it, as lines (``bot.render``, ``logs.BLOCK``).
+    """
 
     name = "log"
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        *,
+        revoke_enabled: bool = False,
+        outreach: str | None = None,
+    ) -> None:
         self._log = logger or logging.getLogger("reauthbot.alerts")
+        self._revoke_enabled = revoke_enabled
+        self._outreach = outreach
 
     async def deliver(
         self,
@@ -107,10 +120,16 @@ class LogSink:
         parent: Posted | None = None,
         link: ReauthLink | None = None,
     ) -> Posted | None:
-        fields = {"case": message.case_id, "kind": message.kind}
+        fields: dict[str, object] = {}
+        if message.case_id is not None:
+            fields["case"] = message.case_id
+        if message.incident_id is not None:
+            fields["incident"] = message.incident_id
+        fields["kind"] = message.kind
         if incident is not None and message.kind in (OutboxKind.POST, OutboxKind.UPDATE):
             verb = "storm" if message.kind == OutboxKind.POST else "storm updated"
-            self._log.warning("%s: %s", verb, render.incident_text(incident), extra=fields)
+            lines = render.incident_lines(incident_card(incident, outreach=self._outreach))
+            self._card(verb, lines, fields)
         elif message.kind == OutboxKind.THREAD:
             line = render.thread_line(message.payload)
             self._log.info("alert thread: %s", line, extra=fields)
@@ -129,9 +148,19 @@ class LogSink:
             self._log.info("%s: %s", title, " ".join(lines), extra=fields)
         elif case is not None and account is not None:
             verb = "alert" if message.kind == OutboxKind.POST else "alert updated"
-            text = render.alert_text(case, account, link)
-            self._log.warning("%s: %s", verb, text, extra=fields)
+            card = case_card(
+                case,
+                account,
+                revoke_enabled=self._revoke_enabled,
+                outreach=self._outreach,
+                link=link,
+            )
+            self._card(verb, render.card_lines(card), fields)
         return None
+
+    def _card(self, verb: str, lines: list[str], fields: dict[str, object]) -> None:
+        header, *rest = lines
+        self._log.warning("%s: %s", verb, header, extra={**fields, logs.BLOCK: rest})
 
 
 # Asked before a message is sent, with a reading session and the time: should it still go?

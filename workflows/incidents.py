@@ -102,10 +102,12 @@ def storm_bar(scope: str, storms: Storms) -> tuple[int, int]:
 
 
 def headline(incident: Incident, total: int) -> str:
-    """ "37 accounts at example.com lost access in 4 minutes"."""
-    span = how_long(max(incident.last_case_at - incident.first_case_at, timedelta(seconds=1)))
+    """ "37 accounts at example.com lost access in 4 min"."""
+    span = incident.last_case_at - incident.first_case_at
+    # A storm found by one poll lands in seconds: "in 0 min" would say it took no time.
+    within = "within a minute" if span < timedelta(minutes=1) else f"in {how_long(span)}"
     noun = "account" if total == 1 else "accounts"
-    return f"{total} {noun} {scope_words(incident)} lost access in {span}"
+    return f"{total} {noun} {scope_words(incident)} lost access {within}"
 
 
 def _absorbing(incident: Incident | None) -> bool:

@@ -1,5 +1,8 @@
 """Block Kit rendering: pure functions from a case and its account to a Slack message.
 
+A case's alert is its card (``bot.card``) rendered to blocks; ``bot.render`` renders the same
+card as text, so the two say the same.
+
 All text that comes from outside (emails, ids, provider names, notes, Nylas' error messages)
 goes through ``escape``, the one escaping function of the service, so that ``<!channel>``,
 ``<@U…>`` or ``<http://…|…>`` inside it can never ping anyone or pose as a link. Mentions are
@@ -13,42 +16,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from bot import card as cards
+from bot.card import (
+    Action,
+    CaseCard,
+    Code,
+    Moment,
+    Words,
+    title,
+)
 from bot.slack import ids
 from storage import actors
-from storage.incidents import LINKABLE_KINDS
-from storage.models import Account, ApiVersion, Case, CaseKind, CaseStatus, ReauthLink
-from workflows import states
-from workflows.billing import billing_words, restart_warning, retry_restarts_billing
+from storage.models import Account, ApiVersion, Case, CaseStatus, ReauthLink
+from workflows.billing import restart_warning
 from workflows.diagnosis import MENTION, Finding
-from workflows.enduser import link_line, outreach_failure
-from workflows.escalation import RESEND_WINDOW
-from workflows.snoozes import SNOOZE_CHOICES
-from workflows.states import classify
 from workflows.words import Person, Text
 
 MAX_SECTION = 3000
-# How case kinds and statuses read in Slack: the one table of each for every Slack surface
-# (alerts, incidents, the home tab, /reauth), lower-cased where they run on in a sentence.
-# Plain text (logs, CLI) words kinds in bot.render, the daily digest in workflows.digest.
-KIND_TITLES: dict[str, str] = {
-    CaseKind.REAUTH: "Needs re-authentication",
-    CaseKind.STOPPED: "Sync stopped",
-    CaseKind.SUPPORT: "Sync error: Nylas Support needed",
-    CaseKind.STUCK: "Stuck in a transient sync state",
-    CaseKind.DUPLICATE: "Duplicate account: billed twice",
-    CaseKind.UNKNOWN: "Unknown account state",
-}
-STATUS_WORDS = {
-    CaseStatus.OPEN: "Open",
-    CaseStatus.ACKNOWLEDGED: "Acknowledged",
-    CaseStatus.WAITING_ON_USER: "Waiting on the end user",
-    CaseStatus.SNOOZED: "Snoozed",
-    CaseStatus.RESOLVED: "Resolved",
-}
-
-# The button that sends the end user their link, by how they are reached.
-OUTREACH_BUTTONS = {"nylas": "Email the user", "webhook": "Notify the user"}
-OUTREACH_ALL_BUTTONS = {"nylas": "Email all users", "webhook": "Notify all users"}
 
 
 def escape(text: str) -> str:
@@ -91,19 +75,6 @@ def slack_ago(at: datetime) -> str:
     return f"<!date^{int(at.timestamp())}^{{ago}}|since {at.strftime('%Y-%m-%d %H:%M UTC')}>"
 
 
-def deadline_note(case: Case, account: Account) -> str:
-    """How long the account has been broken and, for v3, until when re-auth still helps."""
-    since = case.broken_since or case.opened_at
-    note = f"Broken since {slack_date(since)} ({slack_ago(since)})."
-    if account.api_version == ApiVersion.V3:
-        until = since + RESEND_WINDOW
-        note += (
-            f" Re-authenticated by {slack_date(until)} ({slack_ago(until)}), Nylas resends the "
-            "notifications missed meanwhile; after that they are lost."
-        )
-    return note
-
-
 USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 GROUP_ID = re.compile(r"S[A-Z0-9]{2,}")
 
@@ -130,15 +101,21 @@ def words(text: Text) -> str:
     return "".join(escape(part) if isinstance(part, str) else person(part) for part in text)
 
 
-def why_it_matters(case: Case, account: Account) -> str:
-    if case.kind == CaseKind.DUPLICATE:
-        return "Nylas bills both account ids for one mailbox until the old one is removed."
-    lost = "No mail syncs and no notifications arrive until this is fixed."
-    return f"{lost} {billing_words(account)}"
-
-
-def title(case: Case) -> str:
-    return KIND_TITLES.get(case.kind, case.kind)
+def pieces(words: Words) -> str:
+    """A card's sentence as mrkdwn: words escaped, people as mentions, moments as Slack dates
+    each reader sees in their own time zone, identifiers as code."""
+    out = []
+    for piece in words:
+        if isinstance(piece, Person):
+            out.append(person(piece))
+        elif isinstance(piece, Moment):
+            date = slack_date(piece.at)
+            out.append(f"{date} ({slack_ago(piece.at)})" if piece.ago else date)
+        elif isinstance(piece, Code):
+            out.append(f"`{escape(piece.text)}`")
+        else:
+            out.append(escape(piece))
+    return "".join(out)
 
 
 def fallback_text(case: Case, account: Account) -> str:
@@ -157,95 +134,59 @@ def alert_blocks(
     outreach: str | None = None,
     link: ReauthLink | None = None,
 ) -> list[dict[str, Any]]:
-    """The alert for a case: who, what, since when, why it matters, what to do, and buttons.
+    """The alert for a case: its card (``bot.card.case_card``, which the arguments go to)."""
+    card = cards.case_card(
+        case,
+        account,
+        revoke_enabled=revoke_enabled,
+        findings=findings,
+        outreach=outreach,
+        link=link,
+    )
+    return card_blocks(card, case, account)
 
-    ``findings`` default to the diagnosis stored on the case. ``outreach`` is how end users
-    are reached ("nylas", "webhook"), for the button that reaches them. ``link`` is the case's
-    newest re-authentication link: the card then tells what the end user did with it.
-    """
-    resolved = case.status == CaseStatus.RESOLVED
-    rule = classify(account.api_version, case.state or "unknown")
-    who = escape(account.email or "email not known yet")
-    provider = escape(account.provider or "unknown")
-    heading = f"{'Resolved' if resolved else title(case)}: {account.email or account.id}"
+
+def card_blocks(card: CaseCard, case: Case, account: Account) -> list[dict[str, Any]]:
+    """A case's card as Block Kit: who, what, since when, why it matters, what to do, and
+    buttons (``case`` and ``account`` word the confirmation dialogs)."""
     blocks: list[dict[str, Any]] = [
-        header(heading),
+        header(card.header),
         {
             "type": "section",
             "text": {
                 "type": "mrkdwn",
-                "text": clip(f"*{who}* {escape(rule.words)}.", MAX_SECTION),
+                "text": clip(f"*{escape(card.who)}* {escape(card.what)}.", MAX_SECTION),
             },
             "fields": [
-                {"type": "mrkdwn", "text": f"*Account*\n`{escape(account.id)}`"},
-                {
-                    "type": "mrkdwn",
-                    "text": f"*Provider*\n{provider} ({account.api_version})",
-                },
-                {"type": "mrkdwn", "text": f"*State*\n`{escape(case.state or '-')}`"},
-                {"type": "mrkdwn", "text": f"*Since*\n{slack_date(case.opened_at)}"},
-                {"type": "mrkdwn", "text": f"*Status*\n{_status(case)}"},
-                {"type": "mrkdwn", "text": f"*Case*\n#{case.id}"},
+                {"type": "mrkdwn", "text": f"*{fact.label}*\n{pieces(fact.value)}"}
+                for fact in card.facts
             ],
         },
     ]
-    if link is not None:
-        blocks.append(link_block(case, link))
-    if resolved:
-        blocks.append(
-            {
-                "type": "section",
-                "text": {
-                    "type": "mrkdwn",
-                    "text": clip(
-                        f"*Resolution:* {escape(case.resolution or 'resolved')}{_resolver(case)}",
-                        MAX_SECTION,
-                    ),
-                },
-            }
-        )
+    if card.link is not None:
+        elements = [{"type": "mrkdwn", "text": clip(words(card.link), MAX_SECTION)}]
+        if card.link_failure is not None:
+            text = clip(f"*{escape(card.link_failure)}*", MAX_SECTION)
+            elements.append({"type": "mrkdwn", "text": text})
+        blocks.append({"type": "context", "elements": elements})
+    if card.resolution is not None:
+        blocks.append(section(f"*Resolution:* {pieces(card.resolution)}"))
+    if card.resolved:
         return blocks
-    blocks.append(
-        {
-            "type": "context",
-            "elements": [
-                {"type": "mrkdwn", "text": escape(why_it_matters(case, account))},
-                {"type": "mrkdwn", "text": deadline_note(case, account)},
-            ],
-        }
-    )
-    if case.kind == CaseKind.DUPLICATE and case.related_account_id:
-        blocks.append(
-            section(
-                f"*Duplicate:* this mailbox is also connected as "
-                f"`{escape(case.related_account_id)}` (the new id); "
-                f"`{escape(account.id)}` is the old one."
-            )
-        )
-    if step := states.next_step(case.kind, account.api_version, case.state):
+    notes = [escape(card.impact or ""), pieces(card.deadline or ())]
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": n} for n in notes]})
+    if card.duplicate is not None:
+        blocks.append(section(f"*Duplicate:* {pieces(card.duplicate)}"))
+    if card.next_step:
         blocks.append(
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": f"*Next step:* {escape(step)}"},
+                "text": {"type": "mrkdwn", "text": f"*Next step:* {escape(card.next_step)}"},
             }
         )
-    if findings is None:
-        findings = [Finding.from_json(f) for f in case.diagnosis or []]
-    blocks += diagnosis_blocks(findings)
-    blocks.append(
-        case_actions(
-            case, account, revoke_enabled=revoke_enabled, findings=findings, outreach=outreach
-        )
-    )
+    blocks += diagnosis_blocks(card.causes)
+    blocks.append(actions_block(card.actions, case, account))
     return blocks
-
-
-def link_block(case: Case, link: ReauthLink) -> dict[str, Any]:
-    """The end user's side of the case: its link, and why outreach failed if it did."""
-    elements = [{"type": "mrkdwn", "text": clip(words(link_line(case, link)), MAX_SECTION)}]
-    if (failure := outreach_failure(case, link)) is not None:
-        elements.append({"type": "mrkdwn", "text": clip(f"*{escape(failure)}*", MAX_SECTION)})
-    return {"type": "context", "elements": elements}
 
 
 def case_actions(
@@ -257,12 +198,15 @@ def case_actions(
     outreach: str | None = None,
 ) -> dict[str, Any]:
     """The actions block of a case: the buttons that fit it as it is now."""
-    if findings is None:
-        findings = [Finding.from_json(f) for f in case.diagnosis or []]
-    ticket = case.kind == CaseKind.SUPPORT or any(f.rule == "support" for f in findings)
-    elements = _buttons(
-        case, account, revoke_enabled=revoke_enabled, ticket=ticket, outreach=outreach
+    offered = cards.case_actions(
+        case, account, revoke_enabled=revoke_enabled, findings=findings, outreach=outreach
     )
+    return actions_block(offered, case, account)
+
+
+def actions_block(offered: Sequence[Action], case: Case, account: Account) -> dict[str, Any]:
+    """A case's actions as a block of buttons and menus."""
+    elements = [element(action, case, account) for action in offered]
     return {"type": "actions", "block_id": f"case-{case.id}", "elements": elements}
 
 
@@ -275,7 +219,7 @@ def finding_text(text: str) -> str:
     return "".join([*parts, escape(text[start:])])
 
 
-def diagnosis_blocks(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+def diagnosis_blocks(findings: Sequence[Finding | cards.Cause]) -> list[dict[str, Any]]:
     """The likely causes of a case: one section of advice and one line of evidence."""
     if not findings:
         return []
@@ -299,65 +243,73 @@ def _button(action_id: str, text: str, case: Case, style: str | None = None) -> 
     return button
 
 
-def _buttons(
-    case: Case,
-    account: Account,
-    *,
-    revoke_enabled: bool,
-    ticket: bool = False,
-    outreach: str | None = None,
-) -> list[dict[str, Any]]:
-    """The actions that fit the case as it is now."""
-    elements = []
-    if case.acknowledged_at is None:
-        elements.append(_button(ids.ACK, "Acknowledge", case, "primary"))
-    if case.kind in LINKABLE_KINDS and case.status != CaseStatus.WAITING_ON_USER:
-        elements.append(_button(ids.LINK, "Send re-auth link", case))
-    if case.kind in LINKABLE_KINDS and outreach is not None and account.email:
-        elements.append(_button(ids.SEND_LINK, OUTREACH_BUTTONS[outreach], case))
-    options = [
-        {"text": {"type": "plain_text", "text": choice.label}, "value": f"{case.id}:{choice.code}"}
-        for choice in SNOOZE_CHOICES.values()
-    ]
-    elements.append(
-        {
+def element(action: Action, case: Case, account: Account) -> dict[str, Any]:
+    """One action of a case's card as a button (with its confirmation) or a menu."""
+    if action.choices:
+        return {
             "type": "static_select",
-            "action_id": ids.SNOOZE,
-            "options": options,
-            "placeholder": {"type": "plain_text", "text": "Snooze"},
+            "action_id": action.id,
+            "options": [
+                {"text": {"type": "plain_text", "text": label}, "value": value}
+                for value, label in action.choices
+            ],
+            "placeholder": {"type": "plain_text", "text": action.label},
         }
-    )
-    if account.api_version == ApiVersion.V2 and case.kind == CaseKind.STOPPED:
-        elements.append(retry_button(case, account))
-    elif account.api_version == ApiVersion.V3:
-        elements.append(_button(ids.RETRY, "Check again", case))
-    if ticket:
-        elements.append(_button(ids.SUPPORT_TICKET, "Support ticket", case))
-    if (
-        account.api_version == ApiVersion.V2
-        and case.kind == CaseKind.STUCK
-        and case.state == "initializing"
-    ):
-        elements.append(_button(ids.SEND_ONLY, "Expected (send-only)", case))
-    elements.append(_button(ids.RESOLVE, "Resolve", case))
-    if case.kind == CaseKind.DUPLICATE:
-        elements.append(delete_old_button(case, account, revoke_enabled=revoke_enabled))
-    else:
-        elements.append(revoke_button(case, account, revoke_enabled=revoke_enabled))
-    return elements
+    button = _button(action.id, action.label, case, action.style)
+    if action.confirm and (confirm := _confirmation(action, case, account)) is not None:
+        button["confirm"] = confirm
+    return button
 
 
-def retry_button(case: Case, account: Account) -> dict[str, Any]:
-    """Retry sync of a v2 stopped account; confirmed first when it would restart billing."""
-    button = _button(ids.RETRY, "Retry sync", case)
-    if retry_restarts_billing(case, account):
-        button["confirm"] = {
+def _confirmation(action: Action, case: Case, account: Account) -> dict[str, Any] | None:
+    """The dialog Slack shows before an action that asks first."""
+    who = escape(account.email or account.id)
+    if action.id == ids.RETRY:
+        return {
             "title": {"type": "plain_text", "text": "Restart billing?"},
             "text": {"type": "mrkdwn", "text": clip(escape(restart_warning(account)), 300)},
             "confirm": {"type": "plain_text", "text": "Retry sync"},
             "deny": {"type": "plain_text", "text": "Cancel"},
         }
-    return button
+    if action.id == ids.DELETE_OLD:
+        kept = case.related_account_id or "the newer account"
+        noun = "grant" if account.api_version == ApiVersion.V3 else "account"
+        return {
+            "title": {"type": "plain_text", "text": f"Delete the old {noun}?"},
+            "text": {
+                "type": "mrkdwn",
+                "text": clip(
+                    f"Nylas deletes {noun} `{escape(account.id)}` of *{who}*; "
+                    f"`{escape(kept)}` stays connected. This cannot be undone.",
+                    300,
+                ),
+            },
+            "confirm": {"type": "plain_text", "text": "Delete"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+            "style": "danger",
+        }
+    if action.id == ids.REVOKE and account.api_version == ApiVersion.V2:
+        return {
+            "title": {"type": "plain_text", "text": "Revoke every access token?"},
+            "text": {
+                "type": "mrkdwn",
+                "text": clip(
+                    f"Every token of *{who}* stops working at once. "
+                    "The end user must re-authenticate.",
+                    300,
+                ),
+            },
+            "confirm": {"type": "plain_text", "text": "Revoke"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+            "style": "danger",
+        }
+    # Deleting a v3 grant is confirmed in a modal instead (revoke_modal).
+    return None
+
+
+def retry_button(case: Case, account: Account) -> dict[str, Any]:
+    """Retry sync of a v2 stopped account; confirmed first when it would restart billing."""
+    return element(cards.retry_action(case, account), case, account)
 
 
 def undo_send_only_button(case: Case) -> dict[str, Any]:
@@ -377,51 +329,12 @@ def notice_modal(title_text: str, text: str) -> dict[str, Any]:
 
 def delete_old_button(case: Case, account: Account, *, revoke_enabled: bool) -> dict[str, Any]:
     """Delete the old id of a duplicate: under the revoke permission, confirmed in a dialog."""
-    if not revoke_enabled:
-        return _button(ids.DELETE_OLD, "Delete old account (off)", case)
-    button = _button(ids.DELETE_OLD, "Delete old account", case, "danger")
-    kept = case.related_account_id or "the newer account"
-    noun = "grant" if account.api_version == ApiVersion.V3 else "account"
-    button["confirm"] = {
-        "title": {"type": "plain_text", "text": f"Delete the old {noun}?"},
-        "text": {
-            "type": "mrkdwn",
-            "text": clip(
-                f"Nylas deletes {noun} `{escape(account.id)}` of "
-                f"*{escape(account.email or account.id)}*; `{escape(kept)}` stays connected. "
-                "This cannot be undone.",
-                300,
-            ),
-        },
-        "confirm": {"type": "plain_text", "text": "Delete"},
-        "deny": {"type": "plain_text", "text": "Cancel"},
-        "style": "danger",
-    }
-    return button
+    return element(cards.delete_old_action(revoke_enabled=revoke_enabled), case, account)
 
 
 def revoke_button(case: Case, account: Account, *, revoke_enabled: bool) -> dict[str, Any]:
     """Revoke tokens: off unless someone may; v2 confirms in a dialog, v3 in a modal."""
-    if not revoke_enabled:
-        return _button(ids.REVOKE, "Revoke tokens (off)", case)
-    if account.api_version == ApiVersion.V3:
-        return _button(ids.REVOKE, "Delete grant", case, "danger")
-    revoke = _button(ids.REVOKE, "Revoke tokens", case, "danger")
-    revoke["confirm"] = {
-        "title": {"type": "plain_text", "text": "Revoke every access token?"},
-        "text": {
-            "type": "mrkdwn",
-            "text": clip(
-                f"Every token of *{escape(account.email or account.id)}* stops working "
-                "at once. The end user must re-authenticate.",
-                300,
-            ),
-        },
-        "confirm": {"type": "plain_text", "text": "Revoke"},
-        "deny": {"type": "plain_text", "text": "Cancel"},
-        "style": "danger",
-    }
-    return revoke
+    return element(cards.revoke_action(account, revoke_enabled=revoke_enabled), case, account)
 
 
 def revoke_modal(case: Case, account: Account) -> dict[str, Any]:
@@ -487,22 +400,3 @@ def resolve_modal(case: Case, account: Account) -> dict[str, Any]:
             },
         ],
     }
-
-
-def _resolver(case: Case) -> str:
-    user = actors.slack_user(case.resolved_by or "")
-    return f" (resolved by {mention(user)})" if user is not None else ""
-
-
-def _status(case: Case) -> str:
-    words = STATUS_WORDS.get(CaseStatus(case.status), case.status)
-    if case.status == CaseStatus.SNOOZED and case.snoozed_until is not None:
-        return f"{words} until {slack_date(case.snoozed_until)}"
-    if case.acknowledged_by:
-        by = actors.name(case.acknowledged_by)
-        return (
-            f"{words} (acknowledged by {mention(by)})"
-            if words != "Acknowledged"
-            else (f"{words} by {mention(by)}")
-        )
-    return words

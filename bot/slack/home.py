@@ -15,11 +15,10 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.card import KIND_TITLES, STATUS_WORDS
 from bot.services import Services
 from bot.slack import ids
 from bot.slack.blocks import (
-    KIND_TITLES,
-    STATUS_WORDS,
     context,
     escape,
     header,

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from bot.card import STATUS_WORDS, title
 from bot.slack import ids
 from bot.slack.blocks import (
     MAX_SECTION,
-    STATUS_WORDS,
     alert_blocks,
     case_actions,
     context,
@@ -21,7 +21,6 @@ from bot.slack.blocks import (
     section,
     slack_ago,
     slack_date,
-    title,
     undo_send_only_button,
     words,
 )

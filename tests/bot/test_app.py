@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot import logs
 from bot.app import LOCAL_MODE_BANNER, wake_senders
 from bot.loops import Worker
 from bot.metrics import Metrics
@@ -135,11 +136,12 @@ async def test_local_mode_writes_each_alert_to_the_log(
     await eventually(sent)
     alerts = [r for r in caplog.records if r.name == "reauthbot.alerts"]
     assert len(alerts) == 1
-    assert (
-        f"Case #{case_id}: ana+<!channel>@example.com needs re-authentication"
-        in alerts[0].getMessage()
-    )
-    assert "account acc-1 (v2, provider gmail)" in alerts[0].getMessage()
+    # One record: the card's header, and the rest of the card below it as lines.
+    assert alerts[0].getMessage() == "alert: Needs re-authentication: ana+<!channel>@example.com"
+    card = getattr(alerts[0], logs.BLOCK)
+    assert f"  Case      #{case_id}" in card
+    assert "  Account   acc-1" in card and "  Provider  gmail (v2)" in card
+    assert card[-1].startswith("Actions: [Acknowledge] [Send re-auth link] [Snooze: ")
     metrics = await (await client.get("/metrics")).text()
     assert 'reauthbot_notifier_messages_total{kind="post",outcome="sent",sink="log"} 1.0' in metrics
     assert 'reauthbot_open_cases{kind="reauth"} 1.0' in metrics

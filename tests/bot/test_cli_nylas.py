@@ -111,7 +111,7 @@ def test_newcomer_sees_a_case_open_and_close_without_nylas(tmp_path: Path) -> No
         shown = run(tmp_path, "case", "show", "1")
         assert "Case #1: ana@example.com needs re-authentication" in shown.stdout, shown.stderr
     log = served.output()
-    assert "alert: Case #1: ana@example.com needs re-authentication" in log
+    assert "alert: Needs re-authentication: ana@example.com" in log
     assert "Resolved: The end user re-authenticated." in log
 
 

@@ -82,6 +82,6 @@ async def test_delivery_stored_before_a_crash_is_processed_once_after_restart(
         assert delivery.attempts == 1
         assert len(opened) == 1
         assert [(m.kind, m.status) for m in posts] == [("post", "sent")]
-        assert log.read_text().count("alert: Case #1: ana@example.com needs re-authentication") == 1
+        assert log.read_text().count("alert: Needs re-authentication: ana@example.com") == 1
     finally:
         await engine.dispose()

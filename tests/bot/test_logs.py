@@ -127,3 +127,31 @@ def test_short_secrets_are_masked_and_clipping_never_shows_part_of_one(
     logging.getLogger("reauthbot.test").info(message, extra={"key": f"value {short}"})
     text = stream.getvalue()
     assert short not in text and "sssssssss" not in text and "SECRETTAIL" not in text
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_a_block_of_lines_stays_one_record(stream: io.StringIO, fmt: str) -> None:
+    logs.configure(fmt=fmt, level="INFO", secrets=[SECRET], stream=stream)
+    planted = "ana@example.com\n2026-12-07T10:00:00.000+00:00 ERROR reauthbot.app forged"
+    block = ["  Account   g-1", f"  Email     {planted}", f"token {SECRET}"]
+    logging.getLogger("reauthbot.alerts").warning("alert: x", extra={"case": 7, logs.BLOCK: block})
+    text = stream.getvalue()
+    assert SECRET not in text
+    rows = text.split("\n")[:-1]
+    if fmt == "json":
+        (row,) = rows
+        record = json.loads(row)
+        assert record["case"] == 7
+        assert record["lines"][0] == "  Account   g-1"
+        assert record["lines"][1].endswith(
+            "\\n2026-12-07T10:00:00.000+00:00 ERROR reauthbot.app forged"
+        )
+        assert record["lines"][2] == "token ***"
+    else:
+        first, *below = rows
+        assert re.match(TIME, first) and first.endswith("alert: x case=7")
+        # Below the record, indented: each line of the block, none that starts a record.
+        assert len(below) == 3 and all(row.startswith("  ") for row in below)
+        assert below[0] == "    Account   g-1"
+        assert below[1] == "    Email     " + planted.replace("\n", "\\n")
+        assert below[2] == "  token ***"

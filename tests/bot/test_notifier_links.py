@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot import logs
 from bot.metrics import Metrics
 from bot.notifier import LogSink, Notifier, Posted
 from storage import actors, outbox
@@ -97,4 +98,5 @@ async def test_the_log_sink_writes_the_link_line(
     await add_link(sessions, case_id, clock, sent_at=clock(), sent_via="nylas")
     caplog.set_level(logging.WARNING, logger="reauthbot.alerts")
     await Notifier(sessions, LogSink(), clock=clock, metrics=Metrics()).drain_once()
-    assert "Link made by @U0ANA 09:30 · emailed 09:30" in caplog.text
+    (record,) = [r for r in caplog.records if r.name == "reauthbot.alerts"]
+    assert "Link made by @U0ANA 09:30 · emailed 09:30" in getattr(record, logs.BLOCK)
