@@ -198,6 +198,10 @@ def case_card(
             Fact("Status", status_words(case)),
             Fact("Case", (f"#{case.id}",)),
         )
+        if case.muted_by is not None:
+            # No alert was posted for it and it does not escalate: say why, wherever it shows.
+            window = f"opened in maintenance window #{case.muted_by}: not alerted, not escalated"
+            facts = (*facts, Fact("Muted", (window,)))
     header = f"{'Resolved' if resolved else title(case)}: {account.email or account.id}"
     card = CaseCard(
         case_id=case.id,

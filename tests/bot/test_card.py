@@ -127,6 +127,19 @@ def test_a_case_says_the_same_in_slack_and_in_text(
         assert "Next step: " in "\n".join(lines) and "Likely cause:" in lines
 
 
+def test_a_case_opened_in_a_maintenance_window_says_so_in_slack_and_in_text() -> None:
+    # Nobody was alerted and nothing escalates: whoever finds the case must see why.
+    case, account = a_case(CaseStatus.OPEN, kind="reauth")
+    case.muted_by = 3
+    message = blocks.alert_blocks(case, account)
+    lines = render.card_lines(cards.case_card(case, account))
+    said = "opened in maintenance window #3: not alerted, not escalated"
+    assert f"*Muted*\n{said}" in [f["text"] for f in message[1]["fields"]]
+    assert any(line.split() == ["Muted", *said.split()] for line in lines)
+    case.muted_by = None
+    assert "Muted" not in "\n".join(render.card_lines(cards.case_card(case, account)))
+
+
 LABELS = ("Why it matters: ", "Next step: ", "Resolution: ", "Duplicate: ")
 
 
