@@ -182,7 +182,8 @@ def log_lines(log: Path) -> dict[str, Any]:
     return {
         "errors": len(errors),
         "warnings": sum(1 for line in lines if " WARNING " in line),
-        "tracebacks": sum(1 for line in lines if line.startswith("Traceback")),
+        # The plain format indents a traceback under the record it belongs to.
+        "tracebacks": sum(1 for line in lines if line.lstrip().startswith("Traceback (")),
         "first_errors": [line[:300] for line in errors[:3]],
     }
 
