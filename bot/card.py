@@ -181,6 +181,7 @@ def case_card(
         Fact("Account", (Code(account.id),)),
         Fact("Provider", (f"{account.provider or 'unknown'} ({account.api_version})",)),
     )
+    facts: tuple[Fact, ...]
     if resolved:
         # What was wrong is past: the state the case was about, and when it began and ended.
         facts = (

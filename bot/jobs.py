@@ -63,6 +63,8 @@ class Job:
     at_start: bool = False
     # Seconds a run may start late rather than be skipped; None: the scheduler's default.
     misfire_grace: int | None = None
+    # Whether every run reads the database, so that one that succeeds ends its outage.
+    reads_database: bool = True
 
 
 def every(**interval: float) -> IntervalTrigger:
@@ -79,7 +81,9 @@ def table(settings: Settings) -> list[Job]:
         Job("mutes", summarise_mutes, every(minutes=1)),
         # Hourly, though it posts at most once a month: a service down at the window's start
         # still offers the clean-up as soon as it is back.
-        Job("cleanup", offer_cleanup, every(hours=1), at_start=True),
+        # Outside the last five days of the month a run reads nothing: its success says
+        # nothing of the database.
+        Job("cleanup", offer_cleanup, every(hours=1), at_start=True, reads_database=False),
     ]
     if settings.outreach_channel is not None and settings.policy.outreach.auto:
         jobs.append(Job("outreach", reach_new_cases, every(seconds=15), at_start=True))
@@ -123,6 +127,7 @@ def schedule(scheduler: AsyncIOScheduler, services: Services, jobs: list[Job]) -
                 job.run,
                 next_run=partial(_next_run, scheduler, job.name),
                 nylas=job.needs_nylas,
+                database=job.reads_database,
             ),
             job.trigger,
             id=job.name,
@@ -139,14 +144,16 @@ def isolated(
     *,
     next_run: Callable[[], datetime | None] = lambda: None,
     nylas: bool = False,
+    database: bool = True,
 ) -> Callable[[], Awaitable[None]]:
     """Wrap a job so a failure is counted and reported instead of killing the schedule.
 
-    ``next_run`` tells when the job runs next (the retry, if this run failed); a run of a job
-    that reads ``nylas`` and succeeds ends an outage of Nylas as well as of the database.
+    ``next_run`` tells when the job runs next (the retry, if this run failed); a run that
+    succeeds ends an outage of what it reads: the ``database`` unless told otherwise, and
+    ``nylas`` when told.
     """
     loop = f"{name} job"
-    reached = (DATABASE, NYLAS, loop) if nylas else (DATABASE, loop)
+    reached = (*((DATABASE,) if database else ()), *((NYLAS,) if nylas else ()), loop)
 
     async def run() -> None:
         began = services.episodes.now()

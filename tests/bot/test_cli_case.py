@@ -158,8 +158,10 @@ async def test_case_actions_audit_as_the_operator_and_queue_the_card(
 
     shown = run(tmp_path, "case", "show", str(second), DATABASE_URL=migrated_url)
     assert shown.returncode == 0, shown.stderr
-    assert f"Case #{second}: bo@globex.com stopped syncing" in shown.stdout
-    assert "resolution: user left" in shown.stdout
+    # The case's card, as Slack and `reauthbot preview` show it: resolved, so it says so.
+    assert shown.stdout.startswith("Resolved: bo@globex.com\n"), shown.stdout
+    assert f"Case      #{second}" in shown.stdout
+    assert "Resolution: user left" in shown.stdout
     assert "resolved by cli:bo" in shown.stdout
 
 

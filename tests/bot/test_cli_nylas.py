@@ -109,7 +109,8 @@ def test_newcomer_sees_a_case_open_and_close_without_nylas(tmp_path: Path) -> No
                 break
         assert open_cases() == []
         shown = run(tmp_path, "case", "show", "1")
-        assert "Case #1: ana@example.com needs re-authentication" in shown.stdout, shown.stderr
+        assert shown.stdout.startswith("Resolved: ana@example.com\n"), shown.stderr
+        assert "Resolution: The end user re-authenticated." in shown.stdout
     log = served.output()
     assert "alert: Needs re-authentication: ana@example.com" in log
     assert "Resolved: The end user re-authenticated." in log

@@ -18,6 +18,7 @@ from bot.notifier import LogSink
 from bot.services import Services, build_services
 from bot.settings import load_settings
 from tests.conftest import FrozenClock
+from workflows.episodes import DATABASE
 
 
 def test_the_table_follows_the_settings(tmp_path: Path) -> None:
@@ -86,3 +87,16 @@ async def test_a_job_cancelled_by_shutdown_is_not_an_error(
     assert 'reauthbot_job_runs_total{job="reconcile",outcome="cancelled"} 1.0' in (
         services.metrics.render().decode()
     )
+
+
+async def test_only_a_job_that_reads_the_database_ends_its_outage(services: Services) -> None:
+    # Outside the month's last days the clean-up job reads nothing: that it succeeded says
+    # nothing of the database, so a database outage stays open (one line, not one per hour).
+    cleanup = next(job for job in jobs.table(services.settings) if job.name == "cleanup")
+    assert not cleanup.reads_database
+    services.episodes.failed(ConnectionResetError(104, "reset"), loop="ingest")
+    assert services.episodes.failing(DATABASE)
+    await jobs.isolated(services, "cleanup", cleanup.run, database=False)()
+    assert services.episodes.failing(DATABASE)
+    await jobs.isolated(services, "snoozes", jobs.end_due_snoozes)()
+    assert not services.episodes.failing(DATABASE)
