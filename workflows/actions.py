@@ -337,7 +337,7 @@ async def end_snoozes(sessions: Sessions, *, now: datetime) -> int:
 NYLAS_LEASE = timedelta(minutes=2)
 
 
-async def _hold(
+async def hold_for_nylas(
     sessions: Sessions, *, case_id: int, now: datetime, what: str
 ) -> ActionResult | tuple[Case, Account]:
     """Take the case for an action that calls Nylas, so concurrent clicks make one call."""
@@ -359,7 +359,7 @@ async def _hold(
     return case, account
 
 
-async def _finish(
+async def finish_hold(
     sessions: Sessions,
     *,
     case_id: int,
@@ -382,7 +382,7 @@ async def _finish(
             await apply_event(session, event, now=now, route=lambda _: case.slack_channel or "")
 
 
-def _gone(account: Account, now: datetime, source: str) -> AccountEvent:
+def gone_event(account: Account, now: datetime, source: str) -> AccountEvent:
     """The account no longer exists in Nylas, as an operator's action (``source``) found."""
     return AccountEvent(
         account_id=account.id,
@@ -394,7 +394,9 @@ def _gone(account: Account, now: datetime, source: str) -> AccountEvent:
     )
 
 
-def _reported(account: Account, remote: RemoteAccount, now: datetime, source: str) -> AccountEvent:
+def reported_event(
+    account: Account, remote: RemoteAccount, now: datetime, source: str
+) -> AccountEvent:
     return AccountEvent(
         account_id=account.id,
         api_version=account.api_version,
@@ -416,7 +418,7 @@ async def retry_sync(
         return ActionResult(
             ActionOutcome.UNAVAILABLE, "Retry needs the Nylas API credentials to be set."
         )
-    held = await _hold(sessions, case_id=case_id, now=now, what="A retry")
+    held = await hold_for_nylas(sessions, case_id=case_id, now=now, what="A retry")
     if isinstance(held, ActionResult):
         return held
     case, account = held
@@ -427,7 +429,7 @@ async def retry_sync(
             await nylas.upgrade(account.id)
         remote = await nylas.get_account(account.id)
     except NylasError as exc:
-        await _finish(
+        await finish_hold(
             sessions,
             case_id=case_id,
             actor=actor,
@@ -439,7 +441,7 @@ async def retry_sync(
         return ActionResult(ActionOutcome.DONE, f"Retry of case #{case_id} failed: {exc}", case)
     state = remote.sync_state or "unknown"
     words = classify(account.api_version, state).words
-    await _finish(
+    await finish_hold(
         sessions,
         case_id=case_id,
         actor=actor,
@@ -449,7 +451,7 @@ async def retry_sync(
         said=line(
             "Retry sync by ", who(actor), f" ({steps}): the account is now {state}, {words}."
         ),
-        event=_reported(account, remote, now, "retry"),
+        event=reported_event(account, remote, now, "retry"),
     )
     return ActionResult(
         ActionOutcome.DONE, f"Retried case #{case_id}: the account is now {state}.", case
@@ -470,7 +472,7 @@ async def revoke(
         return ActionResult(
             ActionOutcome.UNAVAILABLE, "Revoking needs the Nylas API credentials to be set."
         )
-    held = await _hold(sessions, case_id=case_id, now=now, what="A revoke")
+    held = await hold_for_nylas(sessions, case_id=case_id, now=now, what="A revoke")
     if isinstance(held, ActionResult):
         return held
     case, account = held
@@ -493,7 +495,7 @@ async def revoke(
         else:
             await nylas.revoke_all(account.id)
     except NylasError as exc:
-        await _finish(
+        await finish_hold(
             sessions,
             case_id=case_id,
             actor=actor,
@@ -503,7 +505,7 @@ async def revoke(
             said=line("Revoking by ", who(actor), f" failed: {exc}"),
         )
         return ActionResult(ActionOutcome.DONE, f"Revoking for case #{case_id} failed: {exc}", case)
-    deleted = _gone(account, now, "revoke")
+    deleted = gone_event(account, now, "revoke")
     done = (
         line("Grant deleted by ", who(actor), ".")
         if v3
@@ -511,7 +513,7 @@ async def revoke(
             "All access tokens revoked by ", who(actor), "; the end user must re-authenticate."
         )
     )
-    await _finish(
+    await finish_hold(
         sessions,
         case_id=case_id,
         actor=actor,
@@ -524,7 +526,7 @@ async def revoke(
     return result(ActionOutcome.DONE, line("Done: ", *done), case)
 
 
-def _syncing_again(case: Case, account: Account, remote: RemoteAccount) -> bool:
+def syncs_again(case: Case, account: Account, remote: RemoteAccount) -> bool:
     """Whether the account as Nylas reports it now would close the case: it syncs again."""
     state = remote.sync_state or "unknown"
     health = classify(account.api_version, state).health
@@ -550,8 +552,8 @@ async def _reread_before_revoke(
     try:
         remote = await nylas.get_account(account.id)
     except NylasNotFound:
-        gone = _gone(account, now, "revoke")
-        await _finish(
+        gone = gone_event(account, now, "revoke")
+        await finish_hold(
             sessions,
             case_id=case.id,
             actor=actor,
@@ -567,7 +569,7 @@ async def _reread_before_revoke(
             ActionOutcome.DONE, "Nothing was revoked: the account no longer exists in Nylas.", case
         )
     except NylasError as exc:
-        await _finish(
+        await finish_hold(
             sessions,
             case_id=case.id,
             actor=actor,
@@ -584,10 +586,10 @@ async def _reread_before_revoke(
             f"account is still broken. {exc}",
             case,
         )
-    if not _syncing_again(case, account, remote):
+    if not syncs_again(case, account, remote):
         return None
     state = remote.sync_state or "unknown"
-    await _finish(
+    await finish_hold(
         sessions,
         case_id=case.id,
         actor=actor,
@@ -600,7 +602,7 @@ async def _reread_before_revoke(
             f" not done: the account is {state} again (the end user re-authenticated), so "
             "nothing was revoked.",
         ),
-        event=_reported(account, remote, now, "revoke"),
+        event=reported_event(account, remote, now, "revoke"),
     )
     return ActionResult(
         ActionOutcome.DONE,
@@ -626,7 +628,7 @@ async def delete_duplicate(
         return ActionResult(
             ActionOutcome.UNAVAILABLE, "Deleting needs the Nylas API credentials to be set."
         )
-    held = await _hold(sessions, case_id=case_id, now=now, what="A delete")
+    held = await hold_for_nylas(sessions, case_id=case_id, now=now, what="A delete")
     if isinstance(held, ActionResult):
         return held
     case, account = held
@@ -647,7 +649,7 @@ async def delete_duplicate(
     except NylasNotFound:
         pass  # already gone (deleted elsewhere, or a replay of a delete that happened)
     except NylasError as exc:
-        await _finish(
+        await finish_hold(
             sessions,
             case_id=case_id,
             actor=actor,
@@ -659,9 +661,9 @@ async def delete_duplicate(
         return ActionResult(
             ActionOutcome.DONE, f"Deleting account {account.id} failed: {exc}", case
         )
-    gone = _gone(account, now, "delete")
+    gone = gone_event(account, now, "delete")
     done = line(f"Old account {account.id} deleted by ", who(actor), f"; {kept} is kept.")
-    await _finish(
+    await finish_hold(
         sessions,
         case_id=case_id,
         actor=actor,

@@ -41,7 +41,14 @@ from storage.models import (
     CleanupRun,
     OutboxKind,
 )
-from workflows.actions import _finish, _gone, _hold, _reported, _syncing_again, who
+from workflows.actions import (
+    finish_hold,
+    gone_event,
+    hold_for_nylas,
+    reported_event,
+    syncs_again,
+    who,
+)
 from workflows.billing import NOT_BILLED, still_billed
 from workflows.clock import Clock, how_long
 from workflows.lifecycle import apply_event
@@ -377,13 +384,13 @@ async def delete_for_billing(
     sessions: Sessions, nylas: NylasClient, *, case_id: int, actor: str, now: datetime
 ) -> str:
     """Delete one listed case's account if it is still broken and billed; return the outcome."""
-    held = await _hold(sessions, case_id=case_id, now=now, what="A billing clean-up")
+    held = await hold_for_nylas(sessions, case_id=case_id, now=now, what="A billing clean-up")
     if isinstance(held, ActionResult):
         return CLOSED
     case, account = held
     method = "delete-grant" if account.api_version == ApiVersion.V3 else "delete-account"
     if account.api_version != nylas.api_version:
-        await _finish(
+        await finish_hold(
             sessions,
             case_id=case_id,
             actor=actor,
@@ -403,9 +410,9 @@ async def delete_for_billing(
         return await _already_gone(sessions, case_id, account, actor, now, method)
     except NylasError as exc:
         return await _failed(sessions, case_id, actor, now, method, exc, step="re-read")
-    if _syncing_again(case, account, remote):
+    if syncs_again(case, account, remote):
         state = remote.sync_state or "unknown"
-        await _finish(
+        await finish_hold(
             sessions,
             case_id=case_id,
             actor=actor,
@@ -413,11 +420,11 @@ async def delete_for_billing(
             action="cleanup_skipped",
             details={"method": method, "state": state, "reason": "the account syncs again"},
             said=line("Billing clean-up by ", who(actor), f": kept, the account is {state} again."),
-            event=_reported(account, remote, now, "cleanup"),
+            event=reported_event(account, remote, now, "cleanup"),
         )
         return RECOVERED
     if account.api_version == ApiVersion.V2 and remote.billing_state in NOT_BILLED:
-        await _finish(
+        await finish_hold(
             sessions,
             case_id=case_id,
             actor=actor,
@@ -429,7 +436,7 @@ async def delete_for_billing(
                 who(actor),
                 f": kept, Nylas no longer bills it (billing state {remote.billing_state}).",
             ),
-            event=_reported(account, remote, now, "cleanup"),
+            event=reported_event(account, remote, now, "cleanup"),
         )
         return NOT_BILLED_NOW
     try:
@@ -446,7 +453,7 @@ async def delete_for_billing(
 async def _already_gone(
     sessions: Sessions, case_id: int, account: Account, actor: str, now: datetime, method: str
 ) -> str:
-    await _finish(
+    await finish_hold(
         sessions,
         case_id=case_id,
         actor=actor,
@@ -454,7 +461,7 @@ async def _already_gone(
         action="cleanup_skipped",
         details={"method": method, "reason": "the account no longer exists in Nylas"},
         said=line("Billing clean-up by ", who(actor), ": the account was already gone."),
-        event=_gone(account, now, "cleanup"),
+        event=gone_event(account, now, "cleanup"),
     )
     return GONE
 
@@ -469,7 +476,7 @@ async def _failed(
     *,
     step: str,
 ) -> str:
-    await _finish(
+    await finish_hold(
         sessions,
         case_id=case_id,
         actor=actor,
@@ -508,7 +515,7 @@ async def _deleted(
         )
         await apply_event(
             session,
-            _gone(account, now, "cleanup"),
+            gone_event(account, now, "cleanup"),
             now=now,
             route=lambda _: case.slack_channel or "",
         )
