@@ -32,6 +32,7 @@ from bot.cli_support import (
     CommandError,
     UsageError,
     database_error,
+    existing_engine,
     masked_url,
     migrated_sessions,
 )
@@ -42,7 +43,14 @@ from storage import cases as case_queries
 from storage import incidents as incident_queries
 from storage import links as link_queries
 from storage.engine import create_engine
-from storage.migrate import current_revision, head_revision, upgrade
+from storage.migrate import (
+    current_revision,
+    describe,
+    downgrade,
+    head_revision,
+    revisions,
+    upgrade,
+)
 from storage.models import ApiVersion
 from workflows.clock import system_clock
 from workflows.nylas import NylasError, samples, webhooks
@@ -113,6 +121,47 @@ async def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
         print(f"database already at {head_revision()}")
     else:
         print(f"database upgraded from {before or 'empty'} to {head_revision()}")
+    return 0
+
+
+async def cmd_db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
+    """Take the schema back to an earlier revision, for a rollback to the version it belongs to."""
+    shipped = revisions()
+    if args.revision not in shipped:
+        raise UsageError(f"{args.revision!r} is not a revision; they are {', '.join(shipped)}")
+    async with existing_engine(settings) as engine:
+        try:
+            before = await current_revision(engine)
+        except Exception as exc:
+            raise database_error(settings, exc) from None
+        if before is None:
+            raise CommandError("the database is empty: there is nothing to downgrade")
+        if before not in shipped:
+            raise CommandError(
+                f"the database is at {before}, which this version of reauthbot does not know; "
+                "downgrade it with the version that upgraded it"
+            )
+        if before == args.revision:
+            print(f"database already at {before}")
+            return 0
+        if shipped.index(args.revision) > shipped.index(before):
+            raise UsageError(
+                f"{args.revision} is newer than the database's {before}: use `reauthbot db upgrade`"
+            )
+        undone = shipped[shipped.index(args.revision) + 1 : shipped.index(before) + 1]
+        plan = "\n".join(f"  {r}  {describe(r)}" for r in reversed(undone))
+        if not args.yes:
+            print(
+                f"going back from {before} to {args.revision} undoes:\n{plan}\n"
+                "What those tables and columns hold is lost. Run again with --yes to do it.",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        try:
+            await downgrade(engine, args.revision)
+        except Exception as exc:
+            raise database_error(settings, exc) from None
+    print(f"database downgraded from {before} to {args.revision}; undone:\n{plan}")
     return 0
 
 
@@ -296,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("upgrade", help="apply the database migrations").set_defaults(
         run=cmd_db_upgrade
     )
+    back = db_sub.add_parser(
+        "downgrade",
+        help="take the schema back to an earlier revision (to roll back to an older version)",
+        description="Undo the migrations after REVISION, dropping their tables and columns. "
+        "Without --yes it only says what it would undo.",
+    )
+    back.add_argument("revision", metavar="REVISION", help="the revision to go back to, e.g. 0011")
+    back.add_argument("--yes", action="store_true", help="do it (what is undone is lost)")
+    back.set_defaults(run=cmd_db_downgrade)
 
     cli_case.add_parsers(sub)
 

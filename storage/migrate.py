@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 from alembic import command
@@ -32,19 +33,40 @@ def head_revision() -> str:
     return head
 
 
+def revisions() -> list[str]:
+    """Every revision shipped with this version, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
+def describe(revision: str) -> str:
+    """A revision's one-line description (its docstring's first line)."""
+    script = ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+    return (script.doc or "").strip().splitlines()[0] if script is not None else revision
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the database schema up to ``revision``; safe to run from several processes at once."""
+    await _migrate(engine, command.upgrade, revision)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the schema back to ``revision`` (``"base"``: nothing), dropping what came after."""
+    await _migrate(engine, command.downgrade, revision)
+
+
+async def _migrate(engine: AsyncEngine, step: Callable[[Config, str], None], revision: str) -> None:
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Two replicas starting together must not both create the tables.
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-        await conn.run_sync(_upgrade, revision)
+        await conn.run_sync(_run, step, revision)
 
 
-def _upgrade(conn: Connection, revision: str) -> None:
+def _run(conn: Connection, step: Callable[[Config, str], None], revision: str) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
-    command.upgrade(cfg, revision)
+    step(cfg, revision)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

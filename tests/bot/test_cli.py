@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases
-from storage.migrate import head_revision
+from storage.engine import create_engine, session_factory
+from storage.migrate import current_revision, head_revision
 from storage.models import Account
 from tests.cli import run
 from tests.ports import free_port
@@ -157,3 +158,44 @@ def test_cases_with_none_open(tmp_path: Path, blank_url: str) -> None:
     result = run(tmp_path, "cases", DATABASE_URL=blank_url)
     assert result.stdout.strip() == "no open cases"
     assert json.loads(run(tmp_path, "cases", "--json", DATABASE_URL=blank_url).stdout) == []
+
+
+async def test_db_downgrade_for_a_rollback_keeps_what_older_versions_know(
+    tmp_path: Path, blank_url: str
+) -> None:
+    missing = run(tmp_path, "db", "downgrade", "0011", DATABASE_URL=f"sqlite:///{tmp_path}/x.db")
+    assert_one_line_error(missing, 1, "no database at")
+    assert not (tmp_path / "x.db").exists()
+
+    assert run(tmp_path, "db", "upgrade", DATABASE_URL=blank_url).returncode == 0
+    engine = create_engine(blank_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            now = datetime.now(UTC)
+            session.add(Account(id="g-1", api_version="v3", email="ana@example.com",
+                                first_seen_at=now, updated_at=now))  # fmt: skip
+
+        # Without --yes it only says what it would undo, and changes nothing.
+        asked = run(tmp_path, "db", "downgrade", "0011", DATABASE_URL=blank_url)
+        assert asked.returncode == 2, asked.stderr
+        assert "0013  Maintenance windows" in asked.stderr and "--yes" in asked.stderr
+        assert await current_revision(engine) == HEAD
+
+        for wrong, needle in [("9999", "is not a revision"), (HEAD, "already at")]:
+            result = run(tmp_path, "db", "downgrade", wrong, DATABASE_URL=blank_url)
+            assert needle in result.stdout + result.stderr
+        done = run(tmp_path, "db", "downgrade", "0011", "--yes", DATABASE_URL=blank_url)
+        assert done.returncode == 0, done.stderr
+        assert f"database downgraded from {HEAD} to 0011" in done.stdout
+        assert await current_revision(engine) == "0011"
+        newer = run(tmp_path, "db", "downgrade", HEAD, DATABASE_URL=blank_url)
+        assert_one_line_error(newer, 2, "use `reauthbot db upgrade`")
+
+        # What the older schema holds is kept, and the way forward is open again.
+        again = run(tmp_path, "db", "upgrade", DATABASE_URL=blank_url)
+        assert f"database upgraded from 0011 to {HEAD}" in again.stdout
+        async with session_factory(engine)() as session:
+            account = await session.get(Account, "g-1")
+            assert account is not None and account.email == "ana@example.com"
+    finally:
+        await engine.dispose()
