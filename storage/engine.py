@@ -66,6 +66,14 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def _is_file_path(url: URL) -> bool:
+    """Whether an SQLite URL names a file by its path: not ``:memory:``, nor a ``file:`` URI
+    (whose text is no directory to create)."""
+    database = url.database or ""
+    uri = str(url.query.get("uri", "")).lower() in ("true", "1")
+    return database not in ("", ":memory:") and not database.startswith("file:") and not uri
+
+
 def create_engine(url: str | URL, *, checkpoint_wal: bool = True, **kwargs: Any) -> AsyncEngine:
     """Create the async engine; for SQLite, WAL mode, a busy timeout and immediate transactions.
 
@@ -76,7 +84,8 @@ def create_engine(url: str | URL, *, checkpoint_wal: bool = True, **kwargs: Any)
     url = normalize_url(url) if isinstance(url, str) else url
     if url.drivername.startswith("sqlite"):
         assert url.database is not None
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if _is_file_path(url):
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         # SQLite has one writer at a time, and its busy handler makes waiting writers poll in
         # sleeps of up to 100 ms. One pooled connection makes them queue in order instead.
         kwargs.setdefault("pool_size", 1)

@@ -386,3 +386,15 @@ async def test_a_checkpointer_that_cannot_open_the_file_says_so_once(
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "cannot open the SQLite database to checkpoint it"
     ]
+
+
+def test_a_uri_names_no_directory_to_create(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A `file:` URI is not a path: its text must not become directories in the working one.
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "db" / "x.db"
+    create_engine(f"sqlite+aiosqlite:///{path}")  # a path: its directory is made
+    assert path.parent.is_dir()
+    create_engine(f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true")  # nothing connects yet
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
