@@ -112,10 +112,10 @@ async def run_action(
     ``incident_id=…`` for an incident.
     """
     if not operator.user_id or subject_id is None:
-        await _tell(respond, f"This button does not name a {kind.noun}.")
+        await tell(respond, f"This button does not name a {kind.noun}.")
         return None
     if not in_range(subject_id):  # forged
-        await _tell(respond, f"{kind.noun.capitalize()} #{subject_id} does not exist.")
+        await tell(respond, f"{kind.noun.capitalize()} #{subject_id} does not exist.")
         return None
     sessions, now, actor = services.sessions, services.clock(), operator.actor
     about = {kind.argument: subject_id}
@@ -140,11 +140,11 @@ async def run_action(
             replace_original=False,
         )
     elif not result.changed or tell_on_success:
-        await _tell(respond, blocks.words(result.words))
+        await tell(respond, blocks.words(result.words))
     return result
 
 
-async def _tell(respond: AsyncRespond, text: str) -> None:
+async def tell(respond: AsyncRespond, text: str) -> None:
     """Answer the operator privately, leaving the message they clicked as it is."""
     await respond(text=text, response_type="ephemeral", replace_original=False)
 
@@ -261,7 +261,7 @@ def _listener(services: Services, button: Button) -> Callable[..., Awaitable[Non
     ) -> None:
         await ack()
         if button.revoking and services.settings.policy.permissions.revoke is None:
-            await _tell(respond, REVOKE_OFF)
+            await tell(respond, REVOKE_OFF)
             return
         await run_action(
             services,
@@ -307,7 +307,7 @@ def register(bolt: AsyncApp, services: Services) -> None:
             account = await cases.get_account(session, account_id=case.account_id) if case else None
         if case is None or account is None or case.status == "resolved":
             reason = "is already resolved" if case else "does not exist"
-            await _tell(respond, f"Case #{case_id} {reason}.")
+            await tell(respond, f"Case #{case_id} {reason}.")
             return
         await open_modal(services, client, body["trigger_id"], blocks.resolve_modal(case, account))
 
@@ -322,7 +322,7 @@ def register(bolt: AsyncApp, services: Services) -> None:
         await ack()
         operator, case_id = operator_of(context), case_id_of(body)
         if services.settings.policy.permissions.revoke is None:
-            await _tell(respond, REVOKE_OFF)
+            await tell(respond, REVOKE_OFF)
             return
         case = account = None
         if case_id is not None and in_range(case_id):
@@ -359,7 +359,7 @@ def register(bolt: AsyncApp, services: Services) -> None:
         await ack()
         operator, case_id = operator_of(context), case_id_of(body)
         if not operator.user_id or case_id is None:
-            await _tell(respond, "This button does not name a case.")
+            await tell(respond, "This button does not name a case.")
             return
         # Reading only: anyone who sees the alert may take the ticket text.
         text = await hand_out(
@@ -370,7 +370,7 @@ def register(bolt: AsyncApp, services: Services) -> None:
             extra={"case": case_id, "user": operator.user_id, "found": bool(text)},
         )
         answer = f"Case #{case_id} does not exist." if text is None else ticket_message(text)
-        await _tell(respond, answer)
+        await tell(respond, answer)
 
     @bolt.view(ids.REVOKE_MODAL)
     async def on_revoke_submitted(

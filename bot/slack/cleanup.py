@@ -20,7 +20,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.services import Services
 from bot.slack import ids
-from bot.slack.actions import REVOKE_OFF, UNKNOWN_VIEW, close_view, open_modal, opened_here
+from bot.slack.actions import (
+    REVOKE_OFF,
+    UNKNOWN_VIEW,
+    close_view,
+    open_modal,
+    opened_here,
+    tell,
+)
 from bot.slack.blocks import (
     MAX_SECTION,
     clip,
@@ -172,10 +179,6 @@ def _month(raw: Any) -> str | None:
     return text if _MONTH.match(text) else None
 
 
-async def _tell(respond: AsyncRespond, text: str) -> None:
-    await respond(text=escape(text), response_type="ephemeral", replace_original=False)
-
-
 def register(bolt: AsyncApp, services: Services) -> None:
     @bolt.action(ids.CLEANUP_DELETE)
     async def on_cleanup_delete(
@@ -192,24 +195,25 @@ def register(bolt: AsyncApp, services: Services) -> None:
         except (KeyError, IndexError, TypeError, AttributeError):
             month = None
         if not operator.user_id or month is None:
-            await _tell(respond, "This button does not name a month.")
+            await tell(respond, "This button does not name a month.")
             return
         if services.settings.policy.permissions.revoke is None:
-            await _tell(respond, REVOKE_OFF)
+            await tell(respond, REVOKE_OFF)
             return
         if not await operator.may("revoke"):
             refused = await cleanup.refuse(
                 services.sessions, month=month, actor=operator.actor, now=services.clock()
             )
             log.info("billing clean-up refused", extra={"month": month, "user": operator.user_id})
-            await _tell(respond, refused.message)
+            await tell(respond, escape(refused.message))
             return
         if services.nylas is None:
-            await _tell(respond, "Deleting needs the Nylas API credentials to be set.")
+            await tell(respond, "Deleting needs the Nylas API credentials to be set.")
             return
         count = await cleanup.offered(services.sessions, month=month)
         if count is None:
-            await _tell(respond, f"The clean-up of {month} was started already, or never offered.")
+            # The month matched YYYY-MM: nothing in it to escape.
+            await tell(respond, f"The clean-up of {month} was started already, or never offered.")
             return
         await open_modal(services, client, body["trigger_id"], cleanup_modal(month, count))
 
