@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from bot.cli_case import format_table, login
-from bot.cli_support import CommandError, migrated_sessions
+from bot.cli_support import CommandError, UsageError, migrated_sessions
 from bot.render import when
 from bot.settings import Settings
 from storage import actors
 from storage.models import Mute
 from workflows import mutes
 from workflows.clock import how_long, system_clock
-
-EXIT_USAGE = 2
-
-
-def _usage(problem: str) -> int:
-    print(f"reauthbot: {problem}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def _record(mute: Mute) -> dict[str, Any]:
@@ -43,7 +35,7 @@ def _record(mute: Mute) -> dict[str, Any]:
 async def cmd_mute(settings: Settings, args: argparse.Namespace) -> int:
     if args.scope == "list":
         if args.value is not None or args.length is not None or args.reason is not None:
-            return _usage("`mute list` takes no value, --for or --reason")
+            raise UsageError("`mute list` takes no value, --for or --reason")
         async with migrated_sessions(settings) as sessions:
             active = await mutes.listing(sessions, now=system_clock())
         records = [_record(mute) for mute in active]
@@ -55,14 +47,14 @@ async def cmd_mute(settings: Settings, args: argparse.Namespace) -> int:
             print(format_table(["mute", "scope", "value", "until", "by", "reason"], records))
         return 0
     if args.value is None:
-        return _usage(f"which {args.scope}? e.g. `reauthbot mute {args.scope} NAME --for 2h`")
+        raise UsageError(f"which {args.scope}? e.g. `reauthbot mute {args.scope} NAME --for 2h`")
     if args.length is None:
-        return _usage("for how long? add --for 2h, say (at most 7d)")
+        raise UsageError("for how long? add --for 2h, say (at most 7d)")
     try:
         mutes.normalise(args.scope, args.value)
         length = mutes.parse_length(args.length)
     except mutes.MuteError as exc:
-        return _usage(str(exc))
+        raise UsageError(str(exc)) from None
     async with migrated_sessions(settings) as sessions:
         try:
             mute = await mutes.start(
@@ -86,7 +78,7 @@ async def cmd_mute(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_unmute(settings: Settings, args: argparse.Namespace) -> int:
     raw = args.mute.removeprefix("#")
     if not raw.isdigit() or not 0 < int(raw) < 2**31:
-        return _usage(f"{args.mute[:40]!r} is not a mute number (see `reauthbot mute list`)")
+        raise UsageError(f"{args.mute[:40]!r} is not a mute number (see `reauthbot mute list`)")
     async with migrated_sessions(settings) as sessions:
         try:
             mute = await mutes.end(
