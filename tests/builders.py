@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, outbox
 from storage.models import Account, OutboxKind
+from workflows.nylas import samples
+from workflows.nylas.webhooks import sign
 
 
 async def open_case_with_alert(
@@ -49,3 +52,19 @@ async def open_case_with_alert(
             dedupe_key=f"case:{case.id}:post",
         )
         return case.id
+
+
+def signed_expiry(
+    n: int, secret: str, *, domain: str = "example.com"
+) -> tuple[bytes, dict[str, str]]:
+    """The n-th signed v3 ``grant.expired`` delivery, each of a new grant: its body and headers."""
+    raw = json.dumps(
+        samples.v3_notification(
+            "grant.expired",
+            grant_id=f"g-{n}",
+            email=f"user{n}@{domain}",
+            notification_id=f"n-{n}",
+            at=datetime.now(UTC),
+        )
+    ).encode()
+    return raw, {"X-Nylas-Signature": sign(secret, raw)}

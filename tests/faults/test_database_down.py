@@ -8,9 +8,7 @@ The outage is a TCP proxy between the service and the server, cut and restored b
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,11 +23,10 @@ from storage.engine import create_engine, session_factory
 from storage.models import InboxDelivery
 from tests import databases
 from tests.appclient import start_app
+from tests.builders import signed_expiry
 from tests.conftest import WEBHOOK_SECRET
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.waiting import eventually
-from workflows.nylas import samples
-from workflows.nylas.webhooks import sign
 
 pytestmark = pytest.mark.skipif(not databases.PG_URL, reason="TEST_DATABASE_URL is not set")
 
@@ -72,16 +69,7 @@ async def app(pg_url: str, proxy: TcpProxy) -> AsyncIterator[TestClient]:
 
 
 def delivery(n: int) -> tuple[bytes, dict[str, str]]:
-    raw = json.dumps(
-        samples.v3_notification(
-            "grant.expired",
-            grant_id=f"g-{n}",
-            email=f"user{n}@example{n}.com",
-            notification_id=f"n-{n}",
-            at=datetime.now(UTC),
-        )
-    ).encode()
-    return raw, {"X-Nylas-Signature": sign(WEBHOOK_SECRET, raw)}
+    return signed_expiry(n, WEBHOOK_SECRET, domain=f"example{n}.com")
 
 
 async def send(app: TestClient, n: int) -> tuple[int, dict[str, str], dict[str, object]]:

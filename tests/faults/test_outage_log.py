@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests import databases
+from tests.builders import signed_expiry
 from tests.cli import clean_env
 from tests.conftest import NYLAS_CLIENT_ID, NYLAS_CLIENT_SECRET, WEBHOOK_SECRET
 from tests.fakes.nylas import FakeNylas
@@ -156,16 +157,7 @@ async def test_a_database_down_from_the_start_is_one_line_then_one_line_when_bac
         ):
             # Webhooks (refused with 503), readiness probes and scrapes meanwhile.
             for n in range(int(OUTAGE_SECONDS)):
-                raw = json.dumps(
-                    samples.v3_notification(
-                        "grant.expired",
-                        grant_id=f"g-{n}",
-                        email=f"user{n}@example.com",
-                        notification_id=f"n-{n}",
-                        at=datetime.now(UTC),
-                    )
-                ).encode()
-                signature = {"X-Nylas-Signature": sign(WEBHOOK_SECRET, raw)}
+                raw, signature = signed_expiry(n, WEBHOOK_SECRET)
                 answer = await http.post("/nylas/webhook", content=raw, headers=signature)
                 assert answer.status_code == 503
                 assert (await http.get("/readyz")).status_code == 503
