@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -104,6 +105,9 @@ class InboxWriter:
         # SQLite has one writer at a time: other writers commit early when deliveries wait
         # to be stored. PostgreSQL stores them alongside, so they need not.
         self._single_writer = is_sqlite(engine)
+        # Set by store() while the writer's thread lingers for the next delivery.
+        self._arrived = threading.Event()
+        self._lingering = False
 
     def waiting(self) -> bool:
         """True while deliveries wait to be stored."""
@@ -140,6 +144,8 @@ class InboxWriter:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Request(entries, done, now + self._timeout))
         self._wake.set()
+        if self._lingering:
+            self._arrived.set()
         return await done
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -190,7 +196,11 @@ class InboxWriter:
                 continue
             try:
                 await inbox.store_while_waiting(
-                    self._engine, self._take, self._stored, received_at=self._clock
+                    self._engine,
+                    self._take,
+                    self._stored,
+                    received_at=self._clock,
+                    linger=self.linger,
                 )
             except Exception as exc:  # no connection: fail what waits, rather than spin
                 failed = self._committing + list(self._waiting)
@@ -218,6 +228,23 @@ class InboxWriter:
         self._committing = batch
         self._began = self._episodes.now()
         return [(e.dedupe_key, e.source, e.body) for r in batch for e in r.entries]
+
+    def linger(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the next delivery, while they pour in (writer's thread).
+
+        True when one arrived. Only at ``Load.SATURATED``, when the next one is due within a
+        millisecond: keeping the connection and taking each delivery as it comes lets the
+        commit of one batch overlap the event loop's answering of the batch before. Slower
+        than that, the writer lets go of the connection at once: other writers wait for it.
+        """
+        if self.load() is not Load.SATURATED:
+            return False
+        self._arrived.clear()
+        self._lingering = True
+        try:
+            return bool(self._waiting) or self._arrived.wait(timeout)
+        finally:
+            self._lingering = False
 
     def _stored(self, result: set[str] | Exception) -> None:
         """The batch taken last is committed, or failed (called as ``_take`` is)."""

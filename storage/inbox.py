@@ -95,6 +95,7 @@ async def store_while_waiting(
     *,
     received_at: Callable[[], datetime],
     spell: float = STORE_SPELL,
+    linger: Callable[[float], bool] | None = None,
 ) -> None:
     """Store batches of deliveries, each in a transaction of its own, while ``take`` has any.
 
@@ -103,6 +104,12 @@ async def store_while_waiting(
     earlier in the batch), or else the exception that kept the batch from being stored,
     which ends the call. It ends too once ``take`` has nothing, or after ``spell`` seconds
     so that other writers get their turn.
+
+    On SQLite, ``linger(timeout)``, when given, is asked before the call ends because
+    ``take`` has nothing: it may wait up to ``timeout`` seconds (what is left of the spell)
+    for more, and says whether to take again. While deliveries pour in, the writer takes
+    each as it comes, so that one batch is committed while the event loop answers the one
+    before, rather than the loop and the commit waiting for each other in turn.
 
     This is the webhook's path: Nylas waits for its answer. On SQLite the batches run back
     to back on a worker thread, on the pooled connection (writers still queue), without the
@@ -115,7 +122,13 @@ async def store_while_waiting(
             driver = (await conn.get_raw_connection()).driver_connection
             assert isinstance(driver, sqlite_inline.Connection)
             work = functools.partial(
-                _store_sqlite, take, stored, received_at, _bind_received_at(engine.dialect), spell
+                _store_sqlite,
+                take,
+                stored,
+                received_at,
+                _bind_received_at(engine.dialect),
+                spell,
+                linger,
             )
             await driver.on_thread(work)
         return
@@ -177,20 +190,32 @@ def _store_sqlite(
     received_at: Callable[[], datetime],
     bind_time: Callable[[datetime], Any],
     spell: float,
+    linger: Callable[[float], bool] | None,
     conn: sqlite3.Connection,
 ) -> None:
     deadline = time.monotonic() + spell
     cursor = conn.cursor()
-    while time.monotonic() < deadline and (entries := take()):
+    while (left := deadline - time.monotonic()) > 0:
+        entries = take()
+        if not entries:
+            if linger is not None and linger(left):
+                continue
+            return
         try:
             stamp = bind_time(received_at())
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            if len(entries) <= INSERT_ROWS:
+                # One statement outside a transaction is a transaction of its own: atomic,
+                # and durable when it returns. One call into SQLite, not three, and each
+                # call ends in waiting for the GIL while the event loop is busy.
                 new = _insert_batch(cursor, entries, stamp)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    new = _insert_batch(cursor, entries, stamp)
+                    conn.commit()
+                except BaseException:
+                    conn.rollback()
+                    raise
         except sqlite3.Error as exc:  # raised as the ORM path would raise it
             stored(DBAPIError.instance("INSERT INTO inbox …", None, exc, sqlite3.Error))
             return

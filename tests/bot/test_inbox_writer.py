@@ -149,3 +149,30 @@ async def test_only_sqlite_s_one_writer_asks_others_to_step_aside(engine: AsyncE
     await writer.run(stop)  # stores what waits, then stops
     assert await storing == 1
     assert not writer.step_aside()
+
+
+async def test_the_writer_lingers_for_the_next_delivery_only_while_they_pour_in(
+    engine: AsyncEngine,
+) -> None:
+    # One a second is saturation here, so that a single request makes it.
+    writer = InboxWriter(engine, clock=FrozenClock(), saturated_rate=1)
+    started = time.monotonic()
+    assert not await asyncio.to_thread(writer.linger, 5.0)  # idle: no wait at all
+    assert time.monotonic() - started < 2.0
+
+    stop = asyncio.Event()
+    running = asyncio.create_task(writer.run(stop))
+    await writer.store([inbox_entry("one")])
+    stop.set()
+    await running
+    assert writer.load() is Load.SATURATED
+    # The writer's thread waits; a delivery arriving meanwhile ends the wait at once.
+    lingering = asyncio.create_task(asyncio.to_thread(writer.linger, 30.0))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    arriving = asyncio.create_task(writer.store([inbox_entry("two")]))
+    assert await lingering is True
+    assert time.monotonic() - started < 10.0
+    arriving.cancel()  # the writer stopped: nobody will store it
+    with pytest.raises(asyncio.CancelledError):
+        await arriving

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage import cases, inbox, leases, maintenance, outbox
-from storage.engine import create_engine
+from storage.engine import create_engine, is_sqlite
 from storage.migrate import current_revision, head_revision, is_up_to_date, upgrade
 from storage.models import Account, CaseStatus, InboxStatus, OutboxStatus
 
@@ -319,6 +319,37 @@ async def test_storing_batches_lets_other_writers_in_after_a_spell(engine: Async
         engine, endless, results.append, received_at=lambda: NOW, spell=0.1
     )
     assert taken > 1 and results == [{f"v3:{n}"} for n in range(1, taken + 1)]
+
+
+async def test_a_lingering_writer_takes_what_arrives_before_its_spell_ends(
+    engine: AsyncEngine,
+) -> None:
+    queue = [[("v3:first", "nylas-v3", "{}")]]
+    waits: list[float] = []
+
+    def linger(timeout: float) -> bool:
+        waits.append(timeout)
+        if len(waits) > 1:
+            return False  # nothing more came
+        queue.append([("v3:second", "nylas-v3", "{}")])  # arrives while the writer waits
+        return True
+
+    results: list[set[str] | Exception] = []
+    await inbox.store_while_waiting(
+        engine,
+        lambda: queue.pop(0) if queue else None,
+        results.append,
+        received_at=lambda: NOW,
+        spell=5.0,
+        linger=linger,
+    )
+    if is_sqlite(engine):
+        # One call took both: asked twice, each time for at most what was left of the spell.
+        assert results == [{"v3:first"}, {"v3:second"}]
+        assert len(waits) == 2 and all(0 < wait <= 5.0 for wait in waits)
+    else:
+        # PostgreSQL's writers do not wait for one another's connection: no lingering.
+        assert (results, waits, len(queue)) == ([{"v3:first"}], [], 0)
 
 
 async def test_concurrent_inserts_of_one_delivery_exactly_one_wins(sessions: Sessions) -> None:
