@@ -253,7 +253,8 @@ async def drain_inbox(
     reported to ``episodes``, which logs the outage once.
     """
     if saturated():
-        limit = min(limit, per_transaction)
+        # One transaction's worth, and no more read (and parsed) than it will take.
+        limit = min(limit, _slice_size(per_transaction, contended))
     async with (readers or sessions)() as session:
         pending = list(await inbox.pending_deliveries(session, now=clock(), limit=limit))
     if not pending:
@@ -269,12 +270,17 @@ async def drain_inbox(
             break  # the rest stays pending for the next pass
         if done:
             await asyncio.sleep(0)  # a writer waiting for the connection takes it now
-        size = min(per_transaction, PER_TRANSACTION_CONTENDED) if contended() else per_transaction
+        size = _slice_size(per_transaction, contended)
         batch = _Batch(items[done : done + size], route, storms, step_aside)
         ran, went = await _apply_slice(sessions, batch, clock, episodes)
         applied, done = applied + ran, done + went
     log.debug("inbox batch", extra={"looked_at": len(pending), "applied": applied})
     return len(pending)
+
+
+def _slice_size(per_transaction: int, contended: Callable[[], bool]) -> int:
+    """How many deliveries one transaction applies now."""
+    return min(per_transaction, PER_TRANSACTION_CONTENDED) if contended() else per_transaction
 
 
 def _read_from_nylas(prepared: list[AccountEvent | Exception], nylas: NylasClient | None) -> bool:

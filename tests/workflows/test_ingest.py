@@ -114,6 +114,28 @@ async def test_while_deliveries_contend_for_the_write_lock_transactions_are_shor
     assert set(deliveries.values()) == {(InboxStatus.DONE, 1, False)}
 
 
+async def test_saturated_and_contended_a_pass_reads_no_more_than_one_transaction_takes(
+    sessions: Sessions,
+) -> None:
+    clock = FrozenClock()
+    grants = [f"g-{n}" for n in range(20)]
+    await store_expiries(sessions, clock, grants)
+    looked_at = await ingest.drain_inbox(
+        sessions,
+        nylas=None,
+        clock=clock,
+        route=route,
+        saturated=lambda: True,
+        contended=lambda: True,
+    )
+    # Eight read and applied, one transaction's worth; the rest waits, unread, for later.
+    assert looked_at == ingest.PER_TRANSACTION_CONTENDED == 8
+    _, deliveries = await state(sessions)
+    statuses = [status for status, _, _ in deliveries.values()]
+    assert statuses.count(InboxStatus.DONE) == 8
+    assert statuses.count(InboxStatus.PENDING) == 12
+
+
 async def test_without_contention_a_pass_is_one_transaction(sessions: Sessions) -> None:
     clock = FrozenClock()
     await store_expiries(sessions, clock, [f"g-{n}" for n in range(20)])
