@@ -53,7 +53,8 @@ async def test_metrics_and_readiness_move_to_their_own_listener(app: TestClient)
     assert (await app.get("/metrics")).status == 404
     assert (await app.get("/readyz")).status == 404
     assert (await app.get("/healthz")).status == 200
-    metrics_text = (await httpx.AsyncClient().get(f"{base}/metrics")).text
+    async with httpx.AsyncClient(timeout=5) as http:
+        metrics_text = (await http.get(f"{base}/metrics")).text
     assert 'reauthbot_http_requests_total{route="/metrics",status="200"}' in metrics_text
 
     await app.close()
