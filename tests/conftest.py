@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -37,18 +36,6 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("CI must run the PostgreSQL tests: set TEST_DATABASE_URL")
     if databases.PG_URL:
         databases.check_postgres_reachable()
-
-
-@pytest.fixture(autouse=True)
-def _left_open_fails_its_own_test() -> Iterator[None]:
-    """Collect garbage once a test and its fixtures are done.
-
-    A socket or transport that a test leaves open is finalised by the garbage collector, and
-    its ResourceWarning fails the test that is running at that moment. Collecting here makes
-    that this test's teardown, not some later test's, whenever the collector happens to run.
-    """
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
