@@ -199,16 +199,7 @@ async def test_slack_answering_5xx_is_one_line_then_one_line_when_back(tmp_path:
         ):
             await ready(served)
             for n in range(4):  # four alerts to post, each retried with backoff
-                raw = json.dumps(
-                    samples.v3_notification(
-                        "grant.expired",
-                        grant_id=f"g-{n}",
-                        email=f"user{n}@example{n}.com",
-                        notification_id=f"n-{n}",
-                        at=datetime.now(UTC),
-                    )
-                ).encode()
-                signature = {"X-Nylas-Signature": sign(WEBHOOK_SECRET, raw)}
+                raw, signature = signed_expiry(n, WEBHOOK_SECRET, domain=f"example{n}.com")
                 answer = await http.post("/nylas/webhook", content=raw, headers=signature)
                 assert answer.status_code == 200
             await asyncio.sleep(OUTAGE_SECONDS)

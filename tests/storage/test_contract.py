@@ -229,10 +229,14 @@ async def test_inbox_deduplicates_deliveries(sessions: Sessions) -> None:
 
 
 async def store_batches(
-    engine: AsyncEngine, *batches: list[Any], at: datetime = NOW, spell: float = 5.0
+    engine: AsyncEngine,
+    *batches: list[Any],
+    at: datetime = NOW,
+    spell: float = 5.0,
+    linger: Callable[[list[Any], float], bool] | None = None,
 ) -> tuple[list[set[str] | Exception], int]:
     """Store batches as the webhook's writer does; return what each came to, and how many
-    batches were left untaken."""
+    batches were left untaken. ``linger`` gets the queue of batches to add to."""
     queue = list(batches)
     results: list[set[str] | Exception] = []
     await inbox.store_while_waiting(
@@ -241,6 +245,7 @@ async def store_batches(
         results.append,
         received_at=lambda: at,
         spell=spell,
+        linger=None if linger is None else lambda timeout: linger(queue, timeout),
     )
     return results, len(queue)
 
@@ -324,32 +329,23 @@ async def test_storing_batches_lets_other_writers_in_after_a_spell(engine: Async
 async def test_a_lingering_writer_takes_what_arrives_before_its_spell_ends(
     engine: AsyncEngine,
 ) -> None:
-    queue = [[("v3:first", "nylas-v3", "{}")]]
     waits: list[float] = []
 
-    def linger(timeout: float) -> bool:
+    def linger(queue: list[Any], timeout: float) -> bool:
         waits.append(timeout)
         if len(waits) > 1:
             return False  # nothing more came
         queue.append([("v3:second", "nylas-v3", "{}")])  # arrives while the writer waits
         return True
 
-    results: list[set[str] | Exception] = []
-    await inbox.store_while_waiting(
-        engine,
-        lambda: queue.pop(0) if queue else None,
-        results.append,
-        received_at=lambda: NOW,
-        spell=5.0,
-        linger=linger,
-    )
+    results, left = await store_batches(engine, [("v3:first", "nylas-v3", "{}")], linger=linger)
     if is_sqlite(engine):
         # One call took both: asked twice, each time for at most what was left of the spell.
-        assert results == [{"v3:first"}, {"v3:second"}]
+        assert (results, left) == ([{"v3:first"}, {"v3:second"}], 0)
         assert len(waits) == 2 and all(0 < wait <= 5.0 for wait in waits)
     else:
         # PostgreSQL's writers do not wait for one another's connection: no lingering.
-        assert (results, waits, len(queue)) == ([{"v3:first"}], [], 0)
+        assert (results, left, waits) == ([{"v3:first"}], 0, [])
 
 
 async def test_concurrent_inserts_of_one_delivery_exactly_one_wins(sessions: Sessions) -> None:
